@@ -1,0 +1,1 @@
+"""Protocol adapters: parse, call the core, encode, map errors. No business logic."""

@@ -1,0 +1,25 @@
+"""ErrorKind -> HTTP status, and the ``{"error": "..."}`` body every route answers with."""
+
+from __future__ import annotations
+
+import orjson
+
+from modelport.errors import ErrorKind, ModelportError, Overloaded
+
+STATUS: dict[ErrorKind, int] = {
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.INVALID_INPUT: 400,
+    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.OVERLOADED: 503,
+    ErrorKind.UNSUPPORTED: 501,
+    ErrorKind.INVALID_SPEC: 400,
+    ErrorKind.INTERNAL: 500,
+}
+
+
+def error_parts(exc: ModelportError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, JSON body and extra headers for a core error."""
+    headers: list[tuple[bytes, bytes]] = []
+    if isinstance(exc, Overloaded):
+        headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    return STATUS[exc.kind], orjson.dumps({"error": exc.message}), headers

@@ -1,0 +1,297 @@
+"""KServe v2 REST: server and model metadata, health, repository, statistics, config.
+
+The infer route is here for the OpenAPI docs and for clients that go through the
+framework; the same ``InferHandler`` also serves it on the fast path in ``app.py``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from modelport.api.http.errors import error_parts
+from modelport.codecs.v2_json import decode_request, encode_response
+from modelport.core.service import InferenceService
+from modelport.core.stats import Duration, ModelStats
+from modelport.errors import InvalidInput, ModelportError, Unsupported
+
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "statistics",
+    "model_configuration",
+    "parameters",
+]
+HEADER_LENGTH = "inference-header-content-length"
+
+_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+
+
+class InferHandler:
+    """Body bytes and headers in, (status, body, headers) out: the v2 infer route."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    async def __call__(
+        self, model: str, version: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        try:
+            encoding = headers.get("content-encoding", "")
+            if encoding:
+                body = _decompress(body, encoding)
+            length = headers.get(HEADER_LENGTH)
+            json_length = None
+            if length is not None:
+                if not length.strip().isdigit():
+                    raise InvalidInput(
+                        f"Inference-Header-Content-Length '{length}' is not a number"
+                    )
+                json_length = int(length)
+            decoded = decode_request(body, json_length, model, version)
+            response = await self.service.infer(decoded.request)
+            out, out_json_length = encode_response(response, decoded.binary_output)
+        except ModelportError as exc:
+            return error_parts(exc)
+        reply_headers: list[tuple[bytes, bytes]]
+        if out_json_length is None:
+            reply_headers = [(b"content-type", b"application/json")]
+        else:
+            reply_headers = [
+                (b"content-type", b"application/octet-stream"),
+                (HEADER_LENGTH.encode(), str(out_json_length).encode()),
+            ]
+        accept = headers.get("accept-encoding", "")
+        if accept and len(out) > 1024:
+            out, used = _compress(out, accept)
+            if used:
+                reply_headers.append((b"content-encoding", used.encode()))
+        return 200, out, reply_headers
+
+
+def _decompress(body: bytes, encoding: str) -> bytes:
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except (OSError, zlib.error, EOFError) as exc:
+        raise InvalidInput(f"body is not valid {encoding} data: {exc}") from None
+    raise Unsupported(f"Content-Encoding '{encoding}' is not supported; use gzip or deflate")
+
+
+def _compress(body: bytes, accept: str) -> tuple[bytes, str]:
+    offered = {part.split(";")[0].strip() for part in accept.split(",")}
+    if "gzip" in offered:
+        return gzip.compress(body, compresslevel=1), "gzip"
+    if "deflate" in offered:
+        return zlib.compress(body, 1), "deflate"
+    return body, ""
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+def _error(exc: ModelportError) -> Response:
+    status, body, headers = error_parts(exc)
+    response = Response(body, status, media_type="application/json")
+    for key, value in headers:
+        response.headers[key.decode()] = value.decode()
+    return response
+
+
+def _duration(d: Duration) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}
+
+
+def stats_json(name: str, version: str, s: ModelStats) -> dict[str, Any]:
+    """One entry of Triton's ``model_stats`` list."""
+    return {
+        "name": name,
+        "version": version,
+        "last_inference": s.last_inference_ms,
+        "inference_count": s.inference_count,
+        "execution_count": s.execution_count,
+        "inference_stats": {
+            "success": _duration(s.success),
+            "fail": _duration(s.fail),
+            "queue": _duration(s.queue),
+            "compute_input": _duration(s.compute_input),
+            "compute_infer": _duration(s.compute_infer),
+            "compute_output": _duration(s.compute_output),
+            "cache_hit": {"count": 0, "ns": 0},
+            "cache_miss": {"count": 0, "ns": 0},
+        },
+        "batch_stats": [
+            {
+                "batch_size": size,
+                "compute_input": _duration(b.compute_input),
+                "compute_infer": _duration(b.compute_infer),
+                "compute_output": _duration(b.compute_output),
+            }
+            for size, b in sorted(s.batches.items())
+        ],
+        "warmup_ns": s.warmup_ns,
+    }
+
+
+def build_router(service: InferenceService) -> APIRouter:
+    router = APIRouter(tags=["KServe v2"])
+    infer = InferHandler(service)
+
+    @router.get("/v2", summary="Server metadata")
+    async def server_metadata() -> Response:
+        return _json({"name": service.name, "version": service.version, "extensions": EXTENSIONS})
+
+    @router.get("/v2/health/live", summary="Liveness")
+    async def live() -> Response:
+        return Response(status_code=200 if service.live() else 503)
+
+    @router.get("/v2/health/ready", summary="Readiness: every model has finished loading")
+    async def ready() -> Response:
+        return Response(status_code=200 if service.ready() else 503)
+
+    @router.get("/v2/models/stats", summary="Statistics of every model")
+    async def all_stats() -> Response:
+        return _json({"model_stats": [stats_json(s.name, s.version, s.stats)
+                                      for s in service.statistics()]})  # fmt: skip
+
+    @router.post("/v2/repository/index", summary="Every model in the repository and its state")
+    async def repository_index(request: Request) -> Response:
+        body = await request.body()
+        ready_only = False
+        if body.strip():
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return _error(InvalidInput('body must be JSON, e.g. {"ready": true}'))
+            ready_only = bool(isinstance(doc, dict) and doc.get("ready"))
+        rows = service.index(ready_only)
+        return _json([
+            {"name": r.name, **({"version": r.version} if r.version else {}),
+             "state": r.state, "reason": r.reason}
+            for r in rows
+        ])  # fmt: skip
+
+    @router.post("/v2/repository/models/{model}/load", summary="Load or reload a model")
+    async def load(model: str, request: Request) -> Response:
+        body = await request.body()
+        try:
+            if body.strip():
+                doc = orjson.loads(body)
+                if isinstance(doc, dict) and (doc.get("parameters") or {}).get("config"):
+                    raise Unsupported(
+                        "loading with an override config is not supported; "
+                        "edit the model's model.yaml and load again"
+                    )
+            await service.load(model)
+        except orjson.JSONDecodeError:
+            return _error(InvalidInput("body must be JSON"))
+        except ModelportError as exc:
+            return _error(exc)
+        return _json({})
+
+    @router.post("/v2/repository/models/{model}/unload", summary="Unload a model")
+    async def unload(model: str) -> Response:
+        try:
+            await service.unload(model)
+        except ModelportError as exc:
+            return _error(exc)
+        return _json({})
+
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        _model_routes(router, service, infer, prefix)
+    return router
+
+
+def _model_routes(
+    router: APIRouter, service: InferenceService, infer: InferHandler, prefix: str
+) -> None:
+    @router.get(prefix, summary="Model metadata")
+    async def metadata(model: str, version: str = "") -> Response:
+        try:
+            meta = service.metadata(model, version)
+        except ModelportError as exc:
+            return _error(exc)
+        return _json({
+            "name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                       for t in meta.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                        for t in meta.outputs],
+        })  # fmt: skip
+
+    @router.get(prefix + "/ready", summary="Model readiness")
+    async def model_ready(model: str, version: str = "") -> Response:
+        try:
+            ok = service.model_ready(model, version)
+        except ModelportError as exc:
+            return _error(exc)
+        return Response(status_code=200 if ok else 503)
+
+    @router.get(prefix + "/config", summary="Model configuration (Triton's format)")
+    async def config(model: str, version: str = "") -> Response:
+        try:
+            loaded = service.get_version(model, version)
+        except ModelportError as exc:
+            return _error(exc)
+        spec = loaded.spec
+
+        def tensors(items: Any) -> list[dict[str, Any]]:
+            return [{"name": t.name, "dims": list(t.shape),
+                     "data_type": _TRITON_TYPES.get(t.datatype, "TYPE_" + t.datatype)}
+                    for t in items]  # fmt: skip
+
+        return _json({
+            "name": spec.name,
+            "platform": service.metadata(model, version).platform,
+            "backend": spec.runtime,
+            "max_batch_size": spec.max_batch_size,
+            "input": tensors(loaded.signature.inputs),
+            "output": tensors(loaded.signature.outputs),
+            "instance_group": [{"count": spec.instances.count,
+                                "kind": "KIND_GPU" if spec.instances.device == "gpu"
+                                else "KIND_CPU"}],
+            "dynamic_batching": {
+                "preferred_batch_size": list(spec.batching.preferred_batch_sizes),
+                "max_queue_delay_microseconds": spec.batching.max_queue_delay_us,
+            } if spec.batches else None,
+            "modelport": spec.model_dump(mode="json"),
+        })  # fmt: skip
+
+    @router.get(prefix + "/stats", summary="Model statistics (Triton's extension)")
+    async def stats(model: str, version: str = "") -> Response:
+        try:
+            found = service.statistics(model, version)
+        except ModelportError as exc:
+            return _error(exc)
+        return _json({"model_stats": [stats_json(s.name, s.version, s.stats) for s in found]})
+
+    @router.post(
+        prefix + "/infer",
+        summary="Run inference (JSON tensors, or JSON + binary tensor data)",
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/json": {"schema": {"type": "object", "example": {
+                        "inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32",
+                                    "data": [1, 2, 3, 4]}]}}},
+                    "application/octet-stream": {"schema": {"type": "string",
+                                                            "format": "binary"}},
+                }
+            }
+        },
+    )  # fmt: skip
+    async def infer_route(model: str, request: Request, version: str = "") -> Response:
+        status, body, headers = await infer(
+            model, version, await request.body(), dict(request.headers)
+        )
+        response = Response(body, status)
+        for key, value in headers:
+            response.headers[key.decode()] = value.decode()
+        return response

@@ -1,0 +1,78 @@
+"""The one place that knows the concrete classes: builds modelport from Settings,
+starts it and stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+
+from modelport import __version__
+from modelport.api.http.app import create_app
+from modelport.core.registry import ModelRegistry
+from modelport.core.repository import ModelRepository
+from modelport.core.runtime import RuntimeFactory
+from modelport.core.service import InferenceService, LoopModelCaller
+from modelport.observability import metrics_registry, setup_logging
+from modelport.runtimes.fake import FakeRuntime
+from modelport.runtimes.onnx import OnnxRuntime
+from modelport.runtimes.python import PythonRuntime
+from modelport.settings import Settings
+
+RUNTIMES: dict[str, RuntimeFactory] = {
+    "onnx": OnnxRuntime,
+    "python": PythonRuntime,
+    "fake": FakeRuntime,
+}
+
+log = logging.getLogger("modelport")
+
+
+def build_service(settings: Settings) -> tuple[InferenceService, LoopModelCaller]:
+    """The core, wired but not started (models load in :func:`start_service`)."""
+    caller = LoopModelCaller()
+    registry = ModelRegistry(ModelRepository(Path(settings.repository)), RUNTIMES, caller)
+    return InferenceService(registry, settings.server_name, __version__), caller
+
+
+async def start_service(service: InferenceService, caller: LoopModelCaller) -> None:
+    caller.bind(service, asyncio.get_running_loop())
+    await service.registry.load_all()
+
+
+async def serve(
+    settings: Settings, on_ready: Callable[[InferenceService], None] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM; models load while the server already answers health."""
+    setup_logging(settings.log_level, settings.log_format)
+    service, caller = build_service(settings)
+    _, asgi = create_app(service, metrics_registry(service), settings.max_request_bytes)
+    config = uvicorn.Config(
+        asgi,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await start_service(service, caller)
+        if on_ready is not None and not serving.done():
+            on_ready(service)
+        await serving
+    finally:
+        if not serving.done():
+            server.should_exit = True
+            await serving
+        await service.registry.close()
+        log.info("modelport stopped")

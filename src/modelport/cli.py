@@ -1,0 +1,204 @@
+"""The ``modelport`` command: serve, models, predict."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelport import __version__
+from modelport.codecs.v2_binary import encode_tensor
+from modelport.settings import Settings, SettingsError
+from modelport.tensors import numpy_dtype
+
+app = typer.Typer(
+    help="modelport: a self-hosted inference server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+UrlOption = Annotated[
+    str, typer.Option("--url", envvar="MODELPORT_URL", help="The server's base address.")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"modelport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """modelport: a self-hosted inference server."""
+
+
+@app.command()
+def serve(
+    repository: Annotated[
+        str | None, typer.Argument(help="Model repository folder (default: bundled examples).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port [8000].")] = None,
+    config: Annotated[Path | None, typer.Option(help="A modelport.toml settings file.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    log_format: Annotated[str | None, typer.Option(help="text or json.")] = None,
+) -> None:
+    """Serve a model repository over HTTP (KServe v2)."""
+    import uvloop
+
+    from modelport.app import serve as run_server
+
+    flags = {"repository": repository, "host": host, "port": port,
+             "log_level": log_level, "log_format": log_format}  # fmt: skip
+    try:
+        settings = Settings.load(flags, config=config)
+    except SettingsError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    def ready(service: Any) -> None:
+        base = f"http://{settings.host}:{settings.port}"
+        rows = service.index()
+        ok = sum(1 for r in rows if r.state == "READY")
+        console.print(f"[bold green]modelport {__version__}[/] serving {settings.repository}")
+        console.print(f"  models: {ok} ready of {len({r.name for r in rows})}")
+        for row in rows:
+            if row.state != "READY":
+                console.print(f"  [yellow]{row.name}[/]: {row.state} {row.reason}")
+        console.print(f"  API:     {base}/v2")
+        console.print(f"  docs:    {base}/docs")
+        console.print(f"  metrics: {base}/metrics")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(run_server(settings, on_ready=ready))
+
+
+def _get(url: str, path: str, **kwargs: Any) -> Any:
+    try:
+        response = httpx.request(kwargs.pop("method", "GET"), url + path, timeout=30, **kwargs)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error:[/red] cannot reach {url}: {exc}")
+        raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        err.print(f"[red]error {response.status_code}:[/red] {message}")
+        raise typer.Exit(1)
+    return response.json() if response.content else None
+
+
+@app.command()
+def models(url: UrlOption = DEFAULT_URL) -> None:
+    """List the repository's models: name, version, state and reason."""
+    rows = _get(url, "/v2/repository/index", method="POST", json={})
+    table = Table("name", "version", "state", "reason")
+    for row in rows:
+        style = "green" if row["state"] == "READY" else "yellow"
+        table.add_row(row["name"], row.get("version", ""), f"[{style}]{row['state']}[/]",
+                      row.get("reason", ""))  # fmt: skip
+    console.print(table)
+
+
+def _load_input(path: Path, spec: dict[str, Any], batches: bool) -> tuple[str, np.ndarray]:
+    """One input file as an array of ``spec``'s datatype (a whole file for BYTES)."""
+    suffix = path.suffix.lower()
+    datatype = spec["datatype"]
+    if suffix in IMAGE_SUFFIXES or (datatype == "BYTES" and suffix not in {".npy", ".json"}):
+        if datatype != "BYTES":
+            raise typer.BadParameter(
+                f"input '{spec['name']}' takes {datatype} {spec['shape']}, not a file's bytes; "
+                "give a .npy or .json file"
+            )
+        array = np.empty((1, 1) if batches else (1,), dtype=np.object_)
+        array.flat[0] = path.read_bytes()
+        return datatype, array
+    if suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+    elif suffix == ".json":
+        array = np.asarray(json.loads(path.read_text()))
+    else:
+        raise typer.BadParameter(f"{path}: expected .npy, .json or an image file")
+    if batches and array.ndim == len(spec["shape"]) - 1:
+        array = array[np.newaxis]
+    if datatype != "BYTES":
+        array = array.astype(numpy_dtype(datatype))
+    return datatype, array
+
+
+def _binary_request(arrays: dict[str, tuple[str, np.ndarray]]) -> tuple[bytes, int]:
+    """A v2 request with every input as binary data, and its JSON part's length."""
+    chunks = {name: encode_tensor(a, dt) for name, (dt, a) in arrays.items()}
+    head = json.dumps({
+        "inputs": [
+            {"name": name, "datatype": dt, "shape": list(a.shape),
+             "parameters": {"binary_data_size": len(chunks[name])}}
+            for name, (dt, a) in arrays.items()
+        ],
+        "parameters": {"binary_data_output": False},
+    }).encode()  # fmt: skip
+    return head + b"".join(chunks.values()), len(head)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Input files (.npy, .json or an image); NAME=FILE to pick.")
+    ],
+    url: UrlOption = DEFAULT_URL,
+    version: Annotated[str, typer.Option(help="Model version (default: latest).")] = "",
+) -> None:
+    """Run a model on files and print a readable result."""
+    base = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+    meta = _get(url, base)
+    specs = {t["name"]: t for t in meta["inputs"]}
+    batches = bool(meta["inputs"]) and meta["inputs"][0]["shape"][:1] == [-1]
+    arrays: dict[str, tuple[str, np.ndarray]] = {}
+    for i, item in enumerate(inputs):
+        name, sep, file = item.partition("=")
+        if not sep:
+            name, file = meta["inputs"][min(i, len(meta["inputs"]) - 1)]["name"], item
+        if name not in specs:
+            raise typer.BadParameter(f"model '{model}' has no input '{name}'; it has {list(specs)}")
+        path = Path(file)
+        if not path.is_file():
+            raise typer.BadParameter(f"{path}: no such file")
+        arrays[name] = _load_input(path, specs[name], batches)
+    body, length = _binary_request(arrays)
+    headers = {"Inference-Header-Content-Length": str(length)}
+    result = _get(url, base + "/infer", method="POST", content=body, headers=headers)
+    table = Table(
+        "output", "datatype", "shape", "value", title=f"{model} v{result['model_version']}"
+    )
+    for out in result["outputs"]:
+        data = out.get("data", [])
+        shown = ", ".join(_fmt(x) for x in data[:12]) + (" ..." if len(data) > 12 else "")
+        table.add_row(out["name"], out["datatype"], str(out["shape"]), shown)
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,66 @@
+"""The Runtime protocol: the one interface every way of executing a model implements.
+
+A runtime is created per model version and per instance by a :data:`RuntimeFactory`
+given a :class:`RuntimeContext`. The core calls ``load`` once (in a worker thread),
+then ``infer`` with whole batches from the instance's own thread, then ``unload``.
+``runtimes/fake.py`` is the smallest complete example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from modelport.spec import ModelSpec, TensorSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """Inputs and outputs as the model itself sees them, batch dimension excluded."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class ModelCaller(Protocol):
+    """Lets a runtime (a python pipeline) call other served models from its own thread."""
+
+    def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], version: str = ""
+    ) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeContext:
+    """What a runtime is told about the copy it is asked to be."""
+
+    spec: ModelSpec
+    version: int
+    model_dir: Path
+    version_dir: Path
+    instance: int
+    device: str
+    models: ModelCaller
+
+
+class Runtime(Protocol):
+    def load(self) -> None:
+        """Read the model files and get ready to run; raise SpecError if they are unusable."""
+
+    def signature(self) -> Signature:
+        """The inputs and outputs the loaded model has (may be empty if it cannot tell)."""
+
+    def infer(
+        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Run one batch. Arrays carry the batch dimension when the model batches."""
+
+    def unload(self) -> None:
+        """Release what ``load`` took."""
+
+
+RuntimeFactory = Callable[[RuntimeContext], Runtime]

@@ -1,0 +1,258 @@
+"""InferenceService: the one core every protocol adapter calls.
+
+REST, gRPC, the compat APIs, the web page and the CLI all parse their wire format into
+an :class:`InferenceRequest`, call :meth:`InferenceService.infer`, and encode the
+:class:`InferenceResponse`. Validation against the model's signature lives here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelport.core.registry import IndexRow, LoadedVersion, ModelRegistry, ModelState
+from modelport.core.stats import ModelStats
+from modelport.errors import InvalidInput, ModelNotFound, ModelportError, ModelUnavailable
+from modelport.spec import TensorSpec
+from modelport.tensors import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    Tensor,
+    as_bytes_array,
+    datatype_of,
+    numpy_dtype,
+)
+
+# Triton's platform names, so clients that switch on them keep working.
+PLATFORMS = {
+    "onnx": "onnxruntime_onnx",
+    "torch": "pytorch_libtorch",
+    "tensorflow": "tensorflow_savedmodel",
+    "python": "python",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStats:
+    name: str
+    version: str
+    stats: ModelStats
+
+
+class InferenceService:
+    def __init__(self, registry: ModelRegistry, name: str, version: str) -> None:
+        self.registry = registry
+        self.name = name
+        self.version = version
+
+    # -- health ---------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready once every model has finished loading (failed ones do not block it)."""
+        return self.registry.initial_load_done and all(
+            e.state is not ModelState.LOADING for e in self.registry.entries.values()
+        )
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.registry.get(name, version)
+        except ModelUnavailable:
+            return False
+        return True
+
+    # -- inference ------------------------------------------------------------------------
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        loaded = self.registry.get(request.model_name, request.model_version)
+        start = time.perf_counter_ns()
+        try:
+            inputs = _check_inputs(loaded, request.inputs)
+            names = _check_outputs(loaded, request.outputs)
+            result = await loaded.batcher.infer(inputs, request.parameters)
+            outputs = _build_outputs(loaded, result.outputs, names, request.outputs)
+        except ModelportError as exc:
+            loaded.stats.record_request(False, time.perf_counter_ns() - start, 0, exc.kind.value)
+            raise
+        loaded.stats.record_request(True, time.perf_counter_ns() - start, result.queue_ns)
+        return InferenceResponse(loaded.name, str(loaded.version), outputs, request.id, {})
+
+    # -- metadata, repository, statistics -------------------------------------------------
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        loaded = self.registry.get(name, version)
+        entry = self.registry.entries[name]
+        batch = (-1,) if loaded.spec.batches else ()
+
+        def with_batch(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+            return tuple(t.model_copy(update={"shape": (*batch, *t.shape)}) for t in specs)
+
+        return ModelMetadata(
+            name,
+            tuple(str(v) for v in sorted(entry.versions)),
+            PLATFORMS.get(loaded.spec.runtime, loaded.spec.runtime),
+            with_batch(loaded.signature.inputs),
+            with_batch(loaded.signature.outputs),
+            loaded.spec.max_batch_size,
+        )
+
+    def get_version(self, name: str, version: str = "") -> LoadedVersion:
+        return self.registry.get(name, version)
+
+    def index(self, ready_only: bool = False) -> list[IndexRow]:
+        rows = self.registry.index()
+        return [r for r in rows if r.state == "READY"] if ready_only else rows
+
+    async def load(self, name: str) -> None:
+        await self.registry.load(name)
+
+    async def unload(self, name: str) -> None:
+        await self.registry.unload(name)
+
+    def statistics(self, name: str = "", version: str = "") -> list[VersionStats]:
+        if not name:
+            return [
+                VersionStats(e.name, str(v), lv.stats)
+                for e in self.registry.entries.values()
+                for v, lv in sorted(e.versions.items())
+            ]
+        entry = self.registry.entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"unknown model '{name}'")
+        if version:
+            loaded = self.registry.get(name, version)
+            return [VersionStats(name, version, loaded.stats)]
+        return [VersionStats(name, str(v), lv.stats) for v, lv in sorted(entry.versions.items())]
+
+
+def _check_inputs(loaded: LoadedVersion, tensors: tuple[Tensor, ...]) -> dict[str, np.ndarray]:
+    expected = loaded.inputs_by_name
+    batching = loaded.spec.max_batch_size
+    inputs: dict[str, np.ndarray] = {}
+    rows = -1
+    for tensor in tensors:
+        spec = expected.get(tensor.name)
+        if spec is None:
+            raise InvalidInput(
+                f"model '{loaded.name}' has no input '{tensor.name}'; "
+                f"its inputs are {list(expected)}"
+            )
+        if tensor.name in inputs:
+            raise InvalidInput(f"input '{tensor.name}' is given twice")
+        if tensor.datatype != spec.datatype:
+            raise InvalidInput(
+                f"input '{tensor.name}' has datatype {tensor.datatype}, but model "
+                f"'{loaded.name}' expects {spec.datatype}"
+            )
+        shape = tensor.data.shape
+        dims = shape[1:] if batching else shape
+        ok_rank = len(dims) == len(spec.shape) and (not batching or len(shape) >= 1)
+        if not ok_rank or any(w != -1 and w != d for w, d in zip(spec.shape, dims, strict=False)):
+            want = ("-1", *map(str, spec.shape)) if batching else tuple(map(str, spec.shape))
+            raise InvalidInput(
+                f"input '{tensor.name}' has shape {list(shape)}, but model '{loaded.name}' "
+                f"expects [{', '.join(want)}] (-1 is any size)"
+            )
+        if batching:
+            if not 1 <= shape[0] <= batching:
+                raise InvalidInput(
+                    f"input '{tensor.name}' has batch size {shape[0]}; model "
+                    f"'{loaded.name}' takes 1 to {batching} (max_batch_size)"
+                )
+            if rows not in (-1, shape[0]):
+                raise InvalidInput("all inputs of one request need the same batch size")
+            rows = shape[0]
+        inputs[tensor.name] = tensor.data
+    missing = [name for name in expected if name not in inputs]
+    if missing:
+        raise InvalidInput(f"model '{loaded.name}' needs input(s) {missing}, which are missing")
+    return inputs
+
+
+def _check_outputs(loaded: LoadedVersion, requested: tuple[RequestedOutput, ...]) -> list[str]:
+    declared = [t.name for t in loaded.signature.outputs]
+    if not requested:
+        return declared
+    names = [r.name for r in requested]
+    unknown = [n for n in names if declared and n not in declared]
+    if unknown:
+        raise InvalidInput(
+            f"model '{loaded.name}' has no output(s) {unknown}; its outputs are {declared}"
+        )
+    return names
+
+
+def _build_outputs(
+    loaded: LoadedVersion,
+    result: Mapping[str, np.ndarray],
+    names: list[str],
+    requested: tuple[RequestedOutput, ...],
+) -> tuple[Tensor, ...]:
+    specs = {t.name: t for t in loaded.signature.outputs}
+    params = {r.name: r.parameters for r in requested}
+    out: list[Tensor] = []
+    for name in names or list(result):
+        array = result.get(name)
+        if array is None:
+            raise ModelUnavailable(
+                f"model '{loaded.name}' did not produce its declared output '{name}'"
+            )
+        spec = specs.get(name)
+        array = np.asarray(array)
+        datatype = spec.datatype if spec else datatype_of(array)
+        if datatype == "BYTES":
+            array = as_bytes_array(array)
+        elif array.dtype != numpy_dtype(datatype):
+            array = array.astype(numpy_dtype(datatype))
+        out.append(Tensor(name, datatype, array, params.get(name, {})))
+    return tuple(out)
+
+
+class LoopModelCaller:
+    """A :class:`ModelCaller` for runtimes: calls the service from the runtime's thread
+    by scheduling on the event loop and waiting. Inputs are cast to the called model's
+    declared datatypes, so a pipeline can pass plain numpy arrays."""
+
+    def __init__(self) -> None:
+        self._service: InferenceService | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, service: InferenceService, loop: asyncio.AbstractEventLoop) -> None:
+        self._service, self._loop = service, loop
+
+    def infer(
+        self, model: str, inputs: Mapping[str, Any], version: str = ""
+    ) -> dict[str, np.ndarray]:
+        if self._service is None or self._loop is None:
+            raise ModelUnavailable("models cannot be called before the server has started")
+        loaded = self._service.registry.get(model, version)
+        tensors = []
+        for name, value in inputs.items():
+            spec = loaded.inputs_by_name.get(name)
+            array = np.asarray(value)
+            if spec is not None and spec.datatype != "BYTES":
+                array = array.astype(numpy_dtype(spec.datatype), copy=False)
+            elif spec is not None:
+                array = as_bytes_array(array)
+            tensors.append(Tensor(name, spec.datatype if spec else datatype_of(array), array))
+        request = InferenceRequest(model, tuple(tensors), version)
+        future = asyncio.run_coroutine_threadsafe(self._service.infer(request), self._loop)
+        return {t.name: t.data for t in future.result().outputs}

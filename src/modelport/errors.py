@@ -1,0 +1,77 @@
+"""Errors that know nothing of the transport.
+
+Every failure modelport reports to a client is a :class:`ModelportError` carrying an
+:class:`ErrorKind`. The HTTP and gRPC adapters each map the kind to their own status
+(``api/http/errors.py``, ``api/grpc/errors.py``); nothing below them knows a status code.
+
+Exception tree::
+
+    ModelportError
+    ├── ModelNotFound        NOT_FOUND    unknown model or version
+    ├── InvalidInput         INVALID_INPUT a request that cannot be run as sent
+    ├── ModelUnavailable     UNAVAILABLE  known, but not loaded or failed to load
+    ├── Overloaded           OVERLOADED   the model's queue is full; retry later
+    ├── Unsupported          UNSUPPORTED  a feature this server does not offer
+    ├── SpecError            INVALID_SPEC a broken model.yaml or model file
+    └── InferenceFailed      INTERNAL     the runtime raised while running a batch
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorKind(Enum):
+    NOT_FOUND = "not_found"
+    INVALID_INPUT = "invalid_input"
+    UNAVAILABLE = "unavailable"
+    OVERLOADED = "overloaded"
+    UNSUPPORTED = "unsupported"
+    INVALID_SPEC = "invalid_spec"
+    INTERNAL = "internal"
+
+
+class ModelportError(Exception):
+    """Base of every error modelport reports; ``kind`` decides the status code."""
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelNotFound(ModelportError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class InvalidInput(ModelportError):
+    kind = ErrorKind.INVALID_INPUT
+
+
+class ModelUnavailable(ModelportError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class Overloaded(ModelportError):
+    """The model's queue is full. ``retry_after`` is a hint in seconds."""
+
+    kind = ErrorKind.OVERLOADED
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unsupported(ModelportError):
+    kind = ErrorKind.UNSUPPORTED
+
+
+class SpecError(ModelportError):
+    """A model.yaml or model file that cannot be used; the message names file and field."""
+
+    kind = ErrorKind.INVALID_SPEC
+
+
+class InferenceFailed(ModelportError):
+    kind = ErrorKind.INTERNAL

@@ -1,0 +1,104 @@
+"""Tensors and the messages that carry them: the one vocabulary of every protocol.
+
+Numbers stay numpy end to end. BYTES tensors are numpy object arrays of ``bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelport.errors import InvalidInput
+
+# v2 datatype name -> numpy dtype. BYTES is an object array of bytes.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+_BY_DTYPE: dict[np.dtype[Any], str] = {v: k for k, v in DATATYPES.items()}
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype of a v2 datatype name, or InvalidInput naming the valid ones."""
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
+        ) from None
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The v2 datatype name of a numpy array (str and bytes arrays are BYTES)."""
+    dtype = array.dtype
+    if dtype.kind in ("S", "U", "O"):
+        return "BYTES"
+    try:
+        return _BY_DTYPE[dtype]
+    except KeyError:
+        raise InvalidInput(f"numpy dtype {dtype} has no v2 datatype") from None
+
+
+def as_bytes_array(array: np.ndarray) -> np.ndarray:
+    """A BYTES tensor as an object array of ``bytes`` (str items are UTF-8 encoded)."""
+    if array.dtype == np.object_ and all(isinstance(x, bytes) for x in array.flat):
+        return array
+    out = np.empty(array.shape, dtype=np.object_)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.flat):
+        flat[i] = item.encode() if isinstance(item, str) else bytes(item)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A named array. ``datatype`` is the v2 name; ``data`` a numpy array of that type."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """An output the client asked for, with its per-output parameters (binary_data...)."""
+
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    model_name: str
+    inputs: tuple[Tensor, ...]
+    model_version: str = ""
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: tuple[RequestedOutput, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResponse:
+    model_name: str
+    model_version: str
+    outputs: tuple[Tensor, ...]
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
