@@ -14,7 +14,8 @@ instance), unless a full ``max_batch_size`` batch can be formed.
 its target size, wait up to this long for more. It never applies to a lone request.
 
 A request's rows are never split across batches; requests whose non-batch shapes or
-parameters differ are never mixed. ``max_queue_size`` bounds the waiting requests: past
+parameters differ are never mixed. When a merged batch fails, each of its requests is
+run again alone, so an error reaches only the request that caused it. ``max_queue_size`` bounds the waiting requests: past
 it, ``infer`` raises :class:`Overloaded` at once.
 """
 
@@ -199,14 +200,19 @@ class DynamicBatcher:
                     p.future.set_exception(ModelUnavailable(f"model '{self.name}' was stopped"))
             raise
         except Exception as exc:
+            if len(batch) > 1:
+                # One bad request must not fail its neighbours: run each alone, so the
+                # error lands only on the request that caused it.
+                for p in batch:
+                    await self._execute(instance, [p])
+                return
             error = (
                 exc
                 if isinstance(exc, ModelportError)
                 else InferenceFailed(f"model '{self.name}' failed: {type(exc).__name__}: {exc}")
             )
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(error)
+            if not batch[0].future.done():
+                batch[0].future.set_exception(error)
             return
         finally:
             self._busy -= 1

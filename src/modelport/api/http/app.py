@@ -8,6 +8,7 @@ go through FastAPI. Both call the same :class:`InferHandler`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import uuid
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from modelport.api.http.v2 import InferHandler, build_router
@@ -29,6 +30,15 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("modelport.http")
+_ids = itertools.count(1)
+_PREFIX = uuid.uuid4().hex[:8]
+
+
+def _new_request_id() -> str:
+    """Unique per process run, and cheaper than a uuid per request."""
+    return f"{_PREFIX}-{next(_ids):x}"
+
+
 _INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 
@@ -52,7 +62,7 @@ class InferFastPath:
         self, model: str, version: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        rid = headers.get("x-request-id") or _new_request_id()
         request_id.set(rid)
         body = await self._read_body(headers, receive)
         if body is None:
@@ -110,6 +120,16 @@ def create_app(
         docs_url="/docs",
     )
     app.include_router(build_router(service))
+
+    @app.middleware("http")
+    async def tag_request(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        rid = request.headers.get("x-request-id") or _new_request_id()
+        request_id.set(rid)
+        response = await call_next(request)
+        response.headers["x-request-id"] = rid
+        return response
 
     @app.get("/metrics", tags=["observability"], summary="Prometheus metrics")
     async def metrics_route() -> Response:
