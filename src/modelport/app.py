@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -29,6 +30,15 @@ RUNTIMES: dict[str, RuntimeFactory] = {
 }
 
 log = logging.getLogger("modelport")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn raises a caught SIGTERM or SIGINT again once it has stopped, which would
+    end the process before :func:`serve` closes the models; here the signal only stops it."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
 
 def build_service(settings: Settings) -> tuple[InferenceService, LoopModelCaller]:
@@ -63,7 +73,7 @@ async def serve(
         date_header=False,
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     serving = asyncio.create_task(server.serve())
     try:
         await start_service(service, caller)

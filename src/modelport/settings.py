@@ -45,6 +45,7 @@ class Settings(BaseModel):
         """Merge the three sources; ``None`` flags mean 'not given'."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}  # setting -> where its value came from, for errors
         path = config or Path(environ.get(f"{ENV_PREFIX}CONFIG", CONFIG_FILE))
         if path.is_file():
             try:
@@ -52,17 +53,23 @@ class Settings(BaseModel):
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise SettingsError(f"{path}: {exc}") from None
             values.update(doc.get("server", doc))
+            sources.update(dict.fromkeys(values, str(path)))
         elif config is not None:
             raise SettingsError(f"{config}: no such settings file")
         for name in cls.model_fields:
             env = environ.get(ENV_PREFIX + name.upper())
             if env is not None:
                 values[name] = env
-        values.update({k: v for k, v in (flags or {}).items() if v is not None})
+                sources[name] = ENV_PREFIX + name.upper()
+        given = {k: v for k, v in (flags or {}).items() if v is not None}
+        values.update(given)
+        sources.update(dict.fromkeys(given, "command line"))
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                + (f" (from {sources[e['loc'][0]]})" if e["loc"] and e["loc"][0] in sources else "")
+                for e in exc.errors()
             )
             raise SettingsError(f"bad settings ({problems})") from None

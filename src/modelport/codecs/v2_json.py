@@ -127,7 +127,10 @@ def _json_array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
             array = np.empty(len(flat), dtype=np.object_)
             array[:] = [x.encode() if isinstance(x, str) else _bytes_item(name, x) for x in flat]
         else:
-            array = _numbers(np.asarray(data), DATATYPES[datatype])
+            array = np.asarray(data)
+            if array.dtype.kind == "f" and datatype == "UINT64":
+                array = _uint64(data)
+            array = _numbers(array, DATATYPES[datatype])
     except (ValueError, TypeError, OverflowError):
         raise _fail(
             f"input '{name}': 'data' must be a flat or nested list of {datatype} values"
@@ -153,6 +156,15 @@ def _numbers(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
         if array.min() < info.min or array.max() > info.max:
             raise ValueError("out of range")
     return array.astype(dtype, copy=False)
+
+
+def _uint64(data: Any) -> np.ndarray:
+    """numpy reads ints past INT64's range mixed with smaller ones as float64, losing
+    precision; UINT64 data is read exactly instead."""
+    flat = _flatten(data)
+    if not all(type(x) is int for x in flat):
+        raise ValueError("not integers")
+    return np.array(flat, dtype=np.uint64)
 
 
 def _bytes_item(name: str, item: Any) -> bytes:

@@ -15,8 +15,10 @@ its target size, wait up to this long for more. It never applies to a lone reque
 
 A request's rows are never split across batches; requests whose non-batch shapes or
 parameters differ are never mixed. When a merged batch fails, each of its requests is
-run again alone, so an error reaches only the request that caused it. ``max_queue_size`` bounds the waiting requests: past
-it, ``infer`` raises :class:`Overloaded` at once.
+run again alone, so an error reaches only the request that caused it.
+
+``max_queue_size`` bounds the waiting requests: past it, ``infer`` raises
+:class:`Overloaded` at once.
 """
 
 from __future__ import annotations
