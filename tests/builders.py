@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def mlp_onnx(path: Path, sizes: tuple[int, ...] = (256, 1024, 1024, 10), seed: i
     """INPUT0 FP32 [batch, sizes[0]] -> MatMul/ReLU layers -> OUTPUT0 FP32 [batch, sizes[-1]]."""
     rng = np.random.default_rng(seed)
     nodes, weights, current = [], [], "INPUT0"
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
         weights.append(numpy_helper.from_array(w, f"W{i}"))
         last = i == len(sizes) - 2

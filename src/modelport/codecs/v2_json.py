@@ -100,7 +100,9 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[Tensor, i
     if datatype not in DATATYPES:
         raise _fail(f"input '{name}': datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
     shape = item.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise _fail(f"input '{name}': 'shape' must be a list of non-negative integers")
     dims = tuple(shape)
     params = item.get("parameters") or {}

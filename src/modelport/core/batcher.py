@@ -228,7 +228,7 @@ class DynamicBatcher:
     def _split(
         self, outputs: dict[str, np.ndarray], batch: list[_Pending]
     ) -> list[dict[str, np.ndarray]]:
-        if len(batch) == 1:
+        if self.max_batch_size == 0:
             return [outputs]
         total = sum(p.rows for p in batch)
         for name, array in outputs.items():
@@ -237,6 +237,8 @@ class DynamicBatcher:
                     f"model '{self.name}' returned output '{name}' with shape {array.shape} "
                     f"for a batch of {total} rows; batched outputs need {total} first"
                 )
+        if len(batch) == 1:
+            return [outputs]
         results, offset = [], 0
         for p in batch:
             results.append({n: a[offset : offset + p.rows] for n, a in outputs.items()})

@@ -46,7 +46,11 @@ class ModelRepository:
                 "(at least 'runtime: onnx')"
             )
         spec = load_spec(path)
-        available = [int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit()]
+        available = [
+            int(p.name)
+            for p in path.iterdir()
+            if p.is_dir() and p.name.isdigit() and int(p.name) > 0
+        ]
         if not available:
             raise SpecError(
                 f"{path}: no version folders; put the model files in {path}/1/ "

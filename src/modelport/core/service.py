@@ -17,7 +17,14 @@ import numpy as np
 
 from modelport.core.registry import IndexRow, LoadedVersion, ModelRegistry, ModelState
 from modelport.core.stats import ModelStats
-from modelport.errors import InvalidInput, ModelNotFound, ModelportError, ModelUnavailable
+from modelport.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelNotFound,
+    ModelportError,
+    ModelUnavailable,
+    Overloaded,
+)
 from modelport.spec import TensorSpec
 from modelport.tensors import (
     InferenceRequest,
@@ -255,4 +262,10 @@ class LoopModelCaller:
             tensors.append(Tensor(name, spec.datatype if spec else datatype_of(array), array))
         request = InferenceRequest(model, tuple(tensors), version)
         future = asyncio.run_coroutine_threadsafe(self._service.infer(request), self._loop)
-        return {t.name: t.data for t in future.result().outputs}
+        try:
+            return {t.name: t.data for t in future.result().outputs}
+        except (ModelUnavailable, Overloaded):
+            raise
+        except ModelportError as exc:
+            # The pipeline built a bad call: the pipeline's fault, not its client's.
+            raise InferenceFailed(f"calling model '{model}' failed: {exc.message}") from exc

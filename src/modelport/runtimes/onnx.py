@@ -50,8 +50,11 @@ class OnnxRuntime:
             raise SpecError(f"{path}: missing; an onnx model's file is {MODEL_FILE}")
         providers: list[str] = ["CPUExecutionProvider"]
         provider_options: list[dict[str, Any]] = [{}]
-        if self.context.device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        # device: auto takes a GPU where there is one and settles for the CPU elsewhere.
+        settle = self.context.spec.instances.device == "auto" and not has_cuda
+        if self.context.device.startswith("cuda") and not settle:
+            if not has_cuda:
                 raise ModelUnavailable(
                     f"model '{self.context.spec.name}' asks for a GPU (instances.device), but "
                     "ONNX Runtime has no CUDA provider here; install modelport[gpu] on a GPU "
