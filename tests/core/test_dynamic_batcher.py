@@ -229,17 +229,17 @@ async def test_close_finishes_accepted_work_and_refuses_the_rest(repo: Path, ser
         assert np.array_equal(await task, _rows(i))
 
 
-async def test_close_past_its_drain_time_fails_what_is_left(repo: Path, serve: Start) -> None:
+async def test_close_past_its_drain_time_fails_what_waits_and_finishes_what_runs(repo: Path, serve: Start) -> None:
     service = await _fake(repo, serve, delay_ms=400)
     loaded = service.get_version("m")
     first = await _occupy(service, [_runtime(service)])
     waiting = asyncio.create_task(_call(service, _rows(1)))
     await _until(lambda: loaded.batcher.queue_depth == 1)
     await loaded.batcher.close(drain_seconds=0.05)
-    with pytest.raises(ModelUnavailable, match="was stopped"):
-        await first
     with pytest.raises(ModelUnavailable, match="unloaded before it ran"):
         await waiting
+    # The batch already on its instance's thread cannot be interrupted: it finishes.
+    assert (await first).shape[0] == 1
 
 
 async def test_runtime_failure_fails_every_request(repo: Path, serve: Start) -> None:

@@ -6,6 +6,10 @@ never held back for company; under load, requests pile up while every instance i
 and the next free instance takes them all (up to ``max_batch_size`` rows). So batches
 grow with load by themselves, without a fixed delay taxing every request.
 
+Scheduling happens in one callback per event-loop iteration (``_flush``), after the
+loop has read every request that arrived together, so requests that came in at once
+are batched at once, with no timer.
+
 ``preferred_batch_sizes``: when more rows wait than the smallest preferred size, the
 batch is cut to the largest preferred size that fits (the rest waits for the next
 instance), unless a full ``max_batch_size`` batch can be formed.
@@ -17,8 +21,14 @@ A request's rows are never split across batches; requests whose non-batch shapes
 parameters differ are never mixed. When a merged batch fails, each of its requests is
 run again alone, so an error reaches only the request that caused it.
 
-``max_queue_size`` bounds the waiting requests: past it, ``infer`` raises
+``max_queue_size`` bounds the waiting requests: past it, ``submit`` raises
 :class:`Overloaded` at once.
+
+Small models: a thread hop costs ~100 µs on a loaded VM, as much as a small model's
+whole compute. When a runtime allows it (``Instance.inline``), the model is idle, nothing
+else waits, and the model's measured one-request compute is under ``inline_budget_ns``,
+the request runs on the loop's thread instead. Under load there is always company
+waiting or a batch running, so batches still go to the instance threads.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -36,6 +47,8 @@ from modelport.core.instances import Instance
 from modelport.core.stats import ModelStats
 from modelport.errors import InferenceFailed, ModelportError, ModelUnavailable, Overloaded
 from modelport.spec import BatchingSpec
+
+INLINE_BUDGET_NS = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +68,17 @@ class _Pending:
     key: tuple[Any, ...]
     future: asyncio.Future[BatchResult]
     enqueued_ns: int
+    solo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Ran:
+    """What an instance thread hands back: per-request outputs and the three timings."""
+
+    results: list[dict[str, np.ndarray]]
+    input_ns: int
+    infer_ns: int
+    output_ns: int
 
 
 def _batch_key(inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -72,32 +96,44 @@ class DynamicBatcher:
         max_batch_size: int,
         batching: BatchingSpec,
         stats: ModelStats,
+        inline_budget_ns: int = INLINE_BUDGET_NS,
     ) -> None:
         self.name = name
         self.instances = list(instances)
         self.max_batch_size = max_batch_size
         self.batching = batching
         self.stats = stats
+        self.inline_budget_ns = inline_budget_ns
+        self._free = list(reversed(self.instances))
         self._pending: deque[_Pending] = deque()
-        self._wakeup = asyncio.Event()
-        self._loops: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._busy = 0
+        self._single_ns = -1.0  # moving average of a one-request compute; -1 = unknown
         self._target = max(batching.preferred_batch_sizes or (max_batch_size,))
 
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
 
+    @property
+    def busy(self) -> int:
+        return len(self.instances) - len(self._free)
+
     def start(self) -> None:
-        self._loops = [
-            asyncio.create_task(self._serve(inst), name=f"{self.name}-batcher-{i}")
-            for i, inst in enumerate(self.instances)
-        ]
+        self._loop = asyncio.get_running_loop()
 
     async def infer(
         self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
     ) -> BatchResult:
+        return await self.submit(inputs, parameters)
+
+    def submit(
+        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
+    ) -> asyncio.Future[BatchResult]:
+        """Queue one request; the future resolves with its outputs."""
         if self._closed:
             raise ModelUnavailable(f"model '{self.name}' is unloading")
         if len(self._pending) >= self.batching.max_queue_size:
@@ -106,49 +142,72 @@ class DynamicBatcher:
                 f"waiting (batching.max_queue_size); retry shortly or add instances",
                 retry_after=1.0,
             )
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
         rows = 1
-        if self.max_batch_size > 0:
-            rows = next(iter(inputs.values())).shape[0] if inputs else 1
-        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        if self.max_batch_size > 0 and inputs:
+            rows = next(iter(inputs.values())).shape[0]
+        future: asyncio.Future[BatchResult] = loop.create_future()
+        key = _batch_key(inputs, parameters)
         self._pending.append(
-            _Pending(inputs, parameters, rows, _batch_key(inputs, parameters), future,
-                     time.perf_counter_ns())
-        )  # fmt: skip
-        self._wakeup.set()
-        return await future
+            _Pending(inputs, parameters, rows, key, future, time.perf_counter_ns())
+        )
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
 
-    async def _serve(self, instance: Instance) -> None:
-        while True:
-            while not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+    # -- scheduling -------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._free and self._pending:
+            idle = len(self._free) == len(self.instances)
             batch = self._take()
-            if self.batching.max_queue_delay_us and len(batch) > 1:
-                batch = await self._fill(batch)
-            await self._execute(instance, batch)
+            if self._should_wait(batch):
+                self._pending.extendleft(reversed(batch))
+                return
+            instance = self._free.pop()
+            if idle and not self._pending and self._inline_ok(instance, batch):
+                self._run_inline(instance, batch)
+            else:
+                self._dispatch(instance, batch)
 
-    def _take(self, batch: list[_Pending] | None = None) -> list[_Pending]:
+    def _should_wait(self, batch: list[_Pending]) -> bool:
+        delay = self.batching.max_queue_delay_us
+        if not delay or len(batch) < 2 or sum(p.rows for p in batch) >= self._target:
+            self._deadline = 0.0
+            return False
+        assert self._loop is not None
+        now = self._loop.time()
+        if not self._deadline:
+            self._deadline = now + delay / 1e6
+        if now >= self._deadline:
+            self._deadline = 0.0
+            return False
+        if self._timer is None or self._timer.cancelled():
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+        return True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._flush()
+
+    def _take(self) -> list[_Pending]:
         """Pop the next batch: compatible requests in arrival order, cut to a good size."""
-        if self.max_batch_size == 0:
-            return [self._pending.popleft()]
-        batch = batch or []
-        rows = sum(p.rows for p in batch)
-        key = batch[0].key if batch else self._pending[0].key
-        rest: deque[_Pending] = deque()
-        while self._pending:
+        first = self._pending.popleft()
+        if self.max_batch_size == 0 or first.solo:
+            return [first]
+        batch, rows, key = [first], first.rows, first.key
+        skipped: list[_Pending] = []
+        while self._pending and rows < self.max_batch_size:
             item = self._pending.popleft()
-            if item.key == key and rows + item.rows <= self.max_batch_size:
+            if item.key == key and not item.solo and rows + item.rows <= self.max_batch_size:
                 batch.append(item)
                 rows += item.rows
             else:
-                rest.append(item)
-                if rows >= self.max_batch_size:
-                    break
-        rest.extend(self._pending)
-        self._pending = rest
-        if not batch:  # a single request larger than max_batch_size cannot happen (validated)
-            batch.append(self._pending.popleft())
-            return batch
+                skipped.append(item)
+        self._pending.extendleft(reversed(skipped))
         return self._cut_to_preferred(batch, rows)
 
     def _cut_to_preferred(self, batch: list[_Pending], rows: int) -> list[_Pending]:
@@ -166,64 +225,83 @@ class DynamicBatcher:
         self._pending.extendleft(reversed(batch[len(kept) :]))
         return kept
 
-    async def _fill(self, batch: list[_Pending]) -> list[_Pending]:
-        deadline = time.perf_counter() + self.batching.max_queue_delay_us / 1e6
-        while sum(p.rows for p in batch) < self._target:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                break
-            if self._pending:
-                batch = self._take(batch)
-        return batch
+    def _inline_ok(self, instance: Instance, batch: list[_Pending]) -> bool:
+        return instance.inline and len(batch) == 1 and 0 <= self._single_ns < self.inline_budget_ns
 
-    async def _execute(self, instance: Instance, batch: list[_Pending]) -> None:
+    # -- execution --------------------------------------------------------------------------
+
+    def _work(self, instance: Instance, batch: list[_Pending]) -> _Ran:
+        """Runs on the instance's thread (or inline): merge, infer, split."""
         start = time.perf_counter_ns()
-        self._busy += 1
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {
+                name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
+            }
+        t_in = time.perf_counter_ns()
+        outputs = instance.runtime.infer(inputs, batch[0].parameters)
+        t_run = time.perf_counter_ns()
+        results = self._split(outputs, batch)
+        return _Ran(results, t_in - start, t_run - t_in, time.perf_counter_ns() - t_run)
+
+    def _dispatch(self, instance: Instance, batch: list[_Pending]) -> None:
+        started = time.perf_counter_ns()
+        future = instance.call(partial(self._work, instance, batch))
+        future.add_done_callback(partial(self._finished, instance, batch, started))
+
+    def _run_inline(self, instance: Instance, batch: list[_Pending]) -> None:
+        started = time.perf_counter_ns()
+        assert self._loop is not None
+        future: asyncio.Future[_Ran] = self._loop.create_future()
         try:
-            if len(batch) == 1:
-                inputs = batch[0].inputs
-            else:
-                inputs = {
-                    name: np.concatenate([p.inputs[name] for p in batch])
-                    for name in batch[0].inputs
-                }
-            t_in = time.perf_counter_ns()
-            outputs = await instance.run(inputs, batch[0].parameters)
-            t_run = time.perf_counter_ns()
-            results = self._split(outputs, batch)
-        except asyncio.CancelledError:
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(ModelUnavailable(f"model '{self.name}' was stopped"))
-            raise
+            future.set_result(self._work(instance, batch))
         except Exception as exc:
-            if len(batch) > 1:
-                # One bad request must not fail its neighbours: run each alone, so the
-                # error lands only on the request that caused it.
-                for p in batch:
-                    await self._execute(instance, [p])
-                return
-            error = (
-                exc
-                if isinstance(exc, ModelportError)
-                else InferenceFailed(f"model '{self.name}' failed: {type(exc).__name__}: {exc}")
-            )
-            if not batch[0].future.done():
-                batch[0].future.set_exception(error)
+            future.set_exception(exc)
+        self._finished(instance, batch, started, future)
+
+    def _finished(
+        self,
+        instance: Instance,
+        batch: list[_Pending],
+        started: int,
+        future: asyncio.Future[_Ran],
+    ) -> None:
+        self._free.append(instance)
+        exc = None if future.cancelled() else future.exception()
+        if future.cancelled() or exc is not None:
+            self._failed(batch, exc)
+        else:
+            ran = future.result()
+            size = sum(p.rows for p in batch)
+            self.stats.record_batch(size, ran.input_ns, ran.infer_ns, ran.output_ns)
+            if len(batch) == 1:
+                compute = ran.input_ns + ran.infer_ns + ran.output_ns
+                avg = self._single_ns
+                self._single_ns = compute if avg < 0 else 0.8 * avg + 0.2 * compute
+            for p, out in zip(batch, ran.results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(BatchResult(out, started - p.enqueued_ns, size))
+        if self._pending and not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _failed(self, batch: list[_Pending], exc: BaseException | None) -> None:
+        if len(batch) > 1:
+            # One bad request must not fail its neighbours: run each alone, so the
+            # error lands only on the request that caused it.
+            for p in reversed(batch):
+                p.solo = True
+                self._pending.appendleft(p)
             return
-        finally:
-            self._busy -= 1
-        end = time.perf_counter_ns()
-        size = sum(p.rows for p in batch)
-        self.stats.record_batch(size, t_in - start, t_run - t_in, end - t_run)
-        for p, out in zip(batch, results, strict=True):
-            if not p.future.done():
-                p.future.set_result(BatchResult(out, start - p.enqueued_ns, size))
+        if exc is None:
+            error: ModelportError = ModelUnavailable(f"model '{self.name}' was stopped")
+        elif isinstance(exc, ModelportError):
+            error = exc
+        else:
+            error = InferenceFailed(f"model '{self.name}' failed: {type(exc).__name__}: {exc}")
+        if not batch[0].future.done():
+            batch[0].future.set_exception(error)
 
     def _split(
         self, outputs: dict[str, np.ndarray], batch: list[_Pending]
@@ -249,11 +327,10 @@ class DynamicBatcher:
         """Refuse new requests, finish the accepted ones (up to ``drain_seconds``), stop."""
         self._closed = True
         deadline = time.monotonic() + drain_seconds
-        while (self._pending or self._busy) and time.monotonic() < deadline:
+        while (self._pending or self.busy) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():

@@ -7,28 +7,39 @@ lets ``instances.count`` copies run in parallel without blocking the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from modelport.core.runtime import Runtime
 
+T = TypeVar("T")
+
 
 class Instance:
-    """One loaded runtime and its thread. ``run`` hops off the event loop for the batch."""
+    """One loaded runtime and its thread.
+
+    ``inline`` is true when the runtime says a call may run on the event loop's own
+    thread (``runs_inline = True``: it never calls back into the server); the batcher
+    uses that for a lone request whose measured compute is shorter than a thread hop.
+    """
 
     def __init__(self, runtime: Runtime, name: str) -> None:
         self.runtime = runtime
         self.name = name
+        self.inline = bool(getattr(runtime, "runs_inline", False))
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def call(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``work`` on this instance's thread; the future resolves on the loop."""
+        return asyncio.get_running_loop().run_in_executor(self._thread, work)
 
     async def run(
         self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self.runtime.infer, inputs, parameters)
+        return await self.call(lambda: self.runtime.infer(inputs, parameters))
 
     def run_blocking(
         self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]

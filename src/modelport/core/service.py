@@ -124,6 +124,35 @@ class InferenceService:
     def get_version(self, name: str, version: str = "") -> LoadedVersion:
         return self.registry.get(name, version)
 
+    def version_for_label(self, name: str, label: str) -> str:
+        """The version a label of ``version_labels`` in model.yaml names (TF Serving's
+        version labels, e.g. ``{stable: 1, canary: 2}``)."""
+        loaded = self.registry.get(name)
+        labels = loaded.spec.version_labels
+        if not labels:
+            raise ModelNotFound(
+                f"model '{name}' has no version labels configured; add "
+                f"'version_labels: {{{label}: <version>}}' to its model.yaml"
+            )
+        version = labels.get(label)
+        if version is None:
+            raise ModelNotFound(
+                f"model '{name}' has no version label '{label}'; its labels are {sorted(labels)}"
+            )
+        return str(version)
+
+    def model_status(self, name: str, version: str = "") -> list[IndexRow]:
+        """The state of each version of one model (or of ``version``), as in the index.
+        A model that serves no version has one row, with an empty version."""
+        rows = [r for r in self.registry.index() if r.name == name]
+        if not rows:
+            raise ModelNotFound(f"unknown model '{name}'")
+        if version and rows[0].version:
+            rows = [r for r in rows if r.version == version]
+            if not rows:
+                raise ModelNotFound(f"model '{name}' has no version {version}")
+        return rows
+
     def index(self, ready_only: bool = False) -> list[IndexRow]:
         rows = self.registry.index()
         return [r for r in rows if r.state == "READY"] if ready_only else rows

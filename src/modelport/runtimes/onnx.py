@@ -36,6 +36,10 @@ _ONNX_TYPES = {
 
 
 class OnnxRuntime:
+    # A session never calls back into the server, so the batcher may run a lone small
+    # request on the event loop's thread, saving a thread hop (see core/batcher.py).
+    runs_inline = True
+
     def __init__(self, context: RuntimeContext) -> None:
         self.context = context
         self.session: Any = None
