@@ -194,6 +194,15 @@ def test_name_must_match_the_folder() -> None:
     assert "field 'name'" in message and "differs from its folder 'm'" in message
 
 
+def test_version_labels_name_versions() -> None:
+    spec = parse_spec("m", "runtime: onnx\nversion_labels: {stable: 1, canary: 2}\n", "y")
+    assert spec.version_labels == {"stable": 1, "canary": 2}
+    message = _error("runtime: onnx\nversion_labels: {'3': 1}\n")
+    assert "field 'version_labels'" in message and "not numbers" in message
+    message = _error("runtime: onnx\nversion_labels: {stable: 0}\n")
+    assert "positive integers" in message
+
+
 def test_several_problems_are_all_reported() -> None:
     message = _error("runtime: onnx\nmax_batch_size: -1\nthreads: {intra_op: x}\n")
     assert "field 'max_batch_size'" in message and "field 'threads.intra_op'" in message

@@ -130,7 +130,19 @@ class ModelSpec(_Strict):
     version_policy: VersionPolicy = VersionPolicy()
     warmup: tuple[WarmupSpec, ...] = ()
     labels: tuple[str, ...] | str = ()
+    version_labels: dict[str, int] = Field(default_factory=dict)
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("version_labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, int]) -> dict[str, int]:
+        # A label that is all digits could not be told apart from a version number.
+        bad = [k for k in value if not k or k.isdigit() or "/" in k or ":" in k]
+        if bad:
+            raise ValueError(f"labels {bad} must be names (not numbers, no '/' or ':')")
+        if any(v < 1 for v in value.values()):
+            raise ValueError("labels map to version numbers, which are positive integers")
+        return value
 
     @model_validator(mode="after")
     def _batching_fits(self) -> ModelSpec:

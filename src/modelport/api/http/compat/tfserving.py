@@ -1,0 +1,159 @@
+"""TensorFlow Serving's REST API (its port 8501), so TF Serving clients only change the
+address: model status, metadata and ``:predict``, at a version or a version label.
+
+Each route parses, calls the core service, encodes with ``codecs/tfserving_json`` and
+maps errors, as the v2 routes do. Errors are ``{"error": "..."}`` with the statuses TF
+Serving answers: 400 a bad request, 404 an unknown model, version or label, 503 a model
+not loaded or overloaded.
+
+Labels (``/labels/{l}``) name versions through ``version_labels`` in model.yaml
+(``{stable: 1, canary: 2}``); a model without them answers 404 saying so.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from modelport.api.http.errors import error_parts
+from modelport.codecs.tfserving_json import DEFAULT_SIGNATURE, decode_predict, encode_predict
+from modelport.core.registry import IndexRow
+from modelport.core.service import InferenceService
+from modelport.errors import ModelNotFound, ModelportError, Unsupported
+from modelport.spec import TensorSpec
+
+# v2 datatype -> TF's DataType enum name.
+TF_DTYPES = {
+    "BOOL": "DT_BOOL",
+    "UINT8": "DT_UINT8",
+    "UINT16": "DT_UINT16",
+    "UINT32": "DT_UINT32",
+    "UINT64": "DT_UINT64",
+    "INT8": "DT_INT8",
+    "INT16": "DT_INT16",
+    "INT32": "DT_INT32",
+    "INT64": "DT_INT64",
+    "FP16": "DT_HALF",
+    "FP32": "DT_FLOAT",
+    "FP64": "DT_DOUBLE",
+    "BYTES": "DT_STRING",
+}
+# The registry's states as TF Serving's ManagedState names.
+TF_STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING"}
+# Reasons the registry gives a version that ended cleanly, not by failing.
+_CLEAN_END = frozenset({"", "unloaded", "not loaded"})
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+_PREDICT_PATH = re.compile(
+    r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r":(?P<verb>[a-z]+)$"
+)
+
+
+def _json(data: Any) -> Response:
+    return Response(orjson.dumps(data), 200, media_type="application/json")
+
+
+def _error(exc: ModelportError) -> Response:
+    status, body, headers = error_parts(exc)
+    response = Response(body, status, media_type="application/json")
+    for key, value in headers:
+        response.headers[key.decode()] = value.decode()
+    return response
+
+
+def _version_status(row: IndexRow, version: str) -> dict[str, Any]:
+    failed = row.state == "UNAVAILABLE" and row.reason not in _CLEAN_END
+    return {
+        "version": row.version or version or "0",
+        "state": TF_STATES.get(row.state, "END"),
+        "status": {
+            "error_code": "UNKNOWN" if failed else "OK",
+            "error_message": row.reason if failed else "",
+        },
+    }
+
+
+def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
+    # int64 fields are strings in protobuf's JSON, which TF Serving's answers keep.
+    dims = [{"size": str(d), "name": ""} for d in spec.shape]
+    return {
+        "dtype": TF_DTYPES[spec.datatype],
+        "tensor_shape": {"dim": dims, "unknown_rank": False},
+        "name": spec.name,
+    }
+
+
+def build_tfserving_router(service: InferenceService) -> APIRouter:
+    router = APIRouter(tags=["TensorFlow Serving"])
+
+    def resolve(model: str, version: str, label: str) -> str:
+        return service.version_for_label(model, label) if label else version
+
+    async def status(model: str, version: str = "", label: str = "") -> Response:
+        try:
+            version = resolve(model, version, label)
+            rows = service.model_status(model, version)
+        except ModelportError as exc:
+            return _error(exc)
+        return _json({"model_version_status": [_version_status(r, version) for r in rows]})
+
+    async def metadata(model: str, version: str = "", label: str = "") -> Response:
+        try:
+            version = resolve(model, version, label)
+            served = str(service.get_version(model, version).version)
+            meta = service.metadata(model, served)
+        except ModelportError as exc:
+            return _error(exc)
+        signature = {
+            "inputs": {t.name: _tensor_info(t) for t in meta.inputs},
+            "outputs": {t.name: _tensor_info(t) for t in meta.outputs},
+            "method_name": PREDICT_METHOD,
+        }
+        return _json({
+            "model_spec": {"name": model, "signature_name": "", "version": served},
+            "metadata": {"signature_def": {"signature_def": {DEFAULT_SIGNATURE: signature}}},
+        })  # fmt: skip
+
+    for suffix in ("", "/versions/{version}", "/labels/{label}"):
+        prefix = "/v1/models/{model}" + suffix
+        router.add_api_route(prefix, status, methods=["GET"], summary="Model version status")
+        router.add_api_route(
+            prefix + "/metadata", metadata, methods=["GET"], summary="Model signature metadata"
+        )
+
+    @router.post(
+        "/v1/models/{rest:path}",
+        summary="Predict: POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict",
+        openapi_extra={
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "example": {"instances": [[1.0, 2.0, 3.0, 4.0]]}}}}}
+        },
+    )  # fmt: skip
+    async def predict(rest: str, request: Request) -> Response:
+        try:
+            match = _PREDICT_PATH.match(rest)
+            if match is not None and match["verb"] in ("classify", "regress"):
+                raise Unsupported(f"':{match['verb']}' is not supported; use ':predict'")
+            if match is None or match["verb"] != "predict":
+                raise ModelNotFound(
+                    f"Malformed request: POST /v1/models/{rest}; expected "
+                    "/v1/models/<model>[/versions/<version>|/labels/<label>]:predict"
+                )
+            model = match["model"]
+            version = resolve(model, match["version"] or "", match["label"] or "")
+            loaded = service.get_version(model, version)
+            decoded = decode_predict(
+                await request.body(), model, str(loaded.version),
+                loaded.signature.inputs, loaded.spec.batches,
+            )  # fmt: skip
+            response = await service.infer(decoded.request)
+            body = encode_predict(response, decoded)
+        except ModelportError as exc:
+            return _error(exc)
+        return Response(body, 200, media_type="application/json")
+
+    return router
