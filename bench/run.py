@@ -230,8 +230,10 @@ def server(repo: Path, log_path: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     exe = ROOT / ".venv" / "bin" / "modelport"
     cmd = [str(exe), "serve", str(repo), "--host", HOST, "--port", str(port)]
+    # gRPC stays on (as in a default `modelport serve`), on a port of its own.
+    env = {**os.environ, "MODELPORT_GRPC_PORT": str(free_port())}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=repo)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=repo, env=env)
     base = f"http://{HOST}:{port}"
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -229,7 +229,9 @@ async def test_close_finishes_accepted_work_and_refuses_the_rest(repo: Path, ser
         assert np.array_equal(await task, _rows(i))
 
 
-async def test_close_past_its_drain_time_fails_what_waits_and_finishes_what_runs(repo: Path, serve: Start) -> None:
+async def test_close_past_its_drain_time_fails_what_waits_and_finishes_what_runs(
+    repo: Path, serve: Start
+) -> None:
     service = await _fake(repo, serve, delay_ms=400)
     loaded = service.get_version("m")
     first = await _occupy(service, [_runtime(service)])
