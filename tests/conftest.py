@@ -142,18 +142,22 @@ StartServer = Callable[..., ServerProcess]
 def server_factory(
     repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StartServer]:
-    """``start(env=..., port=..., repo=...)`` starts a server and waits until it is ready;
-    all are stopped at the end of the session."""
+    """``start(env=..., port=..., repo=..., grpc_port=...)`` starts a server and waits
+    until it is ready; all are stopped at the end of the session. gRPC is off unless a
+    ``grpc_port`` is given (tests/api/grpc/conftest.py does)."""
     started: list[ServerProcess] = []
     logs = tmp_path_factory.mktemp("server-logs")
 
     def start(
-        env: Mapping[str, str] | None = None, port: int | None = None, repo: Path | None = None
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        repo: Path | None = None,
+        grpc_port: int = 0,
     ) -> ServerProcess:
         port = port or free_port()
         log_path = logs / f"server-{port}.log"
         proc = launch(
-            ["serve", str(repo or repository), "--port", str(port)],
+            ["serve", str(repo or repository), "--port", str(port), "--grpc-port", str(grpc_port)],
             log_path,
             f"http://127.0.0.1:{port}",
             env,
@@ -227,11 +231,11 @@ InprocFactory = Callable[..., contextlib.AbstractAsyncContextManager[httpx.Async
 
 @pytest.fixture
 def inproc_factory(repository: Path) -> InprocFactory:
-    """``async with inproc_factory(max_request_bytes=...) as client``: another in-process
-    app over the test repository, with its own settings."""
+    """``async with inproc_factory(max_request_bytes=..., repo=...) as client``: another
+    in-process app over the test repository (or ``repo``), with its own settings."""
 
-    def make(max_request_bytes: int | None = None) -> Any:
-        return inproc_client(repository, max_request_bytes)
+    def make(max_request_bytes: int | None = None, repo: Path | None = None) -> Any:
+        return inproc_client(repo or repository, max_request_bytes)
 
     return make
 

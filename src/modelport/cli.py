@@ -56,16 +56,20 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port [8000].")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port (KServe v2) [8001]; 0 turns gRPC off.")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="A modelport.toml settings file.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     log_format: Annotated[str | None, typer.Option(help="text or json.")] = None,
 ) -> None:
-    """Serve a model repository over HTTP (KServe v2)."""
+    """Serve a model repository over HTTP and gRPC (KServe v2)."""
     import uvloop
 
+    from modelport.api.grpc.server import GrpcListenError
     from modelport.app import serve as run_server
 
-    flags = {"repository": repository, "host": host, "port": port,
+    flags = {"repository": repository, "host": host, "port": port, "grpc_port": grpc_port,
              "log_level": log_level, "log_format": log_format}  # fmt: skip
     try:
         settings = Settings.load(flags, config=config)
@@ -83,11 +87,17 @@ def serve(
             if row.state != "READY":
                 console.print(f"  [yellow]{row.name}[/]: {row.state} {row.reason}")
         console.print(f"  API:     {base}/v2")
+        if settings.grpc_port:
+            console.print(f"  gRPC:    {settings.host}:{settings.grpc_port} (KServe v2)")
         console.print(f"  docs:    {base}/docs")
         console.print(f"  metrics: {base}/metrics")
 
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(run_server(settings, on_ready=ready))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(run_server(settings, on_ready=ready))
+    except GrpcListenError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 def _get(url: str, path: str, **kwargs: Any) -> Any:

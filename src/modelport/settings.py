@@ -33,6 +33,15 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    grpc_port: int = Field(
+        default=8001, ge=0, le=65535, description="gRPC port (KServe v2); 0 turns gRPC off"
+    )
+    grpc_max_message_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="largest gRPC message, either way"
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=0, ge=0, description="gRPC calls running at once (0: no limit)"
+    )
     server_name: str = "modelport"
 
     @classmethod

@@ -1,0 +1,1 @@
+"""The gRPC adapter: KServe v2 (``inference.GRPCInferenceService``) and gRPC health."""

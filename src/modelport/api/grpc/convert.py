@@ -1,0 +1,310 @@
+"""KServe v2 protobuf messages <-> modelport's tensors, metadata and statistics.
+
+A tensor travels either in ``raw_input_contents`` / ``raw_output_contents`` (Triton's
+binary layout, read and written by ``codecs/v2_binary``) or as a typed list in
+``contents``. A request uses one or the other for all its inputs; the response answers
+in kind, except that FP16 and BF16, which have no typed list, always travel raw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelport.api.grpc.protos import grpc_service_pb2 as pb
+from modelport.api.grpc.protos import model_config_pb2 as config_pb
+from modelport.codecs.v2_binary import decode_tensor, element_count, encode_tensor
+from modelport.core.registry import IndexRow, LoadedVersion
+from modelport.core.service import ModelMetadata, VersionStats
+from modelport.core.stats import Duration
+from modelport.errors import InvalidInput
+from modelport.spec import TensorSpec
+from modelport.tensors import (
+    DATATYPES,
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    Tensor,
+)
+
+# v2 datatype -> the InferTensorContents list that carries it. Narrow integers travel
+# widened (INT8 in int_contents, UINT16 in uint_contents...); FP16 has no list.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+# The numpy type each list holds, before narrowing to the tensor's own datatype.
+_WIDE = {
+    "bool_contents": np.bool_,
+    "uint_contents": np.uint32,
+    "uint64_contents": np.uint64,
+    "int_contents": np.int32,
+    "int64_contents": np.int64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedInfer:
+    """A parsed ModelInferRequest, and whether to answer with typed ``contents``."""
+
+    request: InferenceRequest
+    typed_output: bool
+
+
+# -- inference ----------------------------------------------------------------------------
+
+
+def decode_request(message: pb.ModelInferRequest, model_name: str) -> DecodedInfer:
+    """A ModelInferRequest as the core's request, addressed to ``model_name``."""
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; "
+            "give one entry per input, in the order of 'inputs'"
+        )
+    if not message.inputs:
+        raise InvalidInput("request has no inputs")
+    tensors = []
+    for i, item in enumerate(message.inputs):
+        name, datatype = item.name, item.datatype
+        if not name:
+            raise InvalidInput("an input has no name")
+        if datatype not in DATATYPES:
+            raise InvalidInput(
+                f"input '{name}': datatype {datatype!r} is not one of {', '.join(DATATYPES)}"
+            )
+        shape = tuple(item.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+        if raw:
+            if item.HasField("contents"):
+                raise InvalidInput(
+                    f"input '{name}' has both contents and raw_input_contents; use one"
+                )
+            data = decode_tensor(name, datatype, shape, raw[i])
+        else:
+            data = _from_contents(name, datatype, shape, item.contents)
+        tensors.append(Tensor(name, datatype, data, parameters(item.parameters)))
+    outputs = tuple(RequestedOutput(o.name, parameters(o.parameters)) for o in message.outputs)
+    request = InferenceRequest(
+        model_name,
+        tuple(tensors),
+        message.model_version,
+        message.id,
+        parameters(message.parameters),
+        outputs,
+    )
+    return DecodedInfer(request, typed_output=not raw)
+
+
+def _from_contents(
+    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
+) -> np.ndarray:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(
+            f"input '{name}': {datatype} has no typed contents list; send it in raw_input_contents"
+        )
+    values = getattr(contents, field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} values in "
+            f"contents.{field}, got {len(values)}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=np.object_)
+        array[:] = list(values)
+        return array.reshape(shape)
+    wide: np.ndarray = np.array(values, dtype=_WIDE[field])
+    dtype = DATATYPES[datatype]
+    if dtype != wide.dtype and wide.size:
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidInput(
+                f"input '{name}': a value in contents.{field} is out of the range of {datatype}"
+            )
+    return wide.astype(dtype, copy=False).reshape(shape)
+
+
+def encode_response(response: InferenceResponse, typed: bool) -> pb.ModelInferResponse:
+    """The core's response as a ModelInferResponse: raw outputs, or typed when ``typed``
+    and every output has a typed list (the protocol allows no mix)."""
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    set_parameters(message.parameters, response.parameters)
+    typed = typed and all(t.datatype in CONTENTS_FIELD for t in response.outputs)
+    raw: list[bytes] = []
+    for tensor in response.outputs:
+        out = message.outputs.add(
+            name=tensor.name, datatype=tensor.datatype, shape=tensor.data.shape
+        )
+        if typed:
+            values = getattr(out.contents, CONTENTS_FIELD[tensor.datatype])
+            values.extend(tensor.data.ravel().tolist())
+        else:
+            raw.append(encode_tensor(tensor.data, tensor.datatype))
+    if raw:
+        message.raw_output_contents.extend(raw)
+    return message
+
+
+def parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """InferParameter map -> plain values."""
+    out: dict[str, Any] = {}
+    for key, param in params.items():
+        kind = param.WhichOneof("parameter_choice")
+        out[key] = getattr(param, kind) if kind else None
+    return out
+
+
+def set_parameters(target: MutableMapping[str, Any], values: Mapping[str, Any]) -> None:
+    """Plain values -> an InferParameter map; other types travel as their JSON text."""
+    for key, value in values.items():
+        param = target[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int) and value >= 2**63:
+            param.uint64_param = value
+        elif isinstance(value, int):
+            param.int64_param = value
+        elif isinstance(value, float):
+            param.double_param = value
+        elif isinstance(value, str):
+            param.string_param = value
+        else:
+            param.string_param = json.dumps(value, default=str)
+
+
+# -- metadata, configuration, repository, statistics ------------------------------------
+
+
+def metadata_response(meta: ModelMetadata) -> pb.ModelMetadataResponse:
+    def tensors(specs: tuple[TensorSpec, ...]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+        return [
+            pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
+            for t in specs
+        ]
+
+    return pb.ModelMetadataResponse(
+        name=meta.name,
+        versions=meta.versions,
+        platform=meta.platform,
+        inputs=tensors(meta.inputs),
+        outputs=tensors(meta.outputs),
+    )
+
+
+def _triton_type(datatype: str) -> str:
+    """The name of Triton's DataType value (protobuf takes enum values by name)."""
+    return "TYPE_STRING" if datatype == "BYTES" else "TYPE_" + datatype
+
+
+def model_config(loaded: LoadedVersion, platform: str) -> config_pb.ModelConfig:
+    """The model's configuration in Triton's format, built from its model.yaml."""
+    spec = loaded.spec
+    config = config_pb.ModelConfig(
+        name=spec.name,
+        platform=platform,
+        backend=spec.runtime,
+        max_batch_size=spec.max_batch_size,
+        input=[
+            config_pb.ModelInput(name=t.name, data_type=_triton_type(t.datatype), dims=t.shape)
+            for t in loaded.signature.inputs
+        ],
+        output=[
+            config_pb.ModelOutput(name=t.name, data_type=_triton_type(t.datatype), dims=t.shape)
+            for t in loaded.signature.outputs
+        ],
+        instance_group=[
+            config_pb.ModelInstanceGroup(
+                count=spec.instances.count,
+                kind=config_pb.ModelInstanceGroup.KIND_GPU
+                if spec.instances.device == "gpu"
+                else config_pb.ModelInstanceGroup.KIND_CPU,
+                gpus=spec.instances.gpus,
+            )
+        ],
+    )
+    policy = spec.version_policy
+    if policy.all:
+        config.version_policy.all.SetInParent()
+    elif policy.specific is not None:
+        config.version_policy.specific.versions.extend(policy.specific)
+    else:
+        config.version_policy.latest.num_versions = policy.latest or 1
+    if spec.batches:
+        config.dynamic_batching.preferred_batch_size.extend(spec.batching.preferred_batch_sizes)
+        config.dynamic_batching.max_queue_delay_microseconds = spec.batching.max_queue_delay_us
+    for key, value in spec.parameters.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        config.parameters[key].string_value = text
+    return config
+
+
+def index_response(rows: list[IndexRow]) -> pb.RepositoryIndexResponse:
+    return pb.RepositoryIndexResponse(
+        models=[
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=r.name, version=r.version, state=r.state, reason=r.reason
+            )
+            for r in rows
+        ]
+    )
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def statistics_response(found: list[VersionStats]) -> pb.ModelStatisticsResponse:
+    """Triton's statistics extension, from the same counters as the HTTP one."""
+    models = []
+    for entry in found:
+        s = entry.stats
+        models.append(
+            pb.ModelStatistics(
+                name=entry.name,
+                version=entry.version,
+                last_inference=s.last_inference_ms,
+                inference_count=s.inference_count,
+                execution_count=s.execution_count,
+                inference_stats=pb.InferStatistics(
+                    success=_duration(s.success),
+                    fail=_duration(s.fail),
+                    queue=_duration(s.queue),
+                    compute_input=_duration(s.compute_input),
+                    compute_infer=_duration(s.compute_infer),
+                    compute_output=_duration(s.compute_output),
+                    cache_hit=pb.StatisticDuration(),
+                    cache_miss=pb.StatisticDuration(),
+                ),
+                batch_stats=[
+                    pb.InferBatchStatistics(
+                        batch_size=size,
+                        compute_input=_duration(b.compute_input),
+                        compute_infer=_duration(b.compute_infer),
+                        compute_output=_duration(b.compute_output),
+                    )
+                    for size, b in sorted(s.batches.items())
+                ],
+            )
+        )
+    return pb.ModelStatisticsResponse(model_stats=models)

@@ -1,0 +1,28 @@
+"""ErrorKind -> gRPC status code, and aborting a call with a core error."""
+
+from __future__ import annotations
+
+import grpc
+
+from modelport.errors import ErrorKind, ModelportError, Overloaded
+
+STATUS: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorKind.INVALID_SPEC: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+# Trailing metadata on RESOURCE_EXHAUSTED: seconds to wait before retrying, as the
+# HTTP API's Retry-After header.
+RETRY_AFTER = "retry-after"
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: ModelportError) -> None:
+    """End the call with the status of ``exc``'s kind and its message (never returns)."""
+    if isinstance(exc, Overloaded):
+        context.set_trailing_metadata(((RETRY_AFTER, str(max(1, round(exc.retry_after)))),))
+    await context.abort(STATUS[exc.kind], exc.message)

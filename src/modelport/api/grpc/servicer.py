@@ -1,0 +1,210 @@
+"""KServe v2 over gRPC: ``inference.GRPCInferenceService``, served by the one core.
+
+Every method has the shape of the HTTP routes: parse the message, call
+:class:`~modelport.core.service.InferenceService`, encode the answer, and map a
+:class:`~modelport.errors.ModelportError` to its status (``api/grpc/errors.py``).
+
+Routing by ``model-id``
+    A call carrying ``model-id`` metadata goes to that model, whatever the message's
+    own model name field says (``model_name`` of ModelInfer and ModelStreamInfer,
+    ``name`` of ModelReady, ModelMetadata, ModelConfig and ModelStatistics). So a client
+    written for a router in front of one server per model (an nginx routing on the
+    ``model-id`` header) keeps working against one modelport. Precedence, highest
+    first: ``model-id`` metadata, then the message's field. The version field is still
+    the message's. Repository calls (index, load, unload) are not routed: they manage
+    the model they name.
+
+ModelStreamInfer
+    Requests on one stream run concurrently (so they batch with each other and with
+    other clients), up to :data:`STREAM_WINDOW` at a time, and are answered in the order
+    they came. A failed request is answered with its ``error_message`` and the stream
+    goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+
+from modelport.api.grpc import convert
+from modelport.api.grpc.errors import abort
+from modelport.api.grpc.protos import grpc_service_pb2 as pb
+from modelport.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
+from modelport.core.service import InferenceService
+from modelport.errors import ModelNotFound, ModelportError, Unsupported
+
+MODEL_ID = "model-id"
+EXTENSIONS = ["model_repository", "statistics", "model_configuration", "parameters"]
+# Requests of one stream in flight at once; past it, the stream is read no further
+# until the oldest is answered (HTTP/2 flow control then holds the client back).
+STREAM_WINDOW = 64
+
+S = TypeVar("S")
+Q = TypeVar("Q")
+R = TypeVar("R")
+Context: TypeAlias = grpc.aio.ServicerContext
+
+
+def routed_model(name: str, context: Context) -> str:
+    """The model a call is for: its ``model-id`` metadata if any, else ``name``."""
+    for key, value in context.invocation_metadata() or ():
+        if key == MODEL_ID and value:
+            return str(value)
+    return name
+
+
+def _maps_errors(
+    method: Callable[[S, Q, Context], Coroutine[Any, Any, R]],
+) -> Callable[[S, Q, Context], Coroutine[Any, Any, R]]:
+    """Turn a core error raised by ``method`` into the call's gRPC status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Q, context: Context) -> R:
+        try:
+            return await method(self, request, context)
+        except ModelportError as exc:
+            await abort(context, exc)
+            raise  # abort raised already; this line only satisfies the type checker
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    # -- health and metadata --------------------------------------------------------------
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.service.live())
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.service.ready())
+
+    @_maps_errors
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        try:
+            ready = self.service.model_ready(routed_model(request.name, context), request.version)
+        except ModelNotFound:
+            ready = False  # as Triton: an unknown model (version) is simply not ready
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=self.service.name, version=self.service.version, extensions=EXTENSIONS
+        )
+
+    @_maps_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        meta = self.service.metadata(routed_model(request.name, context), request.version)
+        return convert.metadata_response(meta)
+
+    @_maps_errors
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        name = routed_model(request.name, context)
+        loaded = self.service.get_version(name, request.version)
+        platform = self.service.metadata(name, request.version).platform
+        return pb.ModelConfigResponse(config=convert.model_config(loaded, platform))
+
+    @_maps_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        found = self.service.statistics(routed_model(request.name, context), request.version)
+        return convert.statistics_response(found)
+
+    # -- inference ------------------------------------------------------------------------
+
+    @_maps_errors
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        decoded = convert.decode_request(request, routed_model(request.model_name, context))
+        response = await self.service.infer(decoded.request)
+        return convert.encode_response(response, decoded.typed_output)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        model_id = routed_model("", context)
+        slots = asyncio.Semaphore(STREAM_WINDOW)
+        answers: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None]
+        answers = asyncio.Queue()  # in request order; None once the client is done
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()
+                    answers.put_nowait(asyncio.create_task(self._stream_one(request, model_id)))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await answers.get()) is not None:
+                answer = await task
+                slots.release()
+                yield answer
+            await reader  # a broken request stream ends the call with its error
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                leftover = answers.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+
+    async def _stream_one(
+        self, request: pb.ModelInferRequest, model_id: str
+    ) -> pb.ModelStreamInferResponse:
+        try:
+            decoded = convert.decode_request(request, model_id or request.model_name)
+            response = await self.service.infer(decoded.request)
+        except ModelportError as exc:
+            # The id and model let a client match the error to the request it sent.
+            failed = pb.ModelInferResponse(model_name=model_id or request.model_name, id=request.id)
+            return pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
+        return pb.ModelStreamInferResponse(
+            infer_response=convert.encode_response(response, decoded.typed_output)
+        )
+
+    # -- repository -----------------------------------------------------------------------
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        return convert.index_response(self.service.index(request.ready))
+
+    @_maps_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        if "config" in request.parameters:
+            raise Unsupported(
+                "loading with an override config is not supported; "
+                "edit the model's model.yaml and load again"
+            )
+        await self.service.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_maps_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.service.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
