@@ -231,7 +231,7 @@ def server(repo: Path, log_path: Path) -> Iterator[tuple[str, int]]:
     exe = ROOT / ".venv" / "bin" / "modelport"
     cmd = [str(exe), "serve", str(repo), "--host", HOST, "--port", str(port)]
     # gRPC stays on (as in a default `modelport serve`), on a port of its own.
-    env = {**os.environ, "MODELPORT_GRPC_PORT": str(free_port())}
+    env = {"MODELPORT_GRPC_PORT": str(free_port()), **os.environ}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=repo, env=env)
     base = f"http://{HOST}:{port}"

@@ -24,10 +24,11 @@ run again alone, so an error reaches only the request that caused it.
 ``max_queue_size`` bounds the waiting requests: past it, ``submit`` raises
 :class:`Overloaded` at once.
 
-Small models: a thread hop costs ~100 µs on a loaded VM, as much as a small model's
-whole compute. When a runtime allows it (``Instance.inline``), the model is idle, nothing
-else waits, and the model's measured one-request compute is under ``inline_budget_ns``,
-the request runs on the loop's thread instead. Under load there is always company
+Small models: a thread hop, with the GIL handed over twice, costs 100-300 µs on a
+loaded VM, as much as a small model's whole compute. When a runtime allows it
+(``Instance.inline``), the model is idle, nothing else waits, and the model's measured
+one-request compute is under ``inline_budget_ns`` (0.5 ms: the longest other requests
+may wait for it), the request runs on the loop's thread instead. Under load there is always company
 waiting or a batch running, so batches still go to the instance threads.
 """
 
@@ -48,7 +49,7 @@ from modelport.core.stats import ModelStats
 from modelport.errors import InferenceFailed, ModelportError, ModelUnavailable, Overloaded
 from modelport.spec import BatchingSpec
 
-INLINE_BUDGET_NS = 200_000
+INLINE_BUDGET_NS = 500_000
 
 
 @dataclass(frozen=True, slots=True)
