@@ -107,6 +107,7 @@ class DynamicBatcher:
         batching: BatchingSpec,
         stats: ModelStats,
         inline_budget_ns: int = INLINE_BUDGET_NS,
+        echo_cap_s: float = ECHO_CAP_S,
     ) -> None:
         self.name = name
         self.instances = list(instances)
@@ -114,6 +115,7 @@ class DynamicBatcher:
         self.batching = batching
         self.stats = stats
         self.inline_budget_ns = inline_budget_ns
+        self.echo_cap_s = echo_cap_s
         self._free = list(reversed(self.instances))
         self._pending: deque[_Pending] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -302,7 +304,7 @@ class DynamicBatcher:
             if len(batch) > 1 and self._loop is not None:
                 # The clients just answered are likely to send again at once: give them
                 # a quarter of this batch's compute time to catch the next batch.
-                window = min(ECHO_FRACTION * compute / 1e9, ECHO_CAP_S)
+                window = min(ECHO_FRACTION * compute / 1e9, self.echo_cap_s)
                 self._echo_until, self._echo_rows = self._loop.time() + window, size
             else:
                 avg = self._single_ns
