@@ -225,13 +225,13 @@ def http(url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int
 
 
 @contextmanager
-def server(repo: Path, log_path: Path) -> Iterator[tuple[str, int]]:
+def server(repo: Path, log_path: Path, grpc_port: int = 0) -> Iterator[tuple[str, int]]:
     """``modelport serve repo`` on a free loopback port, ready; yields (base url, pid)."""
     port = free_port()
     exe = ROOT / ".venv" / "bin" / "modelport"
     cmd = [str(exe), "serve", str(repo), "--host", HOST, "--port", str(port)]
     # gRPC stays on (as in a default `modelport serve`), on a port of its own.
-    env = {"MODELPORT_GRPC_PORT": str(free_port()), **os.environ}
+    env = {"MODELPORT_GRPC_PORT": str(grpc_port or free_port()), **os.environ}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=repo, env=env)
     base = f"http://{HOST}:{port}"
