@@ -52,6 +52,28 @@ def datatype_of(array: np.ndarray) -> str:
         raise InvalidInput(f"numpy dtype {dtype} has no v2 datatype") from None
 
 
+_NUMBER_KINDS = frozenset("biuf")
+
+
+def cast_numbers(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """Numbers parsed from JSON to ``dtype``; ValueError for strings, floats given for
+    integers, and values out of the integer type's range (no silent wrap-around)."""
+    kind, want = array.dtype.kind, dtype.kind
+    if array.size == 0:
+        return array.astype(dtype)
+    if (
+        kind not in _NUMBER_KINDS
+        or (want == "b" and kind not in "bi")
+        or (want in "iu" and kind == "f")
+    ):
+        raise ValueError("wrong kind")
+    if want in "iu" and kind in "iu":
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise ValueError("out of range")
+    return array.astype(dtype, copy=False)
+
+
 def as_bytes_array(array: np.ndarray) -> np.ndarray:
     """A BYTES tensor as an object array of ``bytes`` (str items are UTF-8 encoded)."""
     if array.dtype == np.object_ and all(isinstance(x, bytes) for x in array.flat):

@@ -24,12 +24,17 @@ import orjson
 
 from modelport.errors import InvalidInput
 from modelport.spec import TensorSpec
-from modelport.tensors import DATATYPES, InferenceRequest, InferenceResponse, Tensor
+from modelport.tensors import (
+    DATATYPES,
+    InferenceRequest,
+    InferenceResponse,
+    Tensor,
+    cast_numbers,
+)
 
 # The signature names a TF Serving client may send, besides the model's own name.
 DEFAULT_SIGNATURE = "serving_default"
 _B64 = "b64"
-_NUMBER_KINDS = frozenset("biuf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,19 +161,7 @@ def _tensor(spec: TensorSpec, value: Any) -> Tensor:
         return Tensor(spec.name, "BYTES", array.reshape(shape))
     dtype = DATATYPES[spec.datatype]
     try:
-        found = np.asarray(value)
-        kind, want = found.dtype.kind, dtype.kind
-        if found.size and (
-            kind not in _NUMBER_KINDS
-            or (want == "b" and kind not in "bi")
-            or (want in "iu" and kind == "f")
-        ):
-            raise ValueError("wrong kind")
-        if want in "iu" and kind in "iu" and found.size:
-            info = np.iinfo(dtype)
-            if found.min() < info.min or found.max() > info.max:
-                raise ValueError("out of range")
-        array = found.astype(dtype, copy=False)
+        array = cast_numbers(np.asarray(value), dtype)
     except (ValueError, TypeError, OverflowError):
         raise InvalidInput(
             f"input '{spec.name}' must be a number or a nested list of {spec.datatype} "

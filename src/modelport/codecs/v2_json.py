@@ -22,12 +22,12 @@ from modelport.tensors import (
     InferenceResponse,
     RequestedOutput,
     Tensor,
+    cast_numbers,
 )
 
 # Request-level parameters that steer the encoding, not the model.
 PROTOCOL_PARAMETERS = frozenset({"binary_data_output"})
 _JSON_NUMPY = orjson.OPT_SERIALIZE_NUMPY
-_JSON_KINDS = frozenset("biuf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +132,7 @@ def _json_array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
             array = np.asarray(data)
             if array.dtype.kind == "f" and datatype == "UINT64":
                 array = _uint64(data)
-            array = _numbers(array, DATATYPES[datatype])
+            array = cast_numbers(array, DATATYPES[datatype])
     except (ValueError, TypeError, OverflowError):
         raise _fail(
             f"input '{name}': 'data' must be a flat or nested list of {datatype} values"
@@ -140,24 +140,6 @@ def _json_array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
     if array.size != count:
         raise _fail(f"input '{name}': shape {list(shape)} needs {count} values, got {array.size}")
     return array.reshape(shape)
-
-
-def _numbers(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
-    """JSON numbers to ``dtype``, refusing strings, floats for integers and overflow."""
-    kind, want = array.dtype.kind, dtype.kind
-    if array.size == 0:
-        return array.astype(dtype)
-    if (
-        kind not in _JSON_KINDS
-        or (want == "b" and kind not in "bi")
-        or (want in "iu" and kind == "f")
-    ):
-        raise ValueError("wrong kind")
-    if want in "iu" and kind in "iu" and array.size:
-        info = np.iinfo(dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise ValueError("out of range")
-    return array.astype(dtype, copy=False)
 
 
 def _uint64(data: Any) -> np.ndarray:

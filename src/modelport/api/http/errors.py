@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+from fastapi import Response
 
 from modelport.errors import ErrorKind, ModelportError, Overloaded
 
@@ -23,3 +24,12 @@ def error_parts(exc: ModelportError) -> tuple[int, bytes, list[tuple[bytes, byte
     if isinstance(exc, Overloaded):
         headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
     return STATUS[exc.kind], orjson.dumps({"error": exc.message}), headers
+
+
+def error_response(exc: ModelportError) -> Response:
+    """A framework response for a core error (the routes outside the fast path)."""
+    status, body, headers = error_parts(exc)
+    response = Response(body, status, media_type="application/json")
+    for key, value in headers:
+        response.headers[key.decode()] = value.decode()
+    return response

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from modelport.api.http.errors import error_parts
+from modelport.api.http.errors import error_parts, error_response
 from modelport.codecs.v2_json import decode_request, encode_response
 from modelport.core.service import InferenceService
 from modelport.core.stats import Duration, ModelStats
@@ -97,12 +97,6 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type="application/json")
 
 
-def _error(exc: ModelportError) -> Response:
-    status, body, headers = error_parts(exc)
-    response = Response(body, status, media_type="application/json")
-    for key, value in headers:
-        response.headers[key.decode()] = value.decode()
-    return response
 
 
 def _duration(d: Duration) -> dict[str, int]:
@@ -169,7 +163,7 @@ def build_router(service: InferenceService) -> APIRouter:
             try:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError:
-                return _error(InvalidInput('body must be JSON, e.g. {"ready": true}'))
+                return error_response(InvalidInput('body must be JSON, e.g. {"ready": true}'))
             ready_only = bool(isinstance(doc, dict) and doc.get("ready"))
         rows = service.index(ready_only)
         return _json([
@@ -191,9 +185,9 @@ def build_router(service: InferenceService) -> APIRouter:
                     )
             await service.load(model)
         except orjson.JSONDecodeError:
-            return _error(InvalidInput("body must be JSON"))
+            return error_response(InvalidInput("body must be JSON"))
         except ModelportError as exc:
-            return _error(exc)
+            return error_response(exc)
         return _json({})
 
     @router.post("/v2/repository/models/{model}/unload", summary="Unload a model")
@@ -201,7 +195,7 @@ def build_router(service: InferenceService) -> APIRouter:
         try:
             await service.unload(model)
         except ModelportError as exc:
-            return _error(exc)
+            return error_response(exc)
         return _json({})
 
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
@@ -217,7 +211,7 @@ def _model_routes(
         try:
             meta = service.metadata(model, version)
         except ModelportError as exc:
-            return _error(exc)
+            return error_response(exc)
         return _json({
             "name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
             "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
@@ -231,7 +225,7 @@ def _model_routes(
         try:
             ok = service.model_ready(model, version)
         except ModelportError as exc:
-            return _error(exc)
+            return error_response(exc)
         return Response(status_code=200 if ok else 503)
 
     @router.get(prefix + "/config", summary="Model configuration (Triton's format)")
@@ -239,7 +233,7 @@ def _model_routes(
         try:
             loaded = service.get_version(model, version)
         except ModelportError as exc:
-            return _error(exc)
+            return error_response(exc)
         spec = loaded.spec
 
         def tensors(items: Any) -> list[dict[str, Any]]:
@@ -269,7 +263,7 @@ def _model_routes(
         try:
             found = service.statistics(model, version)
         except ModelportError as exc:
-            return _error(exc)
+            return error_response(exc)
         return _json({"model_stats": [stats_json(s.name, s.version, s.stats) for s in found]})
 
     @router.post(

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from modelport.api.http.errors import error_parts
+from modelport.api.http.errors import error_response
 from modelport.codecs.tfserving_json import DEFAULT_SIGNATURE, decode_predict, encode_predict
 from modelport.core.registry import IndexRow
 from modelport.core.service import InferenceService
@@ -57,12 +57,6 @@ def _json(data: Any) -> Response:
     return Response(orjson.dumps(data), 200, media_type="application/json")
 
 
-def _error(exc: ModelportError) -> Response:
-    status, body, headers = error_parts(exc)
-    response = Response(body, status, media_type="application/json")
-    for key, value in headers:
-        response.headers[key.decode()] = value.decode()
-    return response
 
 
 def _version_status(row: IndexRow, version: str) -> dict[str, Any]:
@@ -98,7 +92,7 @@ def build_tfserving_router(service: InferenceService) -> APIRouter:
             version = resolve(model, version, label)
             rows = service.model_status(model, version)
         except ModelportError as exc:
-            return _error(exc)
+            return error_response(exc)
         return _json({"model_version_status": [_version_status(r, version) for r in rows]})
 
     async def metadata(model: str, version: str = "", label: str = "") -> Response:
@@ -107,7 +101,7 @@ def build_tfserving_router(service: InferenceService) -> APIRouter:
             served = str(service.get_version(model, version).version)
             meta = service.metadata(model, served)
         except ModelportError as exc:
-            return _error(exc)
+            return error_response(exc)
         signature = {
             "inputs": {t.name: _tensor_info(t) for t in meta.inputs},
             "outputs": {t.name: _tensor_info(t) for t in meta.outputs},
@@ -153,7 +147,7 @@ def build_tfserving_router(service: InferenceService) -> APIRouter:
             response = await service.infer(decoded.request)
             body = encode_predict(response, decoded)
         except ModelportError as exc:
-            return _error(exc)
+            return error_response(exc)
         return Response(body, 200, media_type="application/json")
 
     return router
