@@ -37,6 +37,42 @@ DEFAULT_SIGNATURE = "serving_default"
 _B64 = "b64"
 
 
+# v2 datatype -> TF's DataType enum name.
+TF_DTYPES = {
+    "BOOL": "DT_BOOL",
+    "UINT8": "DT_UINT8",
+    "UINT16": "DT_UINT16",
+    "UINT32": "DT_UINT32",
+    "UINT64": "DT_UINT64",
+    "INT8": "DT_INT8",
+    "INT16": "DT_INT16",
+    "INT32": "DT_INT32",
+    "INT64": "DT_INT64",
+    "FP16": "DT_HALF",
+    "FP32": "DT_FLOAT",
+    "FP64": "DT_DOUBLE",
+    "BYTES": "DT_STRING",
+}
+# The registry's states as TF Serving's ManagedState names.
+TF_STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING"}
+# Reasons the registry gives a version that ended cleanly, not by failing.
+_CLEAN_END = frozenset({"", "unloaded", "not loaded"})
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+
+def version_status(state: str, reason: str, version: str) -> dict[str, Any]:
+    """A model version's registry state as TF Serving reports it (REST and gRPC alike)."""
+    failed = state == "UNAVAILABLE" and reason not in _CLEAN_END
+    return {
+        "version": version or "0",
+        "state": TF_STATES.get(state, "END"),
+        "status": {
+            "error_code": "UNKNOWN" if failed else "OK",
+            "error_message": reason if failed else "",
+        },
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedPredict:
     """The request, and how to shape its answer: rows or columns, and whether one row
@@ -62,7 +98,7 @@ def decode_predict(
         raise InvalidInput(f"JSON Parse error: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidInput('request body must be a JSON object with "instances" or "inputs"')
-    _check_signature(doc.get("signature_name"), model_name)
+    check_signature(doc.get("signature_name"), model_name)
     if ("instances" in doc) == ("inputs" in doc):
         raise InvalidInput(
             'request body must have exactly one of "instances" (row format) or "inputs" '
@@ -121,7 +157,7 @@ def _dumps(doc: dict[str, Any]) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _check_signature(name: Any, model_name: str) -> None:
+def check_signature(name: Any, model_name: str) -> None:
     if name in (None, "", DEFAULT_SIGNATURE, model_name):
         return
     raise InvalidInput(

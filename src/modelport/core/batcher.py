@@ -26,7 +26,8 @@ request on an idle model is never held back: the rule follows a multi-request ba
 
 A request's rows are never split across batches; requests whose non-batch shapes or
 parameters differ are never mixed. When a merged batch fails, each of its requests is
-run again alone, so an error reaches only the request that caused it.
+run again alone, so an error reaches only the request that caused it (unless the error
+is the model's: unavailable or overloaded, which fails the whole batch at once).
 
 ``max_queue_size`` bounds the waiting requests: past it, ``submit`` raises
 :class:`Overloaded` at once.
@@ -121,7 +122,10 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        # uvloop answers call_at with a plain Handle (no when()) for a wait under 0.5 ms,
+        # so the timer's deadline is kept here.
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
         self._echo_until = 0.0
         self._echo_rows = 0
         self._closed = False
@@ -208,10 +212,10 @@ class DynamicBatcher:
             self._deadline = 0.0
             return False
         timer = self._timer
-        if timer is None or timer.cancelled() or timer.when() > until:
+        if timer is None or timer.cancelled() or self._timer_at > until:
             if timer is not None:
                 timer.cancel()
-            self._timer = self._loop.call_at(until, self._on_timer)
+            self._timer, self._timer_at = self._loop.call_at(until, self._on_timer), until
         return True
 
     def _on_timer(self) -> None:
@@ -317,7 +321,7 @@ class DynamicBatcher:
             self._loop.call_soon(self._flush)
 
     def _failed(self, batch: list[_Pending], exc: BaseException | None) -> None:
-        if len(batch) > 1:
+        if len(batch) > 1 and not isinstance(exc, ModelUnavailable | Overloaded):
             # One bad request must not fail its neighbours: run each alone, so the
             # error lands only on the request that caused it.
             for p in reversed(batch):
@@ -330,8 +334,9 @@ class DynamicBatcher:
             error = exc
         else:
             error = InferenceFailed(f"model '{self.name}' failed: {type(exc).__name__}: {exc}")
-        if not batch[0].future.done():
-            batch[0].future.set_exception(error)
+        for p in batch:  # one request, or an error that is no request's own fault
+            if not p.future.done():
+                p.future.set_exception(error)
 
     def _split(
         self, outputs: dict[str, np.ndarray], batch: list[_Pending]

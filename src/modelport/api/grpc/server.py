@@ -1,4 +1,5 @@
-"""The gRPC server: KServe v2 and gRPC health on one port, in the HTTP server's loop.
+"""The gRPC server: KServe v2, TF Serving and gRPC health on one port, in the HTTP
+server's loop.
 
 ``grpc.aio`` runs its calls as coroutines on the running event loop, so the gRPC and
 HTTP adapters share one loop, one :class:`InferenceService` and its batchers: requests
@@ -15,6 +16,7 @@ from grpc_health.v1 import health_pb2_grpc
 from modelport.api.grpc.health import HealthServicer
 from modelport.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from modelport.api.grpc.servicer import InferenceServicer
+from modelport.api.grpc.tfserving import add_tfserving_services
 from modelport.core.service import InferenceService
 
 log = logging.getLogger("modelport.grpc")
@@ -54,6 +56,7 @@ async def start_grpc_server(
         maximum_concurrent_rpcs=max_concurrent_rpcs or None,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    add_tfserving_services(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), server)
     address = listen_address(host, port)
     try:

@@ -57,7 +57,7 @@ def routed_model(name: str, context: Context) -> str:
     return name
 
 
-def _maps_errors(
+def maps_errors(
     method: Callable[[S, Q, Context], Coroutine[Any, Any, R]],
 ) -> Callable[[S, Q, Context], Coroutine[Any, Any, R]]:
     """Turn a core error raised by ``method`` into the call's gRPC status."""
@@ -89,7 +89,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.service.ready())
 
-    @_maps_errors
+    @maps_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
@@ -106,14 +106,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=self.service.name, version=self.service.version, extensions=EXTENSIONS
         )
 
-    @_maps_errors
+    @maps_errors
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
         meta = self.service.metadata(routed_model(request.name, context), request.version)
         return convert.metadata_response(meta)
 
-    @_maps_errors
+    @maps_errors
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
@@ -122,7 +122,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         platform = self.service.metadata(name, request.version).platform
         return pb.ModelConfigResponse(config=convert.model_config(loaded, platform))
 
-    @_maps_errors
+    @maps_errors
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
@@ -131,7 +131,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ------------------------------------------------------------------------
 
-    @_maps_errors
+    @maps_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
@@ -190,7 +190,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryIndexResponse:
         return convert.index_response(self.service.index(request.ready))
 
-    @_maps_errors
+    @maps_errors
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
@@ -202,7 +202,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self.service.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    @_maps_errors
+    @maps_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:

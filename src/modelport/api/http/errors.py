@@ -14,6 +14,8 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.OVERLOADED: 503,
     ErrorKind.UNSUPPORTED: 501,
     ErrorKind.INVALID_SPEC: 400,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.TOO_LARGE: 413,
     ErrorKind.INTERNAL: 500,
 }
 

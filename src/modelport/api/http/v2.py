@@ -97,8 +97,6 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type="application/json")
 
 
-
-
 def _duration(d: Duration) -> dict[str, int]:
     return {"count": d.count, "ns": d.ns}
 

@@ -19,33 +19,17 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from modelport.api.http.errors import error_response
-from modelport.codecs.tfserving_json import DEFAULT_SIGNATURE, decode_predict, encode_predict
-from modelport.core.registry import IndexRow
+from modelport.codecs.tfserving_json import (
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    TF_DTYPES,
+    decode_predict,
+    encode_predict,
+    version_status,
+)
 from modelport.core.service import InferenceService
 from modelport.errors import ModelNotFound, ModelportError, Unsupported
 from modelport.spec import TensorSpec
-
-# v2 datatype -> TF's DataType enum name.
-TF_DTYPES = {
-    "BOOL": "DT_BOOL",
-    "UINT8": "DT_UINT8",
-    "UINT16": "DT_UINT16",
-    "UINT32": "DT_UINT32",
-    "UINT64": "DT_UINT64",
-    "INT8": "DT_INT8",
-    "INT16": "DT_INT16",
-    "INT32": "DT_INT32",
-    "INT64": "DT_INT64",
-    "FP16": "DT_HALF",
-    "FP32": "DT_FLOAT",
-    "FP64": "DT_DOUBLE",
-    "BYTES": "DT_STRING",
-}
-# The registry's states as TF Serving's ManagedState names.
-TF_STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING"}
-# Reasons the registry gives a version that ended cleanly, not by failing.
-_CLEAN_END = frozenset({"", "unloaded", "not loaded"})
-PREDICT_METHOD = "tensorflow/serving/predict"
 
 _PREDICT_PATH = re.compile(
     r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
@@ -55,20 +39,6 @@ _PREDICT_PATH = re.compile(
 
 def _json(data: Any) -> Response:
     return Response(orjson.dumps(data), 200, media_type="application/json")
-
-
-
-
-def _version_status(row: IndexRow, version: str) -> dict[str, Any]:
-    failed = row.state == "UNAVAILABLE" and row.reason not in _CLEAN_END
-    return {
-        "version": row.version or version or "0",
-        "state": TF_STATES.get(row.state, "END"),
-        "status": {
-            "error_code": "UNKNOWN" if failed else "OK",
-            "error_message": row.reason if failed else "",
-        },
-    }
 
 
 def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
@@ -93,7 +63,8 @@ def build_tfserving_router(service: InferenceService) -> APIRouter:
             rows = service.model_status(model, version)
         except ModelportError as exc:
             return error_response(exc)
-        return _json({"model_version_status": [_version_status(r, version) for r in rows]})
+        statuses = [version_status(r.state, r.reason, r.version or version) for r in rows]
+        return _json({"model_version_status": statuses})
 
     async def metadata(model: str, version: str = "", label: str = "") -> Response:
         try:
