@@ -53,7 +53,7 @@ def test_bare_serve_serves_the_examples() -> None:
 
 async def test_both_models_are_ready(service: InferenceService) -> None:
     rows = {row.name: row for row in service.index()}
-    assert set(rows) == {"digits", "digit-reader"}
+    assert set(rows) == {"digits", "digit-reader", "text-detector", "face-detector"}
     assert all(row.state == "READY" for row in rows.values()), rows
     meta = service.metadata("digits")
     assert [(t.name, t.datatype, t.shape) for t in meta.inputs] == [("pixels", "FP32", (-1, 64))]
