@@ -156,6 +156,8 @@ def server_factory(
     ) -> ServerProcess:
         port = port or free_port()
         log_path = logs / f"server-{port}.log"
+        # Task records and files go to a folder of the test's, never the working folder.
+        env = {"MODELPORT_DATA_DIR": str(logs / f"data-{port}"), **(env or {})}
         proc = launch(
             ["serve", str(repo or repository), "--port", str(port), "--grpc-port", str(grpc_port)],
             log_path,

@@ -8,6 +8,7 @@ import gc
 import logging
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -17,21 +18,31 @@ from modelport import __version__
 from modelport.api.grpc.server import STOP_GRACE_S, start_grpc_server
 from modelport.api.http.app import create_app
 from modelport.api.http.fastpath import http_protocol
+from modelport.api.http.tasks import TaskRoutes
 from modelport.api.http.v2 import InferHandler
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
 from modelport.core.service import InferenceService, LoopModelCaller
 from modelport.observability import metrics_registry, setup_logging
+from modelport.runtimes.container import ContainerRuntime
 from modelport.runtimes.fake import FakeRuntime
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.runtimes.python import PythonRuntime
+from modelport.runtimes.remote import RemoteRuntime
 from modelport.settings import Settings
+from modelport.tasks.archives import ZipLimits
+from modelport.tasks.blobs import BlobStore
+from modelport.tasks.broker import MemoryBroker
+from modelport.tasks.service import TaskPolicy, TaskService
+from modelport.tasks.store import TaskStore, sqlite_url
+from modelport.tasks.worker import TaskWorker, make_slots
 
 RUNTIMES: dict[str, RuntimeFactory] = {
     "onnx": OnnxRuntime,
     "python": PythonRuntime,
     "fake": FakeRuntime,
+    "remote": RemoteRuntime,
 }
 
 log = logging.getLogger("modelport")
@@ -54,6 +65,38 @@ def build_service(settings: Settings) -> tuple[InferenceService, LoopModelCaller
     return InferenceService(registry, settings.server_name, __version__), caller
 
 
+def build_tasks(settings: Settings) -> TaskService:
+    """The tasks core: records in SQL, files through fsspec, the in-process broker, and a
+    worker running containers in ``task_slots`` CPU slots or one slot per ``task_gpus``."""
+    data = Path(settings.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    store = TaskStore(settings.task_store or sqlite_url(data / "tasks.db"))
+    blobs = BlobStore(settings.task_files or str(data / "files"))
+    broker = MemoryBroker()
+    repository = ModelRepository(Path(settings.repository))
+    limits = ZipLimits(
+        settings.task_max_zip_members, settings.task_max_unpacked_bytes,
+        settings.task_max_zip_ratio,
+    )  # fmt: skip
+    hours = settings.task_retention_hours
+    retention = timedelta(hours=hours) if hours else None
+    policy = TaskPolicy(limits, settings.task_max_attempts, retention)
+    slots = make_slots(settings.task_slots, settings.task_gpu_ids)
+    worker = None
+    if slots:
+        worker = TaskWorker(
+            store, blobs, broker, repository, ContainerRuntime(), slots, data / "work", limits
+        )
+    return TaskService(store, blobs, broker, repository, policy, worker)
+
+
+def task_routes(settings: Settings, tasks: TaskService) -> TaskRoutes:
+    return TaskRoutes(
+        tasks, settings.task_max_upload_bytes, settings.compat_inference_server,
+        settings.compat_allow_model_posting,
+    )  # fmt: skip
+
+
 async def start_service(service: InferenceService, caller: LoopModelCaller) -> None:
     caller.bind(service, asyncio.get_running_loop())
     await service.registry.load_all()
@@ -68,7 +111,11 @@ async def serve(
     # 5 ms switch interval would add up to 5 ms to every batch under load.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     service, caller = build_service(settings)
-    _, asgi = create_app(service, metrics_registry(service), settings.max_request_bytes)
+    tasks = build_tasks(settings)
+    _, asgi = create_app(
+        service, metrics_registry(service), settings.max_request_bytes,
+        task_routes(settings, tasks),
+    )  # fmt: skip
     handler = InferHandler(service)
     config = uvicorn.Config(
         asgi,
@@ -95,6 +142,7 @@ async def serve(
         )
     serving = asyncio.create_task(server.serve())
     try:
+        await tasks.start()
         await start_service(service, caller)
         # Everything alive now (modules, models) lives as long as the server: keep it out
         # of the collector's scans, or each full collection stalls requests for ~50 ms.
@@ -109,5 +157,6 @@ async def serve(
             await serving
         if grpc_server is not None:
             await grpc_server.stop(STOP_GRACE_S)
+        await tasks.close()
         await service.registry.close()
         log.info("modelport stopped")

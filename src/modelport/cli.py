@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelport import __version__
+from modelport.cli_tasks import tasks_app
 from modelport.codecs.v2_binary import encode_tensor
 from modelport.settings import Settings, SettingsError
 from modelport.tensors import numpy_dtype
@@ -208,6 +209,9 @@ def predict(
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+app.add_typer(tasks_app, name="tasks")
 
 
 def main() -> None:

@@ -13,6 +13,9 @@ Exception tree::
     ├── Overloaded           OVERLOADED   the model's queue is full; retry later
     ├── Unsupported          UNSUPPORTED  a feature this server does not offer
     ├── SpecError            INVALID_SPEC a broken model.yaml or model file
+    ├── Conflict             CONFLICT     not in a state that allows it (a task's output
+    │                                     before it succeeded, cancelling a finished task)
+    ├── TooLarge             TOO_LARGE    an upload over its size limit
     └── InferenceFailed      INTERNAL     the runtime raised while running a batch
 """
 
@@ -28,6 +31,8 @@ class ErrorKind(Enum):
     OVERLOADED = "overloaded"
     UNSUPPORTED = "unsupported"
     INVALID_SPEC = "invalid_spec"
+    CONFLICT = "conflict"
+    TOO_LARGE = "too_large"
     INTERNAL = "internal"
 
 
@@ -71,6 +76,14 @@ class SpecError(ModelportError):
     """A model.yaml or model file that cannot be used; the message names file and field."""
 
     kind = ErrorKind.INVALID_SPEC
+
+
+class Conflict(ModelportError):
+    kind = ErrorKind.CONFLICT
+
+
+class TooLarge(ModelportError):
+    kind = ErrorKind.TOO_LARGE
 
 
 class InferenceFailed(ModelportError):

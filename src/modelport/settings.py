@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "MODELPORT_"
 CONFIG_FILE = "modelport.toml"
@@ -43,6 +43,49 @@ class Settings(BaseModel):
         default=0, ge=0, description="gRPC calls running at once (0: no limit)"
     )
     server_name: str = "modelport"
+    # -- tasks (long jobs in containers) ---------------------------------------------------
+    data_dir: str = Field(
+        default=".modelport", description="where tasks keep their records, files and work"
+    )
+    task_store: str = Field(
+        default="", description="task records: a SQLAlchemy URL (default SQLite in data_dir)"
+    )
+    task_files: str = Field(
+        default="", description="task files: a folder or fsspec URL (default in data_dir)"
+    )
+    task_slots: int = Field(default=1, ge=0, description="CPU task slots (0: run no tasks)")
+    task_gpus: str = Field(
+        default="", description="GPU ids for task slots, e.g. '0,1': one task per GPU"
+    )
+    task_max_attempts: int = Field(
+        default=3, ge=1, description="times a task is started before a lost run fails it"
+    )
+    task_retention_hours: float = Field(
+        default=168.0, ge=0, description="keep finished tasks' files this long (0: forever)"
+    )
+    task_max_upload_bytes: int = Field(default=1024**3, ge=1024)
+    task_max_unpacked_bytes: int = Field(default=4 * 1024**3, ge=1024)
+    task_max_zip_ratio: float = Field(default=200.0, ge=1)
+    task_max_zip_members: int = Field(default=10_000, ge=1)
+    compat_inference_server: str = Field(
+        default="/compat/inference-server",
+        description="prefix of the zip-task cluster server's API ('' turns it off)",
+    )
+    compat_allow_model_posting: bool = Field(
+        default=False, description="let clients add container models through that API"
+    )
+
+    @field_validator("task_gpus")
+    @classmethod
+    def _gpu_ids(cls, value: str) -> str:
+        value = value.replace(" ", "")
+        if value and not all(g.isdigit() for g in value.split(",")):
+            raise ValueError(f"expected GPU ids like '0,1', got {value!r}")
+        return value
+
+    @property
+    def task_gpu_ids(self) -> list[int]:
+        return [int(g) for g in self.task_gpus.split(",") if g]
 
     @classmethod
     def load(

@@ -5,6 +5,8 @@ resolves the signature, starts a batcher and runs the warm-up; only then is the 
 READY. A model that fails to load is UNAVAILABLE with the reason, and nothing else is
 touched. Reloading a served model builds the new versions first and swaps them in, so
 the old ones keep serving until the new ones are ready (and keep serving if they fail).
+Container models (``runtime: container``) are never loaded here: they are listed as
+UNAVAILABLE with a reason naming the tasks API, which runs them (``modelport.tasks``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class ModelState(StrEnum):
     LOADING = "LOADING"
     UNLOADING = "UNLOADING"
     UNAVAILABLE = "UNAVAILABLE"
+
+
+TASK_ONLY = (ModelState.UNAVAILABLE, "a container model: it runs as tasks (POST /api/tasks)")
 
 
 @dataclass(slots=True, eq=False)
@@ -146,6 +151,11 @@ class ModelRegistry:
                 entry.state, entry.reason = ModelState.LOADING, ""
             try:
                 source = await asyncio.to_thread(self.repository.source, name)
+                if source.spec.runs_as_tasks:
+                    # Container models never serve online: they are listed, unavailable,
+                    # with the reason pointing at the tasks API that runs them.
+                    entry.spec, entry.state, entry.reason = source.spec, *TASK_ONLY
+                    return entry
                 versions = await self._load_versions(source)
             except ModelportError as exc:
                 if isinstance(exc, ModelNotFound) and not entry.versions:

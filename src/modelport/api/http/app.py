@@ -10,15 +10,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from modelport.api.http.compat.tfserving import build_tfserving_router
 from modelport.api.http.fastpath import ASGIApp, InferFastPath, new_request_id
+from modelport.api.http.predict import build_predict_router
+from modelport.api.http.tasks import TaskRoutes, include_task_routes
 from modelport.api.http.v2 import InferHandler, build_router
+from modelport.api.http.web import build_web_router
 from modelport.core.service import InferenceService
 from modelport.observability import request_id
 
 
 def create_app(
-    service: InferenceService, metrics: CollectorRegistry, max_body: int
+    service: InferenceService,
+    metrics: CollectorRegistry,
+    max_body: int,
+    tasks: TaskRoutes | None = None,
 ) -> tuple[FastAPI, ASGIApp]:
-    """The FastAPI app (for tests that want it) and the ASGI app to serve."""
+    """The FastAPI app (for tests that want it) and the ASGI app to serve; ``tasks``
+    adds the tasks API (and the zip-task cluster server's)."""
     app = FastAPI(
         title="modelport",
         version=service.version,
@@ -27,6 +34,10 @@ def create_app(
     )
     app.include_router(build_router(service))
     app.include_router(build_tfserving_router(service))
+    if tasks is not None:
+        include_task_routes(app, tasks)
+    app.include_router(build_predict_router(service, max_body))
+    app.include_router(build_web_router())
 
     @app.middleware("http")
     async def tag_request(

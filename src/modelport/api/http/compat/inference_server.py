@@ -1,0 +1,106 @@
+"""The zip-task cluster server's API, so its clients only change their base address.
+
+Served under a prefix (``compat_inference_server``, default ``/compat/inference-server``):
+
+- ``POST /api/models/`` (form or query: ``container_tag``, ``human_readable_id``,
+  ``description``, ``model_available``, ``use_gpu``; optional file ``zip_file`` with the
+  static files for ``/model``) adds a container model to the repository; only when
+  ``compat_allow_model_posting`` is on, else 403.
+- ``GET /api/models/`` lists the container models.
+- ``POST /api/tasks/`` (``model_human_readable_id``, file ``zip_file``) answers the task's
+  id as a JSON string.
+- ``GET /api/tasks/{uid}``: the output zip (200) once finished; else 551 pending or
+  running, 552 failed (or cancelled), 553 finished without output (its files were
+  removed after the retention time), 554 no such task.
+- ``DELETE /api/tasks/{uid}`` cancels the task if needed and deletes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from modelport.api.http.tasks import error_response, output_response
+from modelport.api.http.uploads import read_form
+from modelport.errors import ModelportError
+from modelport.tasks.records import TaskStatus
+from modelport.tasks.service import TaskNotFound, TaskService
+
+PENDING, FAILED, NO_OUTPUT, NOT_FOUND = 551, 552, 553, 554
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+def build_inference_server_router(
+    tasks: TaskService, prefix: str, allow_model_posting: bool, max_upload_bytes: int
+) -> APIRouter:
+    router = APIRouter(prefix=prefix.rstrip("/"), tags=["compat: zip-task cluster server"])
+
+    @router.post("/api/models/", summary="Add a container model (when the operator allows)")
+    async def post_model(request: Request) -> Response:
+        if not allow_model_posting:
+            return _json(
+                {"error": "posting models is off on this server (compat_allow_model_posting)"},
+                403,
+            )
+        try:
+            async with read_form(request, max_upload_bytes) as form:
+                values = {**request.query_params, **form.fields}
+                static = form.files.get("zip_file", [None])[0]
+                model = await tasks.add_container_model(
+                    name=values.get("human_readable_id", ""),
+                    image=values.get("container_tag", ""),
+                    description=values.get("description", ""),
+                    available=values.get("model_available", "true").lower() in _TRUE,
+                    use_gpu=values.get("use_gpu", "false").lower() in _TRUE,
+                    static_files=static.path if static is not None else None,
+                )
+        except ModelportError as exc:
+            return error_response(exc)
+        return _json(model)
+
+    @router.get("/api/models/", summary="List the container models")
+    async def list_models() -> Response:
+        return _json(await tasks.container_models())
+
+    @router.post("/api/tasks/", summary="Submit a zip for a model; answers the task id")
+    async def post_task(request: Request) -> Response:
+        try:
+            async with read_form(request, max_upload_bytes) as form:
+                values = {**request.query_params, **form.fields}
+                model = values.get("model_human_readable_id", "")
+                await tasks.require_available(model)
+                record = await tasks.submit(model, form.files.get("zip_file", []))
+        except ModelportError as exc:
+            return error_response(exc)
+        return _json(record.id)
+
+    @router.get("/api/tasks/{uid}", summary="The output zip, or 551..554 while there is none")
+    async def get_task(uid: str) -> Response:
+        try:
+            record = await tasks.get(uid)
+        except TaskNotFound as exc:
+            return _json({"error": exc.message}, NOT_FOUND)
+        if record.status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
+            return _json({"status": record.status.value}, PENDING)
+        if record.status is not TaskStatus.SUCCEEDED:
+            return _json({"status": record.status.value, "error": record.error}, FAILED)
+        try:
+            return await output_response(tasks, uid)
+        except ModelportError as exc:
+            return _json({"status": record.status.value, "error": exc.message}, NO_OUTPUT)
+
+    @router.delete("/api/tasks/{uid}", summary="Cancel if needed, and delete a task")
+    async def delete_task(uid: str) -> Response:
+        try:
+            await tasks.delete(uid)
+        except TaskNotFound as exc:
+            return _json({"error": exc.message}, NOT_FOUND)
+        return _json(uid)
+
+    return router

@@ -1,0 +1,179 @@
+"""The tasks API: submit a job (files in), follow it, fetch its output zip and its logs.
+
+``POST /api/tasks`` (multipart: ``model``, optional ``version``, optional JSON
+``parameters``, one zip or several files) answers 202 with the task and its links;
+``GET /api/tasks/{id}``, ``GET /api/tasks/{id}/output`` (a zip), ``GET
+/api/tasks/{id}/logs`` (streamed while it runs; ``?follow=false`` for what there is),
+``DELETE /api/tasks/{id}`` (cancel), ``GET /api/tasks?model=&status=&limit=&offset=``.
+Errors are ``{"error": "..."}``: 404 unknown task or model, 400 a model that is not a
+container model or a bad zip, 409 no output (yet), 413 an upload over the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from modelport.api.http.errors import error_parts
+from modelport.api.http.uploads import read_form
+from modelport.errors import InvalidInput, ModelportError
+from modelport.tasks.records import TaskRecord, TaskStatus
+from modelport.tasks.service import TaskService
+
+PREFIX = "/api/tasks"
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, headers, media_type="application/json")
+
+
+def error_response(exc: ModelportError) -> Response:
+    status, body, extra = error_parts(exc)
+    headers = {k.decode(): v.decode() for k, v in extra}
+    return Response(body, status, headers, media_type="application/json")
+
+
+def task_json(record: TaskRecord) -> dict[str, Any]:
+    base = f"{PREFIX}/{record.id}"
+    return {
+        **record.to_json(),
+        "links": {"self": base, "output": f"{base}/output", "logs": f"{base}/logs"},
+    }
+
+
+def parse_parameters(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"'parameters' is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("'parameters' must be a JSON object")
+    return value
+
+
+def parse_statuses(text: str | None) -> list[TaskStatus]:
+    names = [s for s in (text or "").split(",") if s]
+    try:
+        return [TaskStatus(s) for s in names]
+    except ValueError:
+        known = ", ".join(s.value for s in TaskStatus)
+        raise InvalidInput(f"status is one or more of {known}, got '{text}'") from None
+
+
+async def output_response(tasks: TaskService, task_id: str) -> Response:
+    key, size = await tasks.output(task_id)
+    name = f"{task_id}-output.zip"
+    local = tasks.blobs.local_path(key)
+    if local is not None:
+        return FileResponse(local, media_type="application/zip", filename=name)
+    headers = {
+        "content-length": str(size),
+        "content-disposition": f'attachment; filename="{name}"',
+    }
+    return StreamingResponse(tasks.blobs.read_chunks(key), headers=headers,
+                             media_type="application/zip")  # fmt: skip
+
+
+def build_tasks_router(tasks: TaskService, max_upload_bytes: int) -> APIRouter:
+    router = APIRouter(prefix=PREFIX, tags=["tasks"])
+
+    @router.post("", status_code=202, summary="Submit a task: a zip or files, for a model")
+    async def submit(request: Request) -> Response:
+        try:
+            async with read_form(request, max_upload_bytes) as form:
+                model = form.fields.get("model", "")
+                if not model:
+                    raise InvalidInput("the form needs a 'model' field")
+                record = await tasks.submit(
+                    model,
+                    form.all_files(),
+                    parse_parameters(form.fields.get("parameters")),
+                    form.fields.get("version", ""),
+                )
+        except ModelportError as exc:
+            return error_response(exc)
+        return _json(task_json(record), 202, {"location": f"{PREFIX}/{record.id}"})
+
+    @router.get("", summary="List tasks, newest first")
+    async def list_tasks(
+        model: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> Response:
+        try:
+            page = await tasks.list_tasks(model, parse_statuses(status), limit, offset)
+        except ModelportError as exc:
+            return error_response(exc)
+        following = page.offset + len(page.tasks)
+        query = "&".join(
+            f"{k}={v}" for k, v in (("model", model), ("status", status)) if v is not None
+        )
+        next_link = (
+            f"{PREFIX}?{query + '&' if query else ''}limit={limit}&offset={following}"
+            if following < page.total
+            else None
+        )
+        return _json({
+            "tasks": [task_json(r) for r in page.tasks],
+            "total": page.total, "limit": page.limit, "offset": page.offset, "next": next_link,
+        })  # fmt: skip
+
+    @router.get("/{task_id}", summary="A task's status")
+    async def get_task(task_id: str) -> Response:
+        try:
+            return _json(task_json(await tasks.get(task_id)))
+        except ModelportError as exc:
+            return error_response(exc)
+
+    @router.get("/{task_id}/output", summary="A succeeded task's output zip")
+    async def get_output(task_id: str) -> Response:
+        try:
+            return await output_response(tasks, task_id)
+        except ModelportError as exc:
+            return error_response(exc)
+
+    @router.get("/{task_id}/logs", summary="A task's container log, streamed while it runs")
+    async def get_logs(task_id: str, follow: bool = True) -> Response:
+        try:
+            await tasks.get(task_id)
+        except ModelportError as exc:
+            return error_response(exc)
+        return StreamingResponse(tasks.logs(task_id, follow), media_type="text/plain")
+
+    @router.delete("/{task_id}", summary="Cancel a task (its container is stopped)")
+    async def cancel(task_id: str) -> Response:
+        try:
+            return _json(task_json(await tasks.cancel(task_id)))
+        except ModelportError as exc:
+            return error_response(exc)
+
+    return router
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRoutes:
+    """What the HTTP app needs to serve tasks: the service and the upload and compat
+    settings."""
+
+    service: TaskService
+    max_upload_bytes: int
+    compat_prefix: str = ""
+    allow_model_posting: bool = False
+
+
+def include_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
+    """The tasks API, and the zip-task cluster server's API when it has a prefix."""
+    from modelport.api.http.compat.inference_server import build_inference_server_router
+
+    app.include_router(build_tasks_router(routes.service, routes.max_upload_bytes))
+    if routes.compat_prefix:
+        app.include_router(
+            build_inference_server_router(
+                routes.service, routes.compat_prefix, routes.allow_model_posting,
+                routes.max_upload_bytes,
+            )
+        )  # fmt: skip

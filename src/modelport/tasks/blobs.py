@@ -1,0 +1,78 @@
+"""Task files through fsspec: a local folder by default, any fsspec URL (s3://...) else.
+
+Keys are ``<task id>/<name>`` (``input.zip``, ``output.zip``, ``logs.txt``). Files are
+written to a temporary key and moved into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+CHUNK = 1024 * 1024
+
+
+class BlobStore:
+    """Files by key under one root (a folder or an fsspec URL)."""
+
+    def __init__(self, url: str) -> None:
+        fs, root = url_to_fs(url)
+        self.fs: fsspec.AbstractFileSystem = fs
+        self.root = root.rstrip("/")
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"bad blob key {key!r}")
+        return f"{self.root}/{key}"
+
+    def put_file(self, key: str, local: Path) -> None:
+        path = self._path(key)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        partial = path + ".partial"
+        self.fs.put_file(str(local), partial)
+        self.fs.mv(partial, path)
+
+    def get_file(self, key: str, local: Path) -> None:
+        self.fs.get_file(self._path(key), str(local))
+
+    def open(self, key: str) -> IO[bytes]:
+        handle: Any = self.fs.open(self._path(key), "rb")
+        return handle  # type: ignore[no-any-return]
+
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
+        with self.open(key) as handle:
+            handle.seek(start)
+            while chunk := handle.read(CHUNK):
+                yield chunk
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self._path(key)))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
+
+    def local_path(self, key: str) -> Path | None:
+        """The file's path when the store is a local folder (so it can be sent as is)."""
+        if "file" in _protocols(self.fs):
+            return Path(self._path(key))
+        return None
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix.rstrip("/"))
+        with contextlib.suppress(FileNotFoundError):
+            if "file" in _protocols(self.fs):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                self.fs.rm(path, recursive=True)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)

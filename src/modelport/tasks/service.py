@@ -1,0 +1,377 @@
+"""The tasks core: submit, look up, list, cancel, fetch output and logs, recover, purge.
+
+The HTTP routes (``api/http/tasks.py``), the zip-task cluster compat routes and the CLI
+go through this class only. Store and blob calls block, so they run in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shutil
+import tempfile
+import uuid
+import zipfile
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelport.core.repository import ModelRepository
+from modelport.errors import Conflict, InvalidInput, ModelNotFound, ModelportError
+from modelport.spec import SPEC_FILE
+from modelport.tasks.archives import ZipLimits, check_zip, extract_zip
+from modelport.tasks.blobs import BlobStore
+from modelport.tasks.broker import Broker
+from modelport.tasks.records import FINISHED, TaskPage, TaskRecord, TaskStatus, now
+from modelport.tasks.store import TaskStore
+from modelport.tasks.worker import INPUT_BLOB, LOGS_BLOB, OUTPUT_BLOB, TaskWorker
+
+log = logging.getLogger("modelport.tasks")
+
+LOG_POLL_S = 0.25
+MAX_PAGE = 500
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# model.yaml parameter of models added through the zip-task cluster API.
+AVAILABLE = "model_available"
+_FILE_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
+
+
+class TaskNotFound(ModelNotFound):
+    """An unknown task id (NOT_FOUND, as an unknown model)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file the client sent, already saved to ``path`` by the transport."""
+
+    filename: str
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPolicy:
+    zip_limits: ZipLimits = field(default_factory=ZipLimits)
+    max_attempts: int = 3
+    retention: timedelta | None = timedelta(days=7)
+
+
+class TaskService:
+    def __init__(
+        self,
+        store: TaskStore,
+        blobs: BlobStore,
+        broker: Broker,
+        repository: ModelRepository,
+        policy: TaskPolicy,
+        worker: TaskWorker | None = None,
+    ) -> None:
+        self.store, self.blobs, self.broker = store, blobs, broker
+        self.repository, self.policy, self.worker = repository, policy, worker
+        self._purging: asyncio.Task[None] | None = None
+
+    # -- life --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover what a stopped server left, start the worker and the purge of old files."""
+        await self.recover()
+        if self.worker is not None:
+            await self.worker.start()
+        if self.policy.retention is not None:
+            every = min(600.0, max(1.0, self.policy.retention.total_seconds() / 10))
+            self._purging = asyncio.create_task(self.purge_forever(every), name="task-purge")
+
+    async def close(self) -> None:
+        if self._purging is not None:
+            self._purging.cancel()
+            await asyncio.gather(self._purging, return_exceptions=True)
+        if self.worker is not None:
+            await self.worker.stop()
+        await self.broker.close()
+        await asyncio.to_thread(self.store.close)
+
+    # -- submit -----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        model: str,
+        files: list[Upload],
+        parameters: dict[str, Any] | None = None,
+        version: str = "",
+    ) -> TaskRecord:
+        """Accept a task: check the model and the files, store them, queue the task."""
+        chosen = await asyncio.to_thread(self._container_version, model, version)
+        if not files:
+            raise InvalidInput("a task needs at least one input file (a zip, or files)")
+        task_id = uuid.uuid4().hex
+        with tempfile.TemporaryDirectory(prefix="modelport-submit-") as scratch:
+            packed = await asyncio.to_thread(self._input_zip, files, Path(scratch))
+            size = packed.stat().st_size
+            await asyncio.to_thread(self.blobs.put_file, f"{task_id}/{INPUT_BLOB}", packed)
+        record = TaskRecord(
+            task_id, model, chosen, TaskStatus.QUEUED, now(), dict(parameters or {}),
+            input_bytes=size,
+        )  # fmt: skip
+        await asyncio.to_thread(self.store.create, record)
+        await self.broker.enqueue(task_id)
+        log.info("task %s queued for %s v%d", task_id, model, chosen)
+        return record
+
+    def _container_version(self, model: str, version: str) -> int:
+        source = self.repository.source(model)
+        if not source.spec.runs_as_tasks:
+            raise InvalidInput(
+                f"model '{model}' is not a container model (runtime: {source.spec.runtime}); "
+                f"run it online with POST /v2/models/{model}/infer"
+            )
+        if not version:
+            return max(source.versions)
+        if not version.isdigit() or int(version) not in source.versions:
+            raise ModelNotFound(f"model '{model}' has no version {version}")
+        return int(version)
+
+    def _input_zip(self, files: list[Upload], scratch: Path) -> Path:
+        if len(files) == 1 and (
+            files[0].filename.lower().endswith(".zip") or zipfile.is_zipfile(files[0].path)
+        ):
+            check_zip(files[0].path, self.policy.zip_limits)
+            return files[0].path
+        names = [Path(f.filename.replace("\\", "/")).name for f in files]
+        for name in names:
+            if not _FILE_NAME.match(name) or name in (".", ".."):
+                raise InvalidInput(f"bad file name {name!r}")
+        if len(set(names)) != len(names):
+            raise InvalidInput("two input files have the same name")
+        packed = scratch / INPUT_BLOB
+        with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, upload in zip(names, files, strict=True):
+                archive.write(upload.path, name)
+        return packed
+
+    # -- look up ----------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> TaskRecord:
+        record = await asyncio.to_thread(self.store.get, task_id)
+        if record is None:
+            raise TaskNotFound(f"unknown task '{task_id}'")
+        return record
+
+    async def list_tasks(
+        self,
+        model: str | None = None,
+        statuses: Collection[TaskStatus] = (),
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TaskPage:
+        if not 1 <= limit <= MAX_PAGE or offset < 0:
+            raise InvalidInput(f"limit is 1..{MAX_PAGE} and offset 0 or more")
+        return await asyncio.to_thread(self.store.page, model, statuses, limit, offset)
+
+    # -- cancel, delete ----------------------------------------------------------------------
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a queued or running task (a running container is stopped)."""
+        done = await asyncio.to_thread(
+            self.store.transition, task_id, [TaskStatus.QUEUED, TaskStatus.RUNNING],
+            status=TaskStatus.CANCELLED, finished_at=now(), error="cancelled by a client",
+        )  # fmt: skip
+        if done is not None:
+            log.info("task %s cancelled", task_id)
+            return done
+        record = await self.get(task_id)
+        raise Conflict(f"task '{task_id}' has already {record.status.value}")
+
+    async def delete(self, task_id: str) -> None:
+        """Cancel the task if it is not finished, then remove its record and files."""
+        record = await self.get(task_id)
+        if not record.status.finished:
+            with contextlib.suppress(Conflict):  # it finished meanwhile
+                await self.cancel(task_id)
+            await self._wait_stopped(task_id)
+        await asyncio.to_thread(self.blobs.delete_prefix, task_id)
+        await asyncio.to_thread(self.store.delete, task_id)
+
+    async def _wait_stopped(self, task_id: str, timeout_s: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.worker is not None and task_id in self.worker.running:
+            if loop.time() > deadline:
+                break
+            await asyncio.sleep(0.1)
+
+    # -- output and logs --------------------------------------------------------------------
+
+    async def output(self, task_id: str) -> tuple[str, int]:
+        """The blob key and size of a succeeded task's output zip."""
+        record = await self.get(task_id)
+        if record.status is not TaskStatus.SUCCEEDED:
+            why = f": {record.error.splitlines()[0]}" if record.error else ""
+            raise Conflict(f"task '{task_id}' is {record.status.value}{why}; no output")
+        key = f"{task_id}/{OUTPUT_BLOB}"
+        if record.files_purged or not await asyncio.to_thread(self.blobs.exists, key):
+            raise Conflict(f"task '{task_id}': its output was removed after the retention time")
+        return key, await asyncio.to_thread(self.blobs.size, key)
+
+    async def logs(self, task_id: str, follow: bool = True) -> AsyncIterator[bytes]:
+        """The task's container log: what there is, then (``follow``) more as it comes,
+        until the task ends."""
+        await self.get(task_id)
+        offset = 0
+        while True:
+            record = await self.get(task_id)
+            # A cancelled task is finished before its worker has stopped it and saved its
+            # log: the live log is read until then.
+            here = self.worker is not None and task_id in self.worker.running
+            if record.status.finished and not here:
+                key = f"{task_id}/{LOGS_BLOB}"
+                if await asyncio.to_thread(self.blobs.exists, key):
+                    for chunk in await asyncio.to_thread(_read_from, self.blobs, key, offset):
+                        yield chunk
+                return
+            live = self.worker.live_log(task_id) if self.worker is not None else None
+            if live is not None:
+                data = await asyncio.to_thread(_read_file_from, live, offset)
+                if data:
+                    offset += len(data)
+                    yield data
+            if not follow:
+                return
+            await asyncio.sleep(LOG_POLL_S)
+
+    # -- container models ----------------------------------------------------------------------
+
+    async def container_models(self) -> list[dict[str, Any]]:
+        """The repository's container models, as the zip-task cluster server lists them."""
+        return await asyncio.to_thread(self._container_models)
+
+    def _container_models(self) -> list[dict[str, Any]]:
+        found = []
+        for name in self.repository.names():
+            try:
+                spec = self.repository.source(name).spec
+            except ModelportError:
+                continue
+            if spec.container is not None:
+                found.append({
+                    "human_readable_id": name, "container_tag": spec.container.image,
+                    "description": spec.description, "use_gpu": spec.container.gpu_count > 0,
+                    "model_available": bool(spec.parameters.get(AVAILABLE, True)),
+                })  # fmt: skip
+        return found
+
+    async def require_available(self, model: str) -> None:
+        source = await asyncio.to_thread(self.repository.source, model)
+        if not source.spec.parameters.get(AVAILABLE, True):
+            raise Conflict(f"model '{model}' is marked not available")
+
+    async def add_container_model(
+        self,
+        name: str,
+        image: str,
+        description: str = "",
+        available: bool = True,
+        use_gpu: bool = False,
+        static_files: Path | None = None,
+    ) -> dict[str, Any]:
+        """Write a new container model into the repository (version 1 holds
+        ``static_files``, a zip, unpacked). Refuses a name that is taken."""
+        if not _MODEL_NAME.match(name):
+            raise InvalidInput(f"bad model id {name!r}: letters, digits, '-', '_' and '.'")
+        if not image:
+            raise InvalidInput("a container model needs its image ('container_tag')")
+        spec: dict[str, Any] = {
+            "runtime": "container", "description": description,
+            "container": {"image": image, "gpus": 1 if use_gpu else 0},
+            "parameters": {AVAILABLE: available},
+        }  # fmt: skip
+        await asyncio.to_thread(self._write_model, name, spec, static_files)
+        log.info("container model %s added (%s)", name, image)
+        return {"human_readable_id": name, "container_tag": image, "description": description,
+                "model_available": available, "use_gpu": use_gpu}  # fmt: skip
+
+    def _write_model(self, name: str, spec: dict[str, Any], static: Path | None) -> None:
+        folder = self.repository.root / name
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            raise Conflict(f"model '{name}' exists") from None
+        try:
+            version = folder / "1"
+            version.mkdir()
+            if static is not None:
+                extract_zip(static, version, self.policy.zip_limits)
+            (folder / SPEC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    async def recover(self, executor_cleanup: bool = True) -> tuple[int, int]:
+        """After a restart, as the only worker (the in-process broker): tasks left running
+        by a dead server are queued again, or failed once out of attempts, and every
+        queued task is enqueued. Returns (queued, failed)."""
+        orphans = await asyncio.to_thread(self.store.with_status, TaskStatus.RUNNING)
+        if orphans and executor_cleanup and self.worker is not None:
+            removed = await asyncio.to_thread(
+                self.worker.executor.remove_stale, [r.id for r in orphans]
+            )
+            if removed:
+                log.info("removed %d containers left by a stopped server", removed)
+        failed = 0
+        for record in orphans:
+            if record.attempts >= self.policy.max_attempts:
+                failed += 1
+                await asyncio.to_thread(
+                    self.store.transition, record.id, [TaskStatus.RUNNING],
+                    status=TaskStatus.FAILED, finished_at=now(),
+                    error=f"the server stopped while the task ran, {record.attempts} times "
+                    f"(max attempts {self.policy.max_attempts})",
+                )  # fmt: skip
+            else:
+                await asyncio.to_thread(
+                    self.store.transition, record.id, [TaskStatus.RUNNING],
+                    status=TaskStatus.QUEUED, progress=None,
+                )  # fmt: skip
+        queued = await asyncio.to_thread(self.store.with_status, TaskStatus.QUEUED)
+        for record in queued:
+            await self.broker.enqueue(record.id)
+        if queued or failed:
+            log.info("recovered tasks: %d queued again, %d failed", len(queued), failed)
+        return len(queued), failed
+
+    async def purge_expired(self) -> int:
+        """Remove the files of tasks finished longer ago than the retention time."""
+        if self.policy.retention is None:
+            return 0
+        old = await asyncio.to_thread(self.store.finished_before, now() - self.policy.retention)
+        for record in old:
+            await asyncio.to_thread(self.blobs.delete_prefix, record.id)
+            await asyncio.to_thread(self.store.transition, record.id, FINISHED, files_purged=True)
+        return len(old)
+
+    async def purge_forever(self, every_s: float = 600.0) -> None:
+        while True:
+            try:
+                await self.purge_expired()
+            except Exception:
+                log.exception("purging old task files failed")
+            await asyncio.sleep(every_s)
+
+
+def _read_from(blobs: BlobStore, key: str, offset: int) -> list[bytes]:
+    return list(blobs.read_chunks(key, offset))
+
+
+def _read_file_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read(1024 * 1024)
+    except OSError:
+        return b""

@@ -1,0 +1,168 @@
+"""Task records in SQL through SQLAlchemy Core: SQLite (WAL) by default, PostgreSQL by URL.
+
+Every change of status is a compare-and-set (``UPDATE ... WHERE status IN (...)``), so a
+cancel racing a worker's finish, or a task delivered twice, ends in exactly one state.
+Calls block; the service and the worker make them from threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from modelport.tasks.records import TaskPage, TaskRecord, TaskStatus
+
+metadata = sa.MetaData()
+
+# Timestamps are stored as Unix seconds: the same on SQLite and PostgreSQL, no zones.
+tasks_table = sa.Table(
+    "modelport_tasks",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(255), nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("parameters", sa.Text, nullable=False, default="{}"),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Column("progress", sa.Float),
+    sa.Column("input_bytes", sa.BigInteger, nullable=False, default=0),
+    sa.Column("output_bytes", sa.BigInteger),
+    sa.Column("files_purged", sa.Boolean, nullable=False, default=False),
+)
+
+_TIMES = ("created_at", "started_at", "finished_at")
+
+
+def _to_row(values: dict[str, Any]) -> dict[str, Any]:
+    row = dict(values)
+    for key in _TIMES:
+        if isinstance(row.get(key), datetime):
+            row[key] = row[key].timestamp()
+    if "parameters" in row:
+        row["parameters"] = orjson.dumps(row["parameters"]).decode()
+    if isinstance(row.get("status"), TaskStatus):
+        row["status"] = row["status"].value
+    return row
+
+
+def _from_row(row: sa.Row[Any]) -> TaskRecord:
+    data = dict(row._mapping)
+    for key in _TIMES:
+        if data[key] is not None:
+            data[key] = datetime.fromtimestamp(data[key], UTC)
+    data["status"] = TaskStatus(data["status"])
+    data["parameters"] = orjson.loads(data["parameters"])
+    return TaskRecord(**data)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+class TaskStore:
+    """The task table. ``url`` is any SQLAlchemy URL; the table is created if missing."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = sa.create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def create(self, record: TaskRecord) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(tasks_table.insert().values(_to_row(record.fields())))
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(tasks_table.select().where(tasks_table.c.id == task_id)).first()
+        return None if row is None else _from_row(row)
+
+    def page(
+        self,
+        model: str | None = None,
+        statuses: Collection[TaskStatus] = (),
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TaskPage:
+        where = []
+        if model:
+            where.append(tasks_table.c.model == model)
+        if statuses:
+            where.append(tasks_table.c.status.in_([s.value for s in statuses]))
+        query = (
+            tasks_table.select()
+            .where(*where)
+            .order_by(tasks_table.c.created_at.desc(), tasks_table.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        count = sa.select(sa.func.count()).select_from(tasks_table).where(*where)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+            total = conn.execute(count).scalar_one()
+        return TaskPage([_from_row(r) for r in rows], int(total), limit, offset)
+
+    def transition(
+        self, task_id: str, allowed: Iterable[TaskStatus], **changes: Any
+    ) -> TaskRecord | None:
+        """Apply ``changes`` only if the task's status is one of ``allowed``; the updated
+        record, or None when it was in another state (or does not exist)."""
+        statuses = [s.value for s in allowed]
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                tasks_table.update()
+                .where(tasks_table.c.id == task_id, tasks_table.c.status.in_(statuses))
+                .values(_to_row(changes))
+            )
+            if done.rowcount != 1:
+                return None
+            row = conn.execute(tasks_table.select().where(tasks_table.c.id == task_id)).one()
+        return _from_row(row)
+
+    def with_status(self, *statuses: TaskStatus) -> list[TaskRecord]:
+        query = (
+            tasks_table.select()
+            .where(tasks_table.c.status.in_([s.value for s in statuses]))
+            .order_by(tasks_table.c.created_at, tasks_table.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [_from_row(r) for r in conn.execute(query).all()]
+
+    def finished_before(self, when: datetime) -> list[TaskRecord]:
+        """Finished tasks whose files are still kept, finished before ``when``."""
+        query = tasks_table.select().where(
+            tasks_table.c.finished_at < when.timestamp(),
+            tasks_table.c.files_purged.is_(False),
+        )
+        with self.engine.connect() as conn:
+            return [_from_row(r) for r in conn.execute(query).all()]
+
+    def delete(self, task_id: str) -> bool:
+        with self.engine.begin() as conn:
+            done = conn.execute(tasks_table.delete().where(tasks_table.c.id == task_id))
+        return bool(done.rowcount)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers (status polls) go on while a worker writes; the busy timeout makes
+    # a second process (a restarted server, a CLI) wait for the lock instead of failing.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
