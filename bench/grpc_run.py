@@ -88,14 +88,14 @@ def main() -> None:
         data = tmp / "request.bin"
         data.write_bytes(framed_request(256))
         grpc_port = free_port()
-        with server(tmp / "repo", tmp / "server.log", grpc_port=grpc_port) as (base, _pid):
+        with server(tmp / "repo", tmp / "server.log", grpc_port=grpc_port) as (base, pid):
             print("\n== gRPC ModelInfer, one FP32 row of 256, raw_input_contents ==")
             print("     c      req/s   mean ms   failed  other cpu")
             for clients in levels:
                 rates, means, failed, other = [], [], 0, []
                 for _ in range(args.repeats):
                     before = successes(base)
-                    with CpuMeter() as meter:
+                    with CpuMeter(pid) as meter:
                         rate, mean, done = h2load(grpc_port, data, clients, args.duration)
                     failed += max(0, done - (successes(base) - before))
                     rates.append(rate)
