@@ -1,0 +1,130 @@
+"""Where a model runs when it is not in this process: ``runtime: remote`` (another
+inference server) and ``runtime: container`` (a Docker image run per task)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from modelport.spec.base import Strict as _Strict
+
+REMOTE_SCHEMES = ("http", "https", "grpc")
+
+
+class RemoteSpec(_Strict):
+    """Where a ``runtime: remote`` model really runs: another server speaking KServe v2
+    (Triton, another modelport) over HTTP or gRPC, or TF Serving's gRPC API. modelport
+    keeps the routing, batching, metrics and friendly outputs; the remote only runs the
+    batches::
+
+        runtime: remote
+        max_batch_size: 32
+        remote:
+          url: grpc://triton-3:8001
+          protocol: v2           # or tfserving (TF Serving's gRPC API, grpc:// only)
+          model: resnet50        # the remote's name for it; default: this model's name
+          timeout: 5             # seconds per request
+          headers: {authorization: Bearer abc}
+    """
+
+    url: str
+    protocol: Literal["v2", "tfserving"] = "v2"
+    model: str = ""
+    version: int | None = Field(default=None, ge=1)
+    signature: str = ""
+    timeout: float = Field(default=10.0, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _protocol_fits(self) -> RemoteSpec:
+        if self.protocol == "tfserving" and not self.url.startswith("grpc://"):
+            raise ValueError(
+                "protocol: tfserving speaks TF Serving's gRPC API; give its grpc://host:8500"
+            )
+        if self.signature and self.protocol != "tfserving":
+            raise ValueError(
+                "'signature' names a TF Serving signature; it needs protocol: tfserving"
+            )
+        return self
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in REMOTE_SCHEMES or not parts.hostname:
+            raise ValueError(
+                f"expected http://host:port, https://host:port or grpc://host:port, got {value!r}"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{value!r} has an invalid port") from None
+        if parts.scheme == "grpc" and (port is None or parts.path not in ("", "/")):
+            raise ValueError(f"a gRPC url is grpc://host:port, with no path; got {value!r}")
+        return value.rstrip("/")
+
+
+_MEMORY = re.compile(r"^[1-9][0-9]*[bkmg]?$")
+CONTAINER_RUNTIME = "container"
+
+
+class ContainerSpec(_Strict):
+    """How a ``runtime: container`` model runs: one container per task.
+
+    The container reads its files from ``/input``, writes its results to ``/output``
+    (and may write a number 0..1 to ``/output/.progress``), and finds the version
+    folder read-only at ``/model``. Task parameters arrive as JSON in the environment
+    variable ``MODELPORT_PARAMETERS``::
+
+        runtime: container
+        container:
+          image: lab/segmenter:2.1
+          command: [python, /app/run.py, --in, /input, --out, /output]
+          gpus: 1            # a count, or a list of GPU ids; 0 runs on a CPU slot
+          cpus: 4
+          memory: 8g
+          timeout: 3600      # seconds; the container is killed after it
+    """
+
+    image: str = Field(min_length=1)
+    command: tuple[str, ...] | str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    gpus: int | tuple[int, ...] = Field(default=0)
+    cpus: float | None = Field(default=None, gt=0)
+    memory: str | None = None
+    timeout: float = Field(default=3600.0, gt=0)
+    network: bool = False
+    user: str = Field(
+        default="auto",
+        description="'auto' runs as a non-root user; 'image' keeps the image's own; or 'uid:gid'",
+    )
+    pull: Literal["missing", "never", "always"] = "missing"
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> Any:
+        if isinstance(value, int):
+            value = str(value)
+        if value is not None and not _MEMORY.match(str(value).lower()):
+            raise ValueError("expected bytes with an optional unit b, k, m or g, e.g. '8g'")
+        return None if value is None else str(value).lower()
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: int | tuple[int, ...]) -> int | tuple[int, ...]:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("a GPU count is 0 or more")
+        if isinstance(value, tuple) and any(g < 0 for g in value):
+            raise ValueError("GPU ids are 0 or more")
+        return value
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self.gpus) if isinstance(self.gpus, tuple) else self.gpus
