@@ -1,62 +1,24 @@
-"""The built-in page in a real browser: Debian's headless Chromium driven by Playwright
-(never a downloaded browser) against a real ``modelport serve`` of the bundled examples.
-Screenshots are saved under artifacts/web/ for a person to look at."""
+"""The built-in page in a real browser (tests/browser_fixtures.py) against a real
+``modelport serve`` of the bundled examples. Screenshots are saved under artifacts/web/
+for a person to look at."""
 
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from browser_fixtures import ARTIFACTS
 from modelport.settings import EXAMPLES
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-sync",
-]  # fmt: skip
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "web"
 SIGN = EXAMPLES / "text-detector" / "samples" / "sign.png"
-
-sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(
-    shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed (scripts/test does)"
-)
 
 
 @pytest.fixture(scope="module")
 def examples_server(server_factory: Any) -> str:
     return str(server_factory(repo=EXAMPLES).url)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    # Offline: a request to any other host fails the test.
-    page.route("**/*", lambda route: route.continue_()
-               if route.request.url.startswith("http://127.0.0.1") else route.abort())  # fmt: skip
-    yield page
-    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-end.png"), full_page=True)
-    context.close()
-    assert errors == [], errors
 
 
 def _drawn(page: Any) -> list[dict[str, Any]]:

@@ -1,11 +1,16 @@
-// modelport's built-in page: the model list, a model's view, and try-it.
+// modelport's built-in page: the model list, a model's view, try-it, and tasks.
 // Plain JS, no build step, no third-party code; it speaks only to this server:
 // GET /v2 (server), GET /api/models (list, polled), GET /api/models/{m} (one model),
 // POST /api/models/{m}/predict (try-it; asked with score_threshold=0 so the slider
-// filters the boxes here, without asking again).
+// filters the boxes here, without asking again); the tasks view: POST /api/tasks,
+// GET /api/tasks (polled while the view is open), GET /api/tasks/{id}/logs (streamed),
+// DELETE /api/tasks/{id} (cancel), GET /api/tasks/{id}/output (a link to the zip).
 "use strict";
 
 const POLL_MS = 2000;
+const TASK_POLL_MS = { active: 1000, idle: 2000 }; // faster while a task is queued or running
+const TASK_PAGE = 20;
+const TASK_ACTIVE = new Set(["queued", "running"]);
 const COLOURS = ["#e6194b", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#8c564b", "#d62728"];
 
 const $ = (id) => document.getElementById(id);
@@ -117,6 +122,7 @@ async function pollModels() {
     state.models = data.models;
     updateRates(state.models);
     renderModels();
+    renderTaskModels();
     showError("models-error", null);
   } catch (error) {
     showError("models-error", `cannot list the models: ${error.message}`);
@@ -140,6 +146,20 @@ function go(name) {
 }
 
 function route() {
+  const onTasks = location.hash === "#/tasks";
+  $("tasks-view").hidden = !onTasks;
+  $("models-section").hidden = onTasks;
+  for (const [id, active] of [["nav-models", !onTasks], ["nav-tasks", onTasks]]) {
+    if (active) $(id).setAttribute("aria-current", "page");
+    else $(id).removeAttribute("aria-current");
+  }
+  if (onTasks) {
+    state.current = null;
+    $("model-view").hidden = true;
+    openTasks();
+    return;
+  }
+  closeTasks();
   const match = location.hash.match(/^#\/models\/(.+)$/);
   if (match) {
     showModel(decodeURIComponent(match[1]));
@@ -416,6 +436,319 @@ async function runTensors(event) {
   }
 }
 
+// -- tasks ------------------------------------------------------------------------
+
+const tasks = {
+  open: false,
+  timer: null,
+  limit: TASK_PAGE,
+  rows: new Map(), // id -> {row, keys: [one per column]}
+  seen: new Map(), // id -> the status last shown, to announce changes
+  modelsKey: null, // the container models the form offers
+  logs: null, // {id, controller, opener}
+};
+
+function shortId(id) {
+  return id.length > 8 ? id.slice(0, 8) : id;
+}
+
+function timeCell(iso) {
+  if (!iso) return "–";
+  const when = new Date(iso);
+  return el("time", { datetime: iso, title: when.toString() },
+    when.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" }));
+}
+
+function progressCell(t) {
+  const short = shortId(t.id);
+  if (t.status === "queued") return el("span", { class: "muted" }, "waiting");
+  const value = t.status === "succeeded" ? 1 : t.progress;
+  if (value === null || value === undefined) {
+    if (t.status !== "running") return "–";
+    // Running without a /output/.progress file: an indeterminate bar.
+    return el("progress", { max: "1", "aria-label": `progress of task ${short}` });
+  }
+  const fraction = Math.min(1, Math.max(0, value));
+  const percent = `${Math.round(fraction * 100)}%`;
+  return el("span", { class: "progress" },
+    el("progress", { max: "1", value: String(fraction), "aria-label": `progress of task ${short}` }),
+    el("span", { class: "percent" }, percent));
+}
+
+function errorCell(t) {
+  if (!t.error) return null;
+  // A failure is an error; why a task was cancelled or queued again is a note.
+  const kind = t.status === "failed" ? "task-error" : "task-error note";
+  const [first, ...rest] = t.error.split("\n");
+  if (!rest.length) return el("span", { class: kind }, first);
+  return el("details", { class: kind }, el("summary", {}, first), el("pre", {}, rest.join("\n")));
+}
+
+function actionsCell(t) {
+  const short = shortId(t.id);
+  const actions = el("span", { class: "actions" });
+  if (t.status !== "queued" || t.attempts > 0) {
+    actions.append(el("button", { type: "button", dataset: { action: "logs" }, "aria-label": `logs of task ${short}`,
+      onclick: (event) => openLogs(t, event.currentTarget) }, "Logs"));
+  }
+  if (TASK_ACTIVE.has(t.status)) {
+    actions.append(el("button", { type: "button", class: "danger", dataset: { action: "cancel" },
+      "aria-label": `cancel task ${short}`, onclick: () => cancelTask(t) }, "Cancel"));
+  }
+  if (t.status === "succeeded" && !t.files_purged) {
+    actions.append(el("a", { class: "button", href: t.links.output, download: `${t.id}-output.zip`,
+      dataset: { action: "download" }, "aria-label": `download the output of task ${short}` }, "Download output"));
+  }
+  return actions;
+}
+
+// Each column: a key that says when the cell must be redrawn, and how to draw it. A row is
+// updated in place, a cell only when its key changes, so that focus stays where it was.
+const TASK_COLUMNS = [
+  ["Task", (t) => t.id, (t) => el("code", { title: t.id }, shortId(t.id))],
+  ["Model", (t) => `${t.model}/${t.version}`, (t) => `${t.model} v${t.version}`],
+  ["Status", (t) => `${t.status}|${t.error}|${t.exit_code}`, (t) => [
+    el("span", { class: `task-status ${t.status}` }, t.status),
+    t.exit_code !== null && t.exit_code !== 0 ? el("span", { class: "muted" }, ` exit ${t.exit_code}`) : null,
+    errorCell(t)]],
+  ["Progress", (t) => `${t.status}|${t.progress}`, progressCell],
+  ["Attempts", (t) => String(t.attempts), (t) => String(t.attempts)],
+  ["Created", (t) => t.created_at, (t) => timeCell(t.created_at)],
+  ["Finished", (t) => String(t.finished_at), (t) => timeCell(t.finished_at)],
+  ["Actions", (t) => `${t.status}|${t.attempts > 0}|${t.files_purged}`, actionsCell],
+];
+
+function fillCell(cell, content) {
+  cell.replaceChildren(...[].concat(content).filter((c) => c !== null && c !== undefined));
+}
+
+function updateTaskRow(t) {
+  let entry = tasks.rows.get(t.id);
+  if (!entry) {
+    const row = el("tr", { dataset: { task: t.id } });
+    for (const [title, , ] of TASK_COLUMNS) {
+      row.append(el("td", { "data-title": title, class: title === "Attempts" ? "num" : "" }));
+    }
+    entry = { row, keys: [] };
+    tasks.rows.set(t.id, entry);
+  }
+  entry.row.dataset.status = t.status;
+  TASK_COLUMNS.forEach(([, key, draw], i) => {
+    const k = key(t);
+    if (entry.keys[i] === k) return;
+    const cell = entry.row.cells[i];
+    const focused = cell.contains(document.activeElement) ? document.activeElement.dataset.action : null;
+    fillCell(cell, draw(t));
+    entry.keys[i] = k;
+    if (focused) {
+      // The focused button went with the old cell: keep focus on the same action, or the row's first.
+      const again = cell.querySelector(`[data-action=${focused}]`) || cell.querySelector("button, a");
+      if (again) again.focus();
+    }
+  });
+  return entry.row;
+}
+
+function announce(changes) {
+  if (changes.length) $("tasks-announce").textContent = changes.join("; ");
+}
+
+function renderTasks(page) {
+  const body = $("tasks").tBodies[0];
+  const changes = [];
+  const wanted = new Set();
+  page.tasks.forEach((t, i) => {
+    wanted.add(t.id);
+    const before = tasks.seen.get(t.id);
+    if (before && before !== t.status) changes.push(`task ${shortId(t.id)} (${t.model}) ${t.status}`);
+    tasks.seen.set(t.id, t.status);
+    const row = updateTaskRow(t);
+    // Move a row only when it is out of place: moving a node takes focus away from it.
+    if (body.rows[i] !== row) body.insertBefore(row, body.rows[i] || null);
+  });
+  for (const [id, entry] of tasks.rows) {
+    if (!wanted.has(id)) {
+      entry.row.remove();
+      tasks.rows.delete(id);
+    }
+  }
+  announce(changes);
+  $("tasks-empty").hidden = page.total > 0;
+  $("tasks-count").textContent = page.total ? `${page.tasks.length} of ${page.total}` : "";
+  $("tasks-more").hidden = !page.next;
+}
+
+async function pollTasks() {
+  const query = new URLSearchParams({ limit: String(tasks.limit) });
+  const status = $("task-filter").value;
+  if (status) query.set("status", status);
+  const page = await getJSON(`/api/tasks?${query}`);
+  renderTasks(page);
+  showError("tasks-error", null);
+  return page.tasks.some((t) => TASK_ACTIVE.has(t.status));
+}
+
+async function taskLoop() {
+  let active = false;
+  try {
+    active = await pollTasks();
+  } catch (error) {
+    showError("tasks-error", `cannot list the tasks: ${error.message}`);
+  }
+  if (tasks.open) tasks.timer = setTimeout(taskLoop, active ? TASK_POLL_MS.active : TASK_POLL_MS.idle);
+}
+
+function refreshTasks() {
+  clearTimeout(tasks.timer);
+  if (tasks.open) taskLoop();
+}
+
+function openTasks() {
+  if (!tasks.open) {
+    tasks.open = true;
+    taskLoop();
+  }
+  $("tasks-title").focus({ preventScroll: true });
+}
+
+function closeTasks() {
+  tasks.open = false;
+  clearTimeout(tasks.timer);
+  closeLogs();
+}
+
+function renderTaskModels() {
+  const names = state.models.filter((m) => m.runtime === "container").map((m) => m.name);
+  const key = names.join("\n");
+  if (key === tasks.modelsKey) return;
+  tasks.modelsKey = key;
+  const select = $("task-model");
+  const chosen = select.value;
+  select.replaceChildren();
+  if (!names.length) {
+    select.append(el("option", { value: "" }, "no container models"));
+  } else if (names.length > 1) {
+    select.append(el("option", { value: "" }, "Pick a model…"));
+  }
+  for (const name of names) select.append(el("option", { value: name }, name));
+  if (names.includes(chosen)) select.value = chosen;
+  select.disabled = !names.length;
+  $("task-submit").disabled = !names.length;
+}
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+function parametersOrError(text) {
+  if (!text) return null;
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new Error(`the parameters are not valid JSON: ${error.message}`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new Error("the parameters must be a JSON object, such as {\"threshold\": 0.5}");
+  }
+  return text;
+}
+
+async function submitTask(event) {
+  event.preventDefault();
+  showError("task-form-error", null);
+  const model = $("task-model").value;
+  const files = [...$("task-files").files];
+  let parameters;
+  try {
+    if (!model) throw Object.assign(new Error("pick a container model"), { field: "task-model" });
+    if (!files.length) throw Object.assign(new Error("choose one or more files, or a zip"), { field: "task-files" });
+    parameters = parametersOrError($("task-parameters").value.trim());
+  } catch (error) {
+    showError("task-form-error", error);
+    $(error.field || "task-parameters").focus();
+    return;
+  }
+  const form = new FormData();
+  form.append("model", model);
+  if (parameters) form.append("parameters", parameters);
+  for (const file of files) form.append("files", file, file.name);
+  const size = files.reduce((sum, f) => sum + f.size, 0);
+  const button = $("task-submit");
+  button.disabled = true;
+  $("task-form-status").textContent = `uploading ${files.length} file${files.length > 1 ? "s" : ""} (${formatBytes(size)})…`;
+  try {
+    const task = await getJSON("/api/tasks", { method: "POST", body: form });
+    tasks.seen.set(task.id, task.status);
+    $("task-form-status").textContent = `submitted task ${shortId(task.id)} to ${task.model}: ${task.status}`;
+    $("task-files").value = "";
+    refreshTasks();
+  } catch (error) {
+    $("task-form-status").textContent = "";
+    showError("task-form-error", error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function cancelTask(t) {
+  try {
+    const task = await getJSON(`/api/tasks/${encodeURIComponent(t.id)}`, { method: "DELETE" });
+    $("tasks-announce").textContent = `task ${shortId(task.id)} ${task.status}`;
+    tasks.seen.set(task.id, task.status);
+    showError("tasks-error", null);
+  } catch (error) {
+    showError("tasks-error", `cannot cancel task ${shortId(t.id)}: ${error.message}`);
+  }
+  refreshTasks();
+}
+
+async function openLogs(t, opener) {
+  closeLogs();
+  const controller = new AbortController();
+  tasks.logs = { id: t.id, controller, opener };
+  const panel = $("task-logs");
+  const text = $("task-logs-text");
+  panel.hidden = false;
+  panel.dataset.task = t.id;
+  delete panel.dataset.done;
+  $("task-logs-title").textContent = `Logs of task ${shortId(t.id)} (${t.model})`;
+  text.textContent = "";
+  $("task-logs-state").textContent = TASK_ACTIVE.has(t.status) ? "following the log while the task runs…" : "loading…";
+  $("task-logs-title").focus();
+  try {
+    const response = await fetch(`/api/tasks/${encodeURIComponent(t.id)}/logs`, { signal: controller.signal });
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      const atEnd = text.scrollTop + text.clientHeight >= text.scrollHeight - 4;
+      text.textContent += decoder.decode(value, { stream: true });
+      if (atEnd) text.scrollTop = text.scrollHeight;
+    }
+    text.textContent += decoder.decode();
+    if (!text.textContent) text.textContent = "(the log is empty)";
+    $("task-logs-state").textContent = "end of the log";
+    panel.dataset.done = "1";
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    $("task-logs-state").textContent = `cannot read the log: ${error.message}`;
+  }
+}
+
+function closeLogs() {
+  const open = tasks.logs;
+  if (!open) return;
+  tasks.logs = null;
+  open.controller.abort();
+  $("task-logs").hidden = true;
+  if (open.opener && open.opener.isConnected) open.opener.focus();
+}
+
 // -- wiring -----------------------------------------------------------------------
 
 function start() {
@@ -440,6 +773,19 @@ function start() {
       event.preventDefault();
       $("image-file").click();
     }
+  });
+  $("task-form").addEventListener("submit", submitTask);
+  $("task-logs-close").addEventListener("click", closeLogs);
+  $("task-logs").addEventListener("keydown", (event) => {
+    if (event.key === "Escape") closeLogs();
+  });
+  $("task-filter").addEventListener("change", () => {
+    tasks.limit = TASK_PAGE;
+    refreshTasks();
+  });
+  $("tasks-more").addEventListener("click", () => {
+    tasks.limit += TASK_PAGE;
+    refreshTasks();
   });
   window.addEventListener("hashchange", route);
   loadServer();
