@@ -8,6 +8,7 @@ an :class:`InferenceRequest`, call :meth:`InferenceService.infer`, and encode th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from modelport.core.batcher import BatchResult
 from modelport.core.registry import IndexRow, LoadedVersion, ModelRegistry, ModelState
 from modelport.core.stats import ModelStats
 from modelport.errors import (
@@ -56,6 +58,17 @@ class ModelMetadata:
 
 
 @dataclass(frozen=True, slots=True)
+class StartedInference:
+    """A validated request on its way through the batcher (see ``InferenceService.start``)."""
+
+    loaded: LoadedVersion
+    request: InferenceRequest
+    names: list[str]
+    begun: int
+    future: asyncio.Future[BatchResult]
+
+
+@dataclass(frozen=True, slots=True)
 class VersionStats:
     name: str
     version: str
@@ -89,17 +102,44 @@ class InferenceService:
     # -- inference ------------------------------------------------------------------------
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        started = self.start(request)
+        with contextlib.suppress(ModelportError):  # finish() records and raises it
+            await started.future
+        return self.finish(started)
+
+    def start(self, request: InferenceRequest) -> StartedInference:
+        """Validate a request and queue it; :meth:`finish` once ``future`` is done.
+
+        The two halves let the HTTP fast path answer from a callback, with no task per
+        request; :meth:`infer` is the same two halves with an ``await`` between them.
+        """
         loaded = self.registry.get(request.model_name, request.model_version)
-        start = time.perf_counter_ns()
+        begun = time.perf_counter_ns()
         try:
             inputs = _check_inputs(loaded, request.inputs)
             names = _check_outputs(loaded, request.outputs)
-            result = await loaded.batcher.infer(inputs, request.parameters)
-            outputs = _build_outputs(loaded, result.outputs, names, request.outputs)
+            future = loaded.batcher.submit(inputs, request.parameters)
         except ModelportError as exc:
-            loaded.stats.record_request(False, time.perf_counter_ns() - start, 0, exc.kind.value)
+            loaded.stats.record_request(False, time.perf_counter_ns() - begun, 0, exc.kind.value)
             raise
-        loaded.stats.record_request(True, time.perf_counter_ns() - start, result.queue_ns)
+        return StartedInference(loaded, request, names, begun, future)
+
+    def finish(self, started: StartedInference) -> InferenceResponse:
+        """The response of a started request whose future is done; raises its error."""
+        loaded, request = started.loaded, started.request
+        try:
+            if started.future.cancelled():
+                raise ModelUnavailable(f"model '{loaded.name}' stopped before answering")
+            error = started.future.exception()
+            if error is not None:
+                raise error
+            result = started.future.result()
+            outputs = _build_outputs(loaded, result.outputs, started.names, request.outputs)
+        except ModelportError as exc:
+            elapsed = time.perf_counter_ns() - started.begun
+            loaded.stats.record_request(False, elapsed, 0, exc.kind.value)
+            raise
+        loaded.stats.record_request(True, time.perf_counter_ns() - started.begun, result.queue_ns)
         return InferenceResponse(loaded.name, str(loaded.version), outputs, request.id, {})
 
     # -- metadata, repository, statistics -------------------------------------------------

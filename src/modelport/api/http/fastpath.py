@@ -28,7 +28,11 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from modelport.api.http.errors import error_parts
 from modelport.api.http.v2 import InferHandler
+from modelport.codecs.v2_json import DecodedRequest
+from modelport.core.service import StartedInference
+from modelport.errors import ModelportError
 from modelport.observability import request_id
 
 Scope = MutableMapping[str, Any]
@@ -121,6 +125,11 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
+_CRASHED: tuple[int, bytes, list[tuple[bytes, bytes]]] = (
+    500,
+    b'{"error":"internal error; see the server log"}',
+    [],
+)
 _STATUS_LINES = {
     s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus if s.value >= 200
 }
@@ -187,24 +196,63 @@ class _FastInferProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _start_fast(self, cycle: RequestResponseCycle) -> None:
+        """Parse, validate and queue the request now; answer from the batch's callback.
+
+        No task per request: the core's two halves (``start``/``finish``) run here and in
+        ``_complete``, which the batcher's future calls when the batch is done.
+        """
         if cycle.fast_started:  # type: ignore[attr-defined]
             return
         cycle.fast_started = True  # type: ignore[attr-defined]
-        task = self.loop.create_task(self._respond(cycle))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
-
-    async def _respond(self, cycle: RequestResponseCycle) -> None:
         model, version = cycle.fast_target  # type: ignore[attr-defined]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in cycle.scope["headers"]}
+        rid = headers.get("x-request-id") or new_request_id()
         try:
-            status, body, extra = await _answer(
-                self.infer, model, version, bytes(cycle.body), headers
-            )
+            decoded = self.infer.parse(model, version, bytes(cycle.body), headers)
+            started = self.infer.service.start(decoded.request)
+        except ModelportError as exc:
+            self._answer(cycle, rid, model, *error_parts(exc))
+            return
         except Exception:
             log.exception("infer %s crashed", model)
-            status, body, extra = 500, b'{"error":"internal error; see the server log"}', []
-        self._finish(cycle, status, body, extra, close=False)
+            self._answer(cycle, rid, model, *_CRASHED)
+            return
+        started.future.add_done_callback(
+            lambda _: self._complete(cycle, rid, headers, decoded, started)
+        )
+
+    def _complete(
+        self,
+        cycle: RequestResponseCycle,
+        rid: str,
+        headers: dict[str, str],
+        decoded: DecodedRequest,
+        started: StartedInference,
+    ) -> None:
+        model = decoded.request.model_name
+        try:
+            response = self.infer.service.finish(started)
+            status, body, extra = self.infer.reply(response, decoded, headers)
+        except ModelportError as exc:
+            status, body, extra = error_parts(exc)
+        except Exception:
+            log.exception("infer %s crashed", model)
+            status, body, extra = _CRASHED
+        self._answer(cycle, rid, model, status, body, extra)
+
+    def _answer(
+        self,
+        cycle: RequestResponseCycle,
+        rid: str,
+        model: str,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        if status >= 500:
+            request_id.set(rid)
+            log.warning("infer %s failed with %d: %s", model, status, body[:300])
+        self._finish(cycle, status, body, [*headers, (b"x-request-id", rid.encode())], False)
 
     def _finish(
         self,

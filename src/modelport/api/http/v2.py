@@ -14,10 +14,11 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from modelport.api.http.errors import error_parts, error_response
-from modelport.codecs.v2_json import decode_request, encode_response
+from modelport.codecs.v2_json import DecodedRequest, decode_request, encode_response
 from modelport.core.service import InferenceService
 from modelport.core.stats import Duration, ModelStats
 from modelport.errors import InvalidInput, ModelportError, Unsupported
+from modelport.tensors import InferenceResponse
 
 EXTENSIONS = [
     "binary_tensor_data",
@@ -41,22 +42,32 @@ class InferHandler:
         self, model: str, version: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         try:
-            encoding = headers.get("content-encoding", "")
-            if encoding:
-                body = _decompress(body, encoding)
-            length = headers.get(HEADER_LENGTH)
-            json_length = None
-            if length is not None:
-                if not length.strip().isdigit():
-                    raise InvalidInput(
-                        f"Inference-Header-Content-Length '{length}' is not a number"
-                    )
-                json_length = int(length)
-            decoded = decode_request(body, json_length, model, version)
+            decoded = self.parse(model, version, body, headers)
             response = await self.service.infer(decoded.request)
-            out, out_json_length = encode_response(response, decoded.binary_output)
+            return self.reply(response, decoded, headers)
         except ModelportError as exc:
             return error_parts(exc)
+
+    def parse(
+        self, model: str, version: str, body: bytes, headers: dict[str, str]
+    ) -> DecodedRequest:
+        """The request in a body: decompressed, split at the JSON part, decoded."""
+        encoding = headers.get("content-encoding", "")
+        if encoding:
+            body = _decompress(body, encoding)
+        length = headers.get(HEADER_LENGTH)
+        json_length = None
+        if length is not None:
+            if not length.strip().isdigit():
+                raise InvalidInput(f"Inference-Header-Content-Length '{length}' is not a number")
+            json_length = int(length)
+        return decode_request(body, json_length, model, version)
+
+    def reply(
+        self, response: InferenceResponse, decoded: DecodedRequest, headers: dict[str, str]
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Status, body and headers for a response, encoded as the request asked."""
+        out, out_json_length = encode_response(response, decoded.binary_output)
         reply_headers: list[tuple[bytes, bytes]]
         if out_json_length is None:
             reply_headers = [(b"content-type", b"application/json")]
