@@ -47,9 +47,7 @@ def fixed_response() -> pb.ModelInferResponse:
     return response
 
 
-async def serve(
-    port: int, parse: bool, options: list[tuple[str, int]], servers_count: int
-) -> None:
+async def serve(port: int, parse: bool, options: list[tuple[str, int]], servers_count: int) -> None:
     answer = fixed_response()
     answer_bytes = answer.SerializeToString()
 

@@ -4,11 +4,25 @@ server's loop.
 ``grpc.aio`` runs its calls as coroutines on the running event loop, so the gRPC and
 HTTP adapters share one loop, one :class:`InferenceService` and its batchers: requests
 from both protocols batch together.
+
+Several listeners: a ``grpc.aio`` server accepts one new call per turn of the loop (it
+asks the gRPC core for the next call only once the last has been handed over), which
+caps it near 3,000 calls/s on two cores whatever the handler does, and feeds the
+batcher one request at a time. So ``listeners`` servers share the port
+(``SO_REUSEPORT``; the kernel spreads connections over them) and the services, each
+accepting on its own: under load several calls arrive per turn and batch together
+(``bench/grpc_ceiling.py`` measures it). The port is probed first without
+``SO_REUSEPORT``, so a port that another process holds still fails to start (a
+process that sets ``SO_REUSEPORT`` and binds it later can still join; one listener,
+``grpc_listeners = 1``, turns ``SO_REUSEPORT`` off).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -22,6 +36,7 @@ from modelport.core.service import InferenceService
 log = logging.getLogger("modelport.grpc")
 
 STOP_GRACE_S = 5.0
+DEFAULT_LISTENERS = 16
 
 
 class GrpcListenError(OSError):
@@ -32,40 +47,79 @@ def listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def probe_port(host: str, port: int) -> None:
+    """Bind ``host:port`` the plain way (no ``SO_REUSEPORT``) and let go; OSError if
+    another process holds it, even one that set ``SO_REUSEPORT`` itself."""
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(
+        host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(sockaddr)
+
+
+@dataclass(frozen=True)
+class GrpcServer:
+    """The ``grpc.aio`` servers that share the gRPC port; stopped together."""
+
+    servers: tuple[grpc.aio.Server, ...]
+    port: int
+
+    async def stop(self, grace: float | None) -> None:
+        await asyncio.gather(*(s.stop(grace) for s in self.servers))
+
+
 async def start_grpc_server(
     service: InferenceService,
     host: str,
     port: int,
     max_message_bytes: int,
     max_concurrent_rpcs: int = 0,
-) -> grpc.aio.Server:
-    """Bind and start the server; GrpcListenError if the port cannot be had.
+    listeners: int = DEFAULT_LISTENERS,
+) -> GrpcServer:
+    """Bind and start the servers; GrpcListenError if the port cannot be had.
 
     ``max_message_bytes`` bounds messages both ways (a larger request fails with
     RESOURCE_EXHAUSTED); past ``max_concurrent_rpcs`` calls in progress (0: no limit) a
-    new call fails at once with RESOURCE_EXHAUSTED.
+    new call fails at once with RESOURCE_EXHAUSTED. ``listeners`` servers share the port
+    (see the module's docstring); with a ``max_concurrent_rpcs`` limit there is one, as
+    grpc.aio counts calls per server and the limit must hold for the port.
     """
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            # gRPC sets SO_REUSEPORT by default, which would let a second server share
-            # the port silently instead of failing to start.
-            ("grpc.so_reuseport", 0),
-        ],
-        maximum_concurrent_rpcs=max_concurrent_rpcs or None,
-    )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
-    add_tfserving_services(service, server)
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), server)
+    if max_concurrent_rpcs:
+        listeners = 1
     address = listen_address(host, port)
     try:
-        server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise GrpcListenError(
-            f"cannot listen for gRPC on {address} ({exc}); is the port in use? "
-            "Choose another with --grpc-port, or 0 to turn gRPC off"
-        ) from None
-    await server.start()
+        probe_port(host, port)
+    except OSError as exc:
+        raise _listen_error(address, exc) from None
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 1 if listeners > 1 else 0),
+    ]
+    servicer = InferenceServicer(service)
+    health = HealthServicer(service)
+    servers: list[grpc.aio.Server] = []
+    for _ in range(max(1, listeners)):
+        server = grpc.aio.server(
+            options=options, maximum_concurrent_rpcs=max_concurrent_rpcs or None
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        add_tfserving_services(service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        try:
+            port = server.add_insecure_port(listen_address(host, port))
+        except RuntimeError as exc:
+            await asyncio.gather(*(s.stop(None) for s in servers))
+            raise _listen_error(address, exc) from None
+        await server.start()
+        servers.append(server)
     log.info("gRPC listening on %s", address)
-    return server
+    return GrpcServer(tuple(servers), port)
+
+
+def _listen_error(address: str, exc: Exception) -> GrpcListenError:
+    return GrpcListenError(
+        f"cannot listen for gRPC on {address} ({exc}); is the port in use? "
+        "Choose another with --grpc-port, or 0 to turn gRPC off"
+    )
