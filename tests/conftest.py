@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,9 +142,10 @@ StartServer = Callable[..., ServerProcess]
 def server_factory(
     repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StartServer]:
-    """``start(env=..., port=..., repo=..., grpc_port=...)`` starts a server and waits
-    until it is ready; all are stopped at the end of the session. gRPC is off unless a
-    ``grpc_port`` is given (tests/api/grpc/conftest.py does)."""
+    """``start(env=..., port=..., repo=..., grpc_port=..., args=...)`` starts a server
+    (``args``: more ``serve`` flags) and waits until it is ready; all are stopped at the
+    end of the session. gRPC is off unless a ``grpc_port`` is given
+    (tests/api/grpc/conftest.py does)."""
     started: list[ServerProcess] = []
     logs = tmp_path_factory.mktemp("server-logs")
 
@@ -153,13 +154,22 @@ def server_factory(
         port: int | None = None,
         repo: Path | None = None,
         grpc_port: int = 0,
+        args: Sequence[str] = (),
     ) -> ServerProcess:
         port = port or free_port()
         log_path = logs / f"server-{port}.log"
         # Task records and files go to a folder of the test's, never the working folder.
         env = {"MODELPORT_DATA_DIR": str(logs / f"data-{port}"), **(env or {})}
         proc = launch(
-            ["serve", str(repo or repository), "--port", str(port), "--grpc-port", str(grpc_port)],
+            [
+                "serve",
+                str(repo or repository),
+                "--port",
+                str(port),
+                "--grpc-port",
+                str(grpc_port),
+                *args,
+            ],
             log_path,
             f"http://127.0.0.1:{port}",
             env,

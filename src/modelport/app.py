@@ -20,10 +20,12 @@ from modelport.api.http.app import create_app
 from modelport.api.http.fastpath import http_protocol
 from modelport.api.http.tasks import TaskRoutes
 from modelport.api.http.v2 import InferHandler
+from modelport.core.cache import MemoryLimits
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
 from modelport.core.service import InferenceService, LoopModelCaller
+from modelport.core.watcher import RepositoryWatcher
 from modelport.observability import metrics_registry, setup_logging
 from modelport.runtimes.container import ContainerRuntime
 from modelport.runtimes.fake import FakeRuntime
@@ -61,7 +63,10 @@ class _Server(uvicorn.Server):
 def build_service(settings: Settings) -> tuple[InferenceService, LoopModelCaller]:
     """The core, wired but not started (models load in :func:`start_service`)."""
     caller = LoopModelCaller()
-    registry = ModelRegistry(ModelRepository(Path(settings.repository)), RUNTIMES, caller)
+    limits = MemoryLimits(
+        settings.max_loaded_models, settings.max_loaded_bytes, settings.load_timeout_seconds
+    )
+    registry = ModelRegistry(ModelRepository(Path(settings.repository)), RUNTIMES, caller, limits)
     return InferenceService(registry, settings.server_name, __version__), caller
 
 
@@ -139,11 +144,16 @@ async def serve(
             settings.grpc_port,
             settings.grpc_max_message_bytes,
             settings.grpc_max_concurrent_rpcs,
+            settings.grpc_listeners,
         )
     serving = asyncio.create_task(server.serve())
+    watcher = None
     try:
         await tasks.start()
         await start_service(service, caller)
+        if settings.poll_seconds:
+            watcher = RepositoryWatcher(service.registry, settings.poll_seconds)
+            await watcher.start()
         # Everything alive now (modules, models) lives as long as the server: keep it out
         # of the collector's scans, or each full collection stalls requests for ~50 ms.
         gc.collect()
@@ -157,6 +167,8 @@ async def serve(
             await serving
         if grpc_server is not None:
             await grpc_server.stop(STOP_GRACE_S)
+        if watcher is not None:
+            await watcher.close()
         await tasks.close()
         await service.registry.close()
         log.info("modelport stopped")

@@ -63,6 +63,18 @@ def serve(
     config: Annotated[Path | None, typer.Option(help="A modelport.toml settings file.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     log_format: Annotated[str | None, typer.Option(help="text or json.")] = None,
+    poll: Annotated[
+        float | None,
+        typer.Option(help="Rescan the repository every SECONDS and load what changed [0: off]."),
+    ] = None,
+    max_loaded_models: Annotated[
+        int | None,
+        typer.Option(help="Models loaded at once; past it the least recently used unloads."),
+    ] = None,
+    max_loaded_bytes: Annotated[
+        int | None,
+        typer.Option(help="Model files' bytes loaded at once; past it the LRU unloads."),
+    ] = None,
 ) -> None:
     """Serve a model repository over HTTP and gRPC (KServe v2)."""
     import uvloop
@@ -71,7 +83,9 @@ def serve(
     from modelport.app import serve as run_server
 
     flags = {"repository": repository, "host": host, "port": port, "grpc_port": grpc_port,
-             "log_level": log_level, "log_format": log_format}  # fmt: skip
+             "log_level": log_level, "log_format": log_format, "poll_seconds": poll,
+             "max_loaded_models": max_loaded_models,
+             "max_loaded_bytes": max_loaded_bytes}  # fmt: skip
     try:
         settings = Settings.load(flags, config=config)
     except SettingsError as exc:

@@ -42,7 +42,27 @@ class Settings(BaseModel):
     grpc_max_concurrent_rpcs: int = Field(
         default=0, ge=0, description="gRPC calls running at once (0: no limit)"
     )
+    grpc_listeners: int = Field(
+        default=16,
+        ge=1,
+        le=64,
+        description="grpc.aio servers sharing the gRPC port, each accepting calls "
+        "(more accept more calls at once; 1 with grpc_max_concurrent_rpcs)",
+    )
     server_name: str = "modelport"
+    # -- model supply ----------------------------------------------------------------------
+    poll_seconds: float = Field(
+        default=0.0, ge=0, description="rescan the repository this often and reload (0: off)"
+    )
+    max_loaded_models: int = Field(
+        default=0, ge=0, description="models loaded at once; past it the LRU unloads (0: any)"
+    )
+    max_loaded_bytes: int = Field(
+        default=0, ge=0, description="model files' bytes loaded at once; past it the LRU unloads"
+    )
+    load_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="how long a request waits for an unloaded model to load"
+    )
     # -- tasks (long jobs in containers) ---------------------------------------------------
     data_dir: str = Field(
         default=".modelport", description="where tasks keep their records, files and work"

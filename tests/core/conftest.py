@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from modelport.core.cache import MemoryLimits
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
@@ -39,9 +40,9 @@ async def serve(
     Test files annotate it as ``Start``: conftest modules are not imported by tests."""
     registries: list[ModelRegistry] = []
 
-    async def start(load_all: bool = True) -> InferenceService:
+    async def start(load_all: bool = True, limits: MemoryLimits | None = None) -> InferenceService:
         caller = LoopModelCaller()
-        registry = ModelRegistry(ModelRepository(repo), RUNTIMES, caller)
+        registry = ModelRegistry(ModelRepository(repo), RUNTIMES, caller, limits)
         service = InferenceService(registry, "modelport", "test")
         caller.bind(service, asyncio.get_running_loop())
         registries.append(registry)

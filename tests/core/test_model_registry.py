@@ -322,3 +322,25 @@ async def test_a_loading_model_is_not_ready(repo: Path, serve: Start) -> None:
 async def test_models_cannot_be_called_before_the_server_starts() -> None:
     with pytest.raises(ModelUnavailable, match="before the server has started"):
         LoopModelCaller().infer("m", {"x": np.zeros(1)})
+
+
+async def test_warm_up_from_files(repo: Path, serve: Start) -> None:
+    yaml = """\
+runtime: onnx
+max_batch_size: 8
+warmup:
+  - inputs: {INPUT0: {file: warmup/sample.npy}}
+    batch_size: 2
+  - inputs: {INPUT0: {file: warmup/raw.bin}}
+"""
+    folder = write_model(repo, "mlp", yaml)
+    mlp_onnx(folder / "1" / "model.onnx", sizes=(4, 8, 2))
+    (folder / "warmup").mkdir()
+    np.save(folder / "warmup" / "sample.npy", np.ones(4, np.float32))  # no batch dimension
+    (folder / "warmup" / "raw.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    write_model(repo, "outside", yaml.replace("warmup/sample.npy", "../../secret.npy"))
+    mlp_onnx(repo / "outside" / "1" / "model.onnx", sizes=(4, 8, 2))
+    service = await serve()
+    assert service.registry.get("mlp").stats.warmup_ns > 0
+    _, state, reason = _rows(service)["outside"]
+    assert state == "UNAVAILABLE" and "outside the model's folder" in reason

@@ -7,25 +7,35 @@ touched. Reloading a served model builds the new versions first and swaps them i
 the old ones keep serving until the new ones are ready (and keep serving if they fail).
 Container models (``runtime: container``) are never loaded here: they are listed as
 UNAVAILABLE with a reason naming the tasks API, which runs them (``modelport.tasks``).
+With :class:`~modelport.core.cache.MemoryLimits`, loading first unloads the least
+recently used idle models to stay under the caps; those load again on demand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
-
-import numpy as np
 
 from modelport.core.batcher import DynamicBatcher
+from modelport.core.cache import (
+    EVICTED_REASON,
+    MemoryLimits,
+    OnDemandBatcher,
+    Resident,
+    Submitter,
+    files_size,
+    make_room,
+)
 from modelport.core.instances import Instance
 from modelport.core.repository import ModelRepository, ModelSource
 from modelport.core.runtime import ModelCaller, RuntimeContext, RuntimeFactory, Signature
 from modelport.core.stats import ModelStats
+from modelport.core.warmup import warm_up
 from modelport.errors import (
     InvalidInput,
     ModelNotFound,
@@ -33,8 +43,7 @@ from modelport.errors import (
     ModelUnavailable,
     SpecError,
 )
-from modelport.spec import ModelSpec, TensorSpec, WarmupSpec
-from modelport.tensors import numpy_dtype
+from modelport.spec import ModelSpec, TensorSpec
 
 log = logging.getLogger("modelport.registry")
 
@@ -58,7 +67,7 @@ class LoadedVersion:
     spec: ModelSpec
     signature: Signature
     labels: tuple[str, ...]
-    batcher: DynamicBatcher
+    batcher: DynamicBatcher | OnDemandBatcher  # the second stands in while evicted
     instances: list[Instance]
     stats: ModelStats
     devices: tuple[str, ...]
@@ -75,6 +84,13 @@ class ModelEntry:
     reason: str = ""
     spec: ModelSpec | None = None
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
+    # Memory limits: evicted versions' stand-ins, which load the model again on demand;
+    # the last request's tick, the size on disk, requests waiting for it to load.
+    standby: dict[int, LoadedVersion] = field(default_factory=dict)
+    last_used: int = 0
+    size: int = 0
+    waiters: int = 0
+    unloaded: bool = False  # through the API, so a repository poll leaves it unloaded
 
     @property
     def latest(self) -> LoadedVersion | None:
@@ -95,12 +111,17 @@ class ModelRegistry:
         repository: ModelRepository,
         runtimes: Mapping[str, RuntimeFactory],
         caller: ModelCaller,
+        limits: MemoryLimits | None = None,
     ) -> None:
         self.repository = repository
         self.runtimes = runtimes
         self.caller = caller
+        self.limits = limits or MemoryLimits()
         self.entries: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._room = asyncio.Lock()  # under caps, one load at a time makes room for itself
+        self._reloads: dict[str, asyncio.Task[ModelEntry]] = {}
+        self._uses = 0
         self.initial_load_done = False
 
     # -- lookups (hot path) ---------------------------------------------------------------
@@ -109,16 +130,19 @@ class ModelRegistry:
         entry = self.entries.get(name)
         if entry is None:
             raise ModelNotFound(f"unknown model '{name}'; GET /v2/repository/index lists them")
-        if not entry.versions:
+        versions = entry.versions or entry.standby
+        if not versions:
             why = f": {entry.reason}" if entry.reason else ""
             raise ModelUnavailable(f"model '{name}' is {entry.state.value.lower()}{why}")
+        self._uses += 1
+        entry.last_used = self._uses
         if not version:
-            return entry.versions[max(entry.versions)]
+            return versions[max(versions)]
         if not version.isdigit():
             raise InvalidInput(f"model version must be a positive integer, got '{version}'")
-        loaded = entry.versions.get(int(version))
+        loaded = versions.get(int(version))
         if loaded is None:
-            served = ", ".join(map(str, sorted(entry.versions)))
+            served = ", ".join(map(str, sorted(versions)))
             raise ModelNotFound(f"model '{name}' has no version {version} (serving: {served})")
         return loaded
 
@@ -143,37 +167,50 @@ class ModelRegistry:
         self.initial_load_done = True
 
     async def load(self, name: str, raise_errors: bool = True) -> ModelEntry:
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            entry = self.entries.get(name)
-            if entry is None:
-                entry = self.entries[name] = ModelEntry(name, ModelState.LOADING)
-            elif not entry.versions:
-                entry.state, entry.reason = ModelState.LOADING, ""
-            try:
-                source = await asyncio.to_thread(self.repository.source, name)
-                if source.spec.runs_as_tasks:
-                    # Container models never serve online: they are listed, unavailable,
-                    # with the reason pointing at the tasks API that runs them.
-                    entry.spec, entry.state, entry.reason = source.spec, *TASK_ONLY
-                    return entry
-                versions = await self._load_versions(source)
-            except ModelportError as exc:
-                if isinstance(exc, ModelNotFound) and not entry.versions:
-                    del self.entries[name]
-                    raise
-                log.warning("model %s failed to load: %s", name, exc.message)
-                if not entry.versions:
-                    entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
-                if raise_errors:
-                    raise
+        room = self._room if self.limits.capped else contextlib.nullcontext()
+        async with room, self._locks.setdefault(name, asyncio.Lock()):
+            return await self._load_locked(name, raise_errors)
+
+    async def _load_locked(self, name: str, raise_errors: bool) -> ModelEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            entry = self.entries[name] = ModelEntry(name, ModelState.LOADING)
+        elif not entry.versions and not entry.standby:
+            # (An evicted model loading on demand stays listed as evicted until it is
+            # READY: the server as a whole stays ready meanwhile.)
+            entry.state, entry.reason = ModelState.LOADING, ""
+        try:
+            source = await asyncio.to_thread(self.repository.source, name)
+            if source.spec.runs_as_tasks:
+                # Container models never serve online: they are listed, unavailable,
+                # with the reason pointing at the tasks API that runs them.
+                entry.spec, entry.state, entry.reason = source.spec, *TASK_ONLY
                 return entry
-            old = entry.versions
-            entry.spec, entry.versions = source.spec, versions
-            entry.state, entry.reason = ModelState.READY, ""
-            for loaded in old.values():
-                await self._close_version(loaded)
-            log.info("model %s ready, versions %s", name, sorted(versions))
+            size = 0
+            if self.limits.capped:
+                size = await asyncio.to_thread(files_size, source.path, source.versions)
+                await self._make_room(name, size)
+            versions = await self._load_versions(source)
+        except ModelportError as exc:
+            if isinstance(exc, ModelNotFound) and not entry.versions:
+                del self.entries[name]
+                raise
+            log.warning("model %s failed to load: %s", name, exc.message)
+            if not entry.versions:
+                entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
+                entry.standby = {}  # the reason is the answer now, not a load on demand
+            if raise_errors:
+                raise
             return entry
+        old = entry.versions
+        entry.spec, entry.versions, entry.standby = source.spec, versions, {}
+        entry.state, entry.reason, entry.unloaded = ModelState.READY, "", False
+        self._uses += 1
+        entry.last_used, entry.size = self._uses, size
+        for loaded in old.values():
+            await self._close_version(loaded)
+        log.info("model %s ready, versions %s", name, sorted(versions))
+        return entry
 
     async def unload(self, name: str) -> None:
         entry = self.entries.get(name)
@@ -182,15 +219,106 @@ class ModelRegistry:
                 return
             raise ModelNotFound(f"unknown model '{name}'")
         async with self._locks.setdefault(name, asyncio.Lock()):
-            entry.state = ModelState.UNLOADING
+            entry.state, entry.unloaded = ModelState.UNLOADING, True
             versions, entry.versions = entry.versions, {}
-            for loaded in versions.values():
+            standby, entry.standby = entry.standby, {}
+            for loaded in (*versions.values(), *standby.values()):
                 await self._close_version(loaded)
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+
+    async def remove(self, name: str) -> None:
+        """Unload a model whose folder left the repository, and forget it."""
+        if name in self.entries:
+            await self.unload(name)
+            self.entries.pop(name, None)
 
     async def close(self) -> None:
         for name in list(self.entries):
             await self.unload(name)
+
+    # -- memory limits --------------------------------------------------------------------
+
+    async def load_evicted(self, name: str) -> None:
+        """Load a model evicted by the memory limits again, for requests that wait for it
+        (at most ``load_timeout_s``); one load however many requests wait."""
+        entry = self.entries.get(name)
+        if entry is None:
+            return
+        entry.waiters += 1  # a model that requests wait for is never evicted
+        try:
+            async with asyncio.timeout(self.limits.load_timeout_s):
+                while entry.standby and self.entries.get(name) is entry:
+                    task = self._reloads.get(name)
+                    if task is None or task.done():
+                        task = asyncio.create_task(self.load(name, raise_errors=False))
+                        self._reloads[name] = task
+                        task.add_done_callback(self._reload_done)
+                    await asyncio.shield(task)
+        except TimeoutError:
+            raise ModelUnavailable(
+                f"model '{name}' was unloaded to stay under the memory limits and did not "
+                f"load again within {self.limits.load_timeout_s:g} s (load_timeout_seconds)"
+            ) from None
+        finally:
+            entry.waiters -= 1
+
+    def _reload_done(self, task: asyncio.Task[ModelEntry]) -> None:
+        for name, running in list(self._reloads.items()):
+            if running is task:
+                del self._reloads[name]
+        if not task.cancelled():
+            task.exception()  # the waiting requests got it; nobody else needs it
+
+    async def _batcher_after_load(self, name: str, version: int) -> Submitter:
+        await self.load_evicted(name)
+        return self.get(name, str(version)).batcher
+
+    def _busy(self, entry: ModelEntry) -> bool:
+        return entry.waiters > 0 or any(
+            v.batcher.queue_depth or v.batcher.busy for v in entry.versions.values()
+        )
+
+    async def _make_room(self, name: str, size: int) -> None:
+        limits = self.limits
+        if limits.max_bytes and size > limits.max_bytes:
+            raise ModelUnavailable(
+                f"model '{name}' needs {size} bytes on disk, more than max_loaded_bytes "
+                f"({limits.max_bytes}) allows"
+            )
+        deadline = asyncio.get_running_loop().time() + limits.load_timeout_s
+        while True:
+            resident = [
+                Resident(e.name, e.last_used, e.size, not self._busy(e))
+                for e in self.entries.values()
+                if e.versions and e.name != name and not self._locks[e.name].locked()
+            ]
+            room = make_room(resident, size, limits)
+            for victim in room.evict:
+                await self._evict(self.entries[victim], room.setting)
+            if room.fits:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("loading model %s passes the memory limits: the others are busy", name)
+                return
+            await asyncio.sleep(0.01)  # every loaded model is mid-request: wait for one
+
+    async def _evict(self, entry: ModelEntry, setting: str) -> None:
+        async with self._locks[entry.name]:
+            if not entry.versions or self._busy(entry):
+                return
+            versions, entry.versions = entry.versions, {}
+            entry.standby = {v: self._stand_in(lv) for v, lv in versions.items()}
+            entry.state = ModelState.UNAVAILABLE
+            entry.reason = EVICTED_REASON.format(setting=setting)
+            for loaded in versions.values():
+                await self._close_version(loaded)
+            log.info("model %s unloaded to stay under %s", entry.name, setting)
+
+    def _stand_in(self, loaded: LoadedVersion) -> LoadedVersion:
+        async def load() -> Submitter:
+            return await self._batcher_after_load(loaded.name, loaded.version)
+
+        return dataclasses.replace(loaded, batcher=OnDemandBatcher(loaded.name, load), instances=[])
 
     # -- internals ------------------------------------------------------------------------
 
@@ -247,7 +375,7 @@ class ModelRegistry:
                 await asyncio.to_thread(inst.close)
             raise
         try:
-            await _warm_up(loaded)
+            await warm_up(spec.name, version, spec, signature, instances, loaded.stats, source.path)
         except BaseException:
             await self._close_version(loaded)
             raise
@@ -300,48 +428,3 @@ def _labels(source: ModelSource) -> tuple[str, ...]:
         except OSError as exc:
             raise SpecError(f"{source.path / 'model.yaml'}: field 'labels': {exc}") from None
     return labels
-
-
-def warmup_inputs(
-    signature: Signature, spec: ModelSpec, sample: WarmupSpec, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Build one warm-up request from a ``warmup`` entry of model.yaml."""
-    inputs: dict[str, np.ndarray] = {}
-    for tensor in signature.inputs:
-        shape = tuple(1 if d == -1 else d for d in tensor.shape)
-        if spec.batches:
-            shape = (sample.batch_size, *shape)
-        how: Any = sample.inputs.get(tensor.name, "zeros")
-        dtype = numpy_dtype(tensor.datatype)
-        if tensor.datatype == "BYTES":
-            inputs[tensor.name] = np.full(shape, b"", dtype=np.object_)
-        elif how == "zeros":
-            inputs[tensor.name] = np.zeros(shape, dtype)
-        elif how == "random":
-            inputs[tensor.name] = rng.random(shape).astype(dtype)
-        else:
-            inputs[tensor.name] = np.asarray(how, dtype=dtype).reshape(shape)
-    return inputs
-
-
-async def _warm_up(loaded: LoadedVersion) -> None:
-    if not loaded.spec.warmup:
-        return
-    start = time.perf_counter_ns()
-    rng = np.random.default_rng(0)
-    try:
-        for sample in loaded.spec.warmup:
-            inputs = warmup_inputs(loaded.signature, loaded.spec, sample, rng)
-            for _ in range(sample.count):
-                for inst in loaded.instances:
-                    await asyncio.to_thread(inst.run_blocking, inputs, {})
-    except Exception as exc:
-        raise SpecError(
-            f"model '{loaded.name}' version {loaded.version}: warm-up failed: "
-            f"{type(exc).__name__}: {exc}; check the 'warmup' field of its model.yaml"
-        ) from exc
-    loaded.stats.warmup_ns = time.perf_counter_ns() - start
-    log.info(
-        "model %s v%d warmed up in %.1f ms", loaded.name, loaded.version,
-        loaded.stats.warmup_ns / 1e6,
-    )  # fmt: skip

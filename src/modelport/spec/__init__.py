@@ -119,7 +119,8 @@ class VersionPolicy(_Strict):
 
 class WarmupSpec(_Strict):
     """Requests run before the model reports ready. ``inputs`` maps a name to 'random',
-    'zeros', or a literal nested list; ``batch_size`` rows each; repeated ``count`` times."""
+    'zeros', a literal nested list, or ``{file: path}`` (in the model's folder: ``.npy``, or
+    raw bytes); ``batch_size`` rows each; repeated ``count`` times."""
 
     inputs: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(default=1, ge=1)
