@@ -68,7 +68,9 @@ class Settings(BaseModel):
         default=".modelport", description="where tasks keep their records, files and work"
     )
     task_store: str = Field(
-        default="", description="task records: a SQLAlchemy URL (default SQLite in data_dir)"
+        default="",
+        description="task records: a SQLAlchemy URL, e.g. postgresql://... with the postgres "
+        "extra (default: SQLite in data_dir)",
     )
     task_files: str = Field(
         default="", description="task files: a folder or fsspec URL (default in data_dir)"

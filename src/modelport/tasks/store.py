@@ -3,6 +3,10 @@
 Every change of status is a compare-and-set (``UPDATE ... WHERE status IN (...)``), so a
 cancel racing a worker's finish, or a task delivered twice, ends in exactly one state.
 Calls block; the service and the worker make them from threads.
+
+A plain ``postgresql://`` URL (or ``postgres://``) means psycopg 3, the driver the
+``postgres`` extra installs (``pip install 'modelport[postgres]'``), not SQLAlchemy's
+default psycopg2; a URL naming a driver (``postgresql+psycopg2://``) is used as given.
 """
 
 from __future__ import annotations
@@ -70,12 +74,31 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def engine_url(url: str) -> sa.URL:
+    """``url`` with a plain ``postgresql://`` (or ``postgres://``) pointed at psycopg 3."""
+    parsed = sa.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 class TaskStore:
-    """The task table. ``url`` is any SQLAlchemy URL; the table is created if missing."""
+    """The task table. ``url`` is any SQLAlchemy URL; the table is created if missing.
+
+    A PostgreSQL URL without psycopg installed raises ImportError naming the extra.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = sa.create_engine(url, future=True)
+        target = engine_url(url)
+        try:
+            self.engine: Engine = sa.create_engine(target, future=True)
+        except ImportError as exc:
+            if target.drivername != "postgresql+psycopg":
+                raise
+            raise ImportError(
+                f"a PostgreSQL task store needs psycopg ({exc}); pip install 'modelport[postgres]'"
+            ) from exc
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
