@@ -3,16 +3,24 @@
 The model file is ``<version>/model.onnx``. Its inputs and outputs are read from the
 file, so ``runtime: onnx`` and ``max_batch_size`` are all model.yaml needs; when the
 model batches, the file's first dimension is the batch dimension.
+
+In place of ``model.onnx`` the folder may hold ``model.onnx.enc`` (``modelport
+encrypt``): it is decrypted in memory with the key from the runtime's ``model_key``
+provider and the session is built from those bytes, so the plain model never touches the
+disk. Without a usable key the model is UNAVAILABLE with the reason. When both files are
+there, the plain one is served.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modelport.core.runtime import RuntimeContext, Signature
+from modelport.crypto import CryptoError, KeyProvider, decrypt_bytes, encrypted_path
 from modelport.errors import ModelUnavailable, SpecError
 from modelport.spec import TensorSpec
 
@@ -40,8 +48,11 @@ class OnnxRuntime:
     # request on the event loop's thread, saving a thread hop (see core/batcher.py).
     runs_inline = True
 
-    def __init__(self, context: RuntimeContext) -> None:
+    def __init__(self, context: RuntimeContext, model_key: KeyProvider | None = None) -> None:
+        """``model_key`` gives the key of encrypted model files (app.py passes one built
+        from the settings); without it an encrypted model is UNAVAILABLE."""
         self.context = context
+        self.model_key = model_key
         self.session: Any = None
         self._outputs: list[str] = []
         self._strings: set[str] = set()
@@ -50,8 +61,12 @@ class OnnxRuntime:
         import onnxruntime as ort  # lazy: only servers with ONNX models pay for the import
 
         path = self.context.version_dir / MODEL_FILE
+        model: str | bytes = str(path)
         if not path.is_file():
-            raise SpecError(f"{path}: missing; an onnx model's file is {MODEL_FILE}")
+            if not encrypted_path(path).is_file():
+                raise SpecError(f"{path}: missing; an onnx model's file is {MODEL_FILE}")
+            path = encrypted_path(path)
+            model = self._decrypt(path)
         providers: list[str] = ["CPUExecutionProvider"]
         provider_options: list[dict[str, Any]] = [{}]
         has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -77,12 +92,21 @@ class OnnxRuntime:
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
-                str(path), options, providers=providers, provider_options=provider_options
+                model, options, providers=providers, provider_options=provider_options
             )
         except Exception as exc:
             raise SpecError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._strings = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
+
+    def _decrypt(self, path: Path) -> bytes:
+        where = f"model '{self.context.spec.name}': {path}"
+        if self.model_key is None:
+            raise ModelUnavailable(f"{where}: encrypted, and this server has no model key")
+        try:
+            return decrypt_bytes(path.read_bytes(), self.model_key())
+        except CryptoError as exc:
+            raise ModelUnavailable(f"{where}: {exc}") from None
 
     def signature(self) -> Signature:
         batches = self.context.spec.batches
