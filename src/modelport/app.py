@@ -4,6 +4,7 @@ starts it and stops it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import sys
@@ -26,7 +27,9 @@ from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
 from modelport.core.service import InferenceService, LoopModelCaller
 from modelport.core.watcher import RepositoryWatcher
+from modelport.crypto import key_provider
 from modelport.observability import metrics_registry, setup_logging
+from modelport.pull import PullingWatcher, is_url, pull_in_thread
 from modelport.runtimes.container import ContainerRuntime
 from modelport.runtimes.fake import FakeRuntime
 from modelport.runtimes.onnx import OnnxRuntime
@@ -66,7 +69,10 @@ def build_service(settings: Settings) -> tuple[InferenceService, LoopModelCaller
     limits = MemoryLimits(
         settings.max_loaded_models, settings.max_loaded_bytes, settings.load_timeout_seconds
     )
-    registry = ModelRegistry(ModelRepository(Path(settings.repository)), RUNTIMES, caller, limits)
+    # Only the onnx runtime loads from bytes, so only it is given the model key.
+    onnx = functools.partial(OnnxRuntime, model_key=key_provider(settings.model_key_file))
+    runtimes: dict[str, RuntimeFactory] = {**RUNTIMES, "onnx": onnx}
+    registry = ModelRegistry(ModelRepository(settings.repository_path), runtimes, caller, limits)
     return InferenceService(registry, settings.server_name, __version__), caller
 
 
@@ -78,7 +84,7 @@ def build_tasks(settings: Settings) -> TaskService:
     store = TaskStore(settings.task_store or sqlite_url(data / "tasks.db"))
     blobs = BlobStore(settings.task_files or str(data / "files"))
     broker = MemoryBroker()
-    repository = ModelRepository(Path(settings.repository))
+    repository = ModelRepository(settings.repository_path)
     limits = ZipLimits(
         settings.task_max_zip_members, settings.task_max_unpacked_bytes,
         settings.task_max_zip_ratio,
@@ -105,6 +111,13 @@ def task_routes(settings: Settings, tasks: TaskService) -> TaskRoutes:
 async def start_service(service: InferenceService, caller: LoopModelCaller) -> None:
     caller.bind(service, asyncio.get_running_loop())
     await service.registry.load_all()
+
+
+async def pull_repository(settings: Settings) -> None:
+    """Bring the local copy of a repository URL up to date (modelport.pull)."""
+    await pull_in_thread(
+        settings.repository, settings.repository_path, settings.repository_endpoint_url
+    )
 
 
 async def serve(
@@ -147,11 +160,18 @@ async def serve(
             settings.grpc_listeners,
         )
     serving = asyncio.create_task(server.serve())
-    watcher = None
+    watcher: RepositoryWatcher | None = None
     try:
+        if is_url(settings.repository):
+            await pull_repository(settings)  # a PullError stops the server here
         await tasks.start()
         await start_service(service, caller)
-        if settings.poll_seconds:
+        if settings.poll_seconds and is_url(settings.repository):
+            watcher = PullingWatcher(
+                service.registry, settings.poll_seconds, lambda: pull_repository(settings)
+            )
+            await watcher.start()
+        elif settings.poll_seconds:
             watcher = RepositoryWatcher(service.registry, settings.poll_seconds)
             await watcher.start()
         # Everything alive now (modules, models) lives as long as the server: keep it out

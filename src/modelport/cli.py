@@ -1,4 +1,4 @@
-"""The ``modelport`` command: serve, models, predict."""
+"""The ``modelport`` command: serve, pull, models, predict, encrypt."""
 
 from __future__ import annotations
 
@@ -53,7 +53,11 @@ def main_options(
 @app.command()
 def serve(
     repository: Annotated[
-        str | None, typer.Argument(help="Model repository folder (default: bundled examples).")
+        str | None,
+        typer.Argument(
+            help="Model repository folder, or a URL (s3://bucket/prefix, gs://...) to pull "
+            "and serve (default: bundled examples)."
+        ),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port [8000].")] = None,
@@ -75,17 +79,23 @@ def serve(
         int | None,
         typer.Option(help="Model files' bytes loaded at once; past it the LRU unloads."),
     ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(help="S3-compatible endpoint (MinIO...) for a repository URL."),
+    ] = None,
 ) -> None:
     """Serve a model repository over HTTP and gRPC (KServe v2)."""
     import uvloop
 
     from modelport.api.grpc.server import GrpcListenError
     from modelport.app import serve as run_server
+    from modelport.pull import PullError, redact
 
     flags = {"repository": repository, "host": host, "port": port, "grpc_port": grpc_port,
              "log_level": log_level, "log_format": log_format, "poll_seconds": poll,
              "max_loaded_models": max_loaded_models,
-             "max_loaded_bytes": max_loaded_bytes}  # fmt: skip
+             "max_loaded_bytes": max_loaded_bytes,
+             "repository_endpoint_url": endpoint_url}  # fmt: skip
     try:
         settings = Settings.load(flags, config=config)
     except SettingsError as exc:
@@ -96,7 +106,9 @@ def serve(
         base = f"http://{settings.host}:{settings.port}"
         rows = service.index()
         ok = sum(1 for r in rows if r.state == "READY")
-        console.print(f"[bold green]modelport {__version__}[/] serving {settings.repository}")
+        console.print(
+            f"[bold green]modelport {__version__}[/] serving {redact(settings.repository)}"
+        )
         console.print(f"  models: {ok} ready of {len({r.name for r in rows})}")
         for row in rows:
             if row.state != "READY":
@@ -110,9 +122,35 @@ def serve(
     try:
         with contextlib.suppress(KeyboardInterrupt):
             uvloop.run(run_server(settings, on_ready=ready))
-    except GrpcListenError as exc:
+    except (GrpcListenError, PullError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+
+
+@app.command()
+def pull(
+    url: Annotated[
+        str, typer.Argument(help="Repository URL: s3://bucket/prefix, gs://..., a folder.")
+    ],
+    dest: Annotated[Path, typer.Argument(help="Local folder to copy it into.")],
+    endpoint_url: Annotated[
+        str,
+        typer.Option(help="S3-compatible endpoint (MinIO...) [AWS_ENDPOINT_URL]."),
+    ] = "",
+) -> None:
+    """Copy a model repository into DEST, skipping files that are already there."""
+    from modelport.pull import PullError
+    from modelport.pull import pull as pull_repository
+
+    try:
+        result = pull_repository(url, dest, endpoint_url, err)
+    except PullError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"{dest}: {len(result.copied)} copied ({result.bytes_copied} bytes), "
+        f"{len(result.skipped)} unchanged, {len(result.removed)} removed"
+    )
 
 
 def _get(url: str, path: str, **kwargs: Any) -> Any:
@@ -223,6 +261,60 @@ def predict(
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def encrypt(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Files, or model folders (every model.onnx inside)."),
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="MODELPORT_MODEL_KEY_FILE",
+            help="File holding the key [default: the MODELPORT_MODEL_KEY variable].",
+        ),
+    ] = None,
+    remove_plain: Annotated[
+        bool, typer.Option("--remove-plain", help="Delete each plain file once encrypted.")
+    ] = False,
+    new_key: Annotated[
+        bool, typer.Option("--new-key", help="Print a fresh random key and exit.")
+    ] = False,
+) -> None:
+    """Write an encrypted copy (AES-256-GCM), <file>.enc, beside each model file."""
+    from modelport import crypto
+
+    if new_key:
+        if paths:
+            raise typer.BadParameter("--new-key prints a key and takes no paths")
+        print(crypto.new_key())
+        return
+    if not paths:
+        raise typer.BadParameter("give the files or model folders to encrypt")
+    try:
+        key = crypto.key_provider(str(key_file or ""))()
+    except crypto.KeyUnavailable as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.rglob("model.onnx"))
+            if not found:
+                raise typer.BadParameter(f"{path}: no model.onnx inside")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise typer.BadParameter(f"{path}: no such file or folder")
+    for file in files:
+        if file.name.endswith(crypto.ENCRYPTED_SUFFIX):
+            raise typer.BadParameter(f"{file}: already encrypted")
+    for file in files:
+        target = crypto.encrypt_file(file, key, remove_plain)
+        console.print(f"{file} -> {target}" + (" (plain file removed)" if remove_plain else ""))
 
 
 app.add_typer(tasks_app, name="tasks")

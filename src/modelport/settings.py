@@ -27,7 +27,11 @@ class SettingsError(ValueError):
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    repository: str = Field(default=str(EXAMPLES), description="model repository folder")
+    repository: str = Field(
+        default=str(EXAMPLES),
+        description="model repository: a folder, or a URL (s3://bucket/prefix, gs://...) "
+        "pulled into repository_cache",
+    )
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -62,6 +66,17 @@ class Settings(BaseModel):
     )
     load_timeout_seconds: float = Field(
         default=60.0, gt=0, description="how long a request waits for an unloaded model to load"
+    )
+    repository_cache: str = Field(
+        default="", description="where a repository URL is pulled to (default: data_dir/repository)"
+    )
+    repository_endpoint_url: str = Field(
+        default="", description="an S3-compatible endpoint for the repository URL (MinIO...)"
+    )
+    model_key_file: str = Field(
+        default="",
+        description="file holding the key of encrypted models (else MODELPORT_MODEL_KEY, "
+        "which is read from the environment only, never from a settings file)",
     )
     # -- tasks (long jobs in containers) ---------------------------------------------------
     data_dir: str = Field(
@@ -104,6 +119,13 @@ class Settings(BaseModel):
         if value and not all(g.isdigit() for g in value.split(",")):
             raise ValueError(f"expected GPU ids like '0,1', got {value!r}")
         return value
+
+    @property
+    def repository_path(self) -> Path:
+        """The local folder models load from: the repository, or its pulled copy."""
+        if "://" in self.repository:
+            return Path(self.repository_cache or Path(self.data_dir) / "repository")
+        return Path(self.repository)
 
     @property
     def task_gpu_ids(self) -> list[int]:
