@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from modelport import __version__
+from modelport.cli_client import call
 from modelport.cli_tasks import tasks_app
 from modelport.codecs.v2_binary import encode_tensor
 from modelport.settings import Settings, SettingsError
@@ -154,19 +154,7 @@ def pull(
 
 
 def _get(url: str, path: str, **kwargs: Any) -> Any:
-    try:
-        response = httpx.request(kwargs.pop("method", "GET"), url + path, timeout=30, **kwargs)
-    except httpx.HTTPError as exc:
-        err.print(f"[red]error:[/red] cannot reach {url}: {exc}")
-        raise typer.Exit(1) from None
-    if response.status_code >= 400:
-        try:
-            message = response.json().get("error", response.text)
-        except ValueError:
-            message = response.text
-        err.print(f"[red]error {response.status_code}:[/red] {message}")
-        raise typer.Exit(1)
-    return response.json() if response.content else None
+    return call(kwargs.pop("method", "GET"), url + path, **kwargs)
 
 
 @app.command()

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from modelport.cli_client import call, check
 from modelport.errors import ModelportError
 from modelport.tasks.archives import ZipLimits, extract_zip
 
@@ -37,25 +38,6 @@ UrlOption = Annotated[
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = {"succeeded", "failed", "cancelled"}
 CHUNK = 256 * 1024
-
-
-def _check(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        try:
-            message = response.json().get("error", response.text)
-        except ValueError:
-            message = response.text
-        err.print(f"[red]error {response.status_code}:[/red] {message}")
-        raise typer.Exit(1)
-    return response.json() if response.content else None
-
-
-def _call(method: str, url: str, **kwargs: Any) -> Any:
-    try:
-        return _check(httpx.request(method, url, timeout=kwargs.pop("timeout", 30), **kwargs))
-    except httpx.HTTPError as exc:
-        err.print(f"[red]error:[/red] cannot reach {url}: {exc}")
-        raise typer.Exit(1) from None
 
 
 def _pack(paths: list[Path], scratch: Path) -> Path:
@@ -128,7 +110,7 @@ def submit(
         with Progress(*columns, console=err, transient=True) as progress:
             body, length, kind = _multipart(fields, packed, progress)
             headers = {"content-type": kind, "content-length": str(length)}
-            record = _call("POST", f"{url}/api/tasks", content=body, headers=headers,
+            record = call("POST", f"{url}/api/tasks", content=body, headers=headers,
                            timeout=None)  # fmt: skip
     task_id = record["id"]
     console.print(task_id)
@@ -143,7 +125,7 @@ def submit(
 def _wait(url: str, task_id: str) -> dict[str, Any]:
     with err.status(f"task {task_id}: queued") as status:
         while True:
-            record = _call("GET", f"{url}/api/tasks/{task_id}")
+            record = call("GET", f"{url}/api/tasks/{task_id}")
             if record["status"] in FINISHED:
                 return dict(record)
             shown = record["status"]
@@ -159,7 +141,7 @@ def _download(url: str, task_id: str, dest: Path) -> None:
         with httpx.stream("GET", f"{url}/api/tasks/{task_id}/output", timeout=None) as response:
             if response.status_code != 200:
                 response.read()
-                _check(response)
+                check(response)
             with packed.open("wb") as out:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
@@ -175,7 +157,7 @@ def _download(url: str, task_id: str, dest: Path) -> None:
 @tasks_app.command()
 def status(task_id: str, url: UrlOption = DEFAULT_URL) -> None:
     """A task's status, attempts, exit code and error."""
-    record = _call("GET", f"{url}/api/tasks/{task_id}")
+    record = call("GET", f"{url}/api/tasks/{task_id}")
     record.pop("links", None)
     console.print_json(json.dumps(record))
 
@@ -192,7 +174,7 @@ def logs(
                       timeout=None) as response:  # fmt: skip
         if response.status_code != 200:
             response.read()
-            _check(response)
+            check(response)
         for chunk in response.iter_text():
             console.out(chunk, end="", highlight=False)
 
@@ -200,7 +182,7 @@ def logs(
 @tasks_app.command()
 def cancel(task_id: str, url: UrlOption = DEFAULT_URL) -> None:
     """Cancel a queued or running task (its container is stopped)."""
-    record = _call("DELETE", f"{url}/api/tasks/{task_id}")
+    record = call("DELETE", f"{url}/api/tasks/{task_id}")
     console.print(f"{task_id} {record['status']}")
 
 
@@ -214,7 +196,7 @@ def list_tasks(
     """Tasks, newest first."""
     params: dict[str, Any] = {"limit": limit}
     params.update({k: v for k, v in (("model", model), ("status", status)) if v})
-    page = _call("GET", f"{url}/api/tasks", params=params)
+    page = call("GET", f"{url}/api/tasks", params=params)
     table = Table("id", "model", "status", "progress", "created", "error",
                   title=f"{len(page['tasks'])} of {page['total']} tasks")  # fmt: skip
     for row in page["tasks"]:
