@@ -35,7 +35,7 @@ from modelport.runtimes.fake import FakeRuntime
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.runtimes.python import PythonRuntime
 from modelport.runtimes.remote import RemoteRuntime
-from modelport.settings import Settings
+from modelport.settings import Settings, admin_refusal
 from modelport.tasks.archives import ZipLimits
 from modelport.tasks.blobs import BlobStore
 from modelport.tasks.broker import MemoryBroker
@@ -73,7 +73,8 @@ def build_service(settings: Settings) -> tuple[InferenceService, LoopModelCaller
     onnx = functools.partial(OnnxRuntime, model_key=key_provider(settings.model_key_file))
     runtimes: dict[str, RuntimeFactory] = {**RUNTIMES, "onnx": onnx}
     registry = ModelRegistry(ModelRepository(settings.repository_path), runtimes, caller, limits)
-    return InferenceService(registry, settings.server_name, __version__), caller
+    service = InferenceService(registry, settings.server_name, __version__, admin_refusal(settings))
+    return service, caller
 
 
 def build_tasks(settings: Settings) -> TaskService:
@@ -102,10 +103,11 @@ def build_tasks(settings: Settings) -> TaskService:
 
 
 def task_routes(settings: Settings, tasks: TaskService) -> TaskRoutes:
+    # Posting a model is an admin call: off unless allowed, and never where admin is refused.
+    posting = settings.compat_allow_model_posting and not admin_refusal(settings)
     return TaskRoutes(
-        tasks, settings.task_max_upload_bytes, settings.compat_inference_server,
-        settings.compat_allow_model_posting,
-    )  # fmt: skip
+        tasks, settings.task_max_upload_bytes, settings.compat_inference_server, posting
+    )
 
 
 async def start_service(service: InferenceService, caller: LoopModelCaller) -> None:

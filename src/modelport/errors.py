@@ -16,6 +16,7 @@ Exception tree::
     ├── Conflict             CONFLICT     not in a state that allows it (a task's output
     │                                     before it succeeded, cancelling a finished task)
     ├── TooLarge             TOO_LARGE    an upload over its size limit
+    ├── Forbidden            FORBIDDEN    an admin call this server does not allow
     └── InferenceFailed      INTERNAL     the runtime raised while running a batch
 """
 
@@ -33,6 +34,7 @@ class ErrorKind(Enum):
     INVALID_SPEC = "invalid_spec"
     CONFLICT = "conflict"
     TOO_LARGE = "too_large"
+    FORBIDDEN = "forbidden"
     INTERNAL = "internal"
 
 
@@ -88,3 +90,9 @@ class TooLarge(ModelportError):
 
 class InferenceFailed(ModelportError):
     kind = ErrorKind.INTERNAL
+
+
+class Forbidden(ModelportError):
+    """An admin call (load, unload, model posting) that this server's settings refuse."""
+
+    kind = ErrorKind.FORBIDDEN

@@ -33,6 +33,11 @@ class Settings(BaseModel):
         "pulled into repository_cache",
     )
     host: str = Field(default="127.0.0.1", description="address to listen on")
+    admin: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="admin calls (load, unload, model posting): auto allows them only "
+        "while modelport listens on a loopback address",
+    )
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
@@ -169,3 +174,27 @@ class Settings(BaseModel):
                 for e in exc.errors()
             )
             raise SettingsError(f"bad settings ({problems})") from None
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
+
+
+def admin_refusal(settings: Settings) -> str:
+    """Why admin calls are refused with these settings, or "" when they are allowed.
+
+    A server reachable from the network with no API keys must not let anyone load,
+    unload or post models (inference servers have been taken over that way), so "auto"
+    allows admin calls only on a loopback address.
+    """
+    if settings.admin == "on":
+        return ""
+    if settings.admin == "off":
+        return "admin calls are off on this server (admin = off); set MODELPORT_ADMIN=on"
+    host = settings.host
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return ""
+    return (
+        f"admin calls (load, unload, model posting) are refused because modelport listens "
+        f"on {host} and API keys are not available yet; bind to 127.0.0.1, or set "
+        'MODELPORT_ADMIN=on (or admin = "on" in modelport.toml) to allow them anyway'
+    )

@@ -20,6 +20,7 @@ from modelport.core.batcher import BatchResult
 from modelport.core.registry import IndexRow, LoadedVersion, ModelRegistry, ModelState
 from modelport.core.stats import ModelStats
 from modelport.errors import (
+    Forbidden,
     InferenceFailed,
     InvalidInput,
     ModelNotFound,
@@ -76,10 +77,14 @@ class VersionStats:
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, name: str, version: str) -> None:
+    def __init__(
+        self, registry: ModelRegistry, name: str, version: str, admin_refusal: str = ""
+    ) -> None:
         self.registry = registry
         self.name = name
         self.version = version
+        # Why admin calls (load, unload) are refused on this server; "" allows them.
+        self.admin_refusal = admin_refusal
 
     # -- health ---------------------------------------------------------------------------
 
@@ -198,10 +203,16 @@ class InferenceService:
         return [r for r in rows if r.state == "READY"] if ready_only else rows
 
     async def load(self, name: str) -> None:
+        self._check_admin()
         await self.registry.load(name)
 
     async def unload(self, name: str) -> None:
+        self._check_admin()
         await self.registry.unload(name)
+
+    def _check_admin(self) -> None:
+        if self.admin_refusal:
+            raise Forbidden(self.admin_refusal)
 
     def statistics(self, name: str = "", version: str = "") -> list[VersionStats]:
         if not name:

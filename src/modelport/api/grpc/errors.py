@@ -15,6 +15,7 @@ STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.INVALID_SPEC: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorKind.CONFLICT: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

@@ -16,6 +16,7 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID_SPEC: 400,
     ErrorKind.CONFLICT: 409,
     ErrorKind.TOO_LARGE: 413,
+    ErrorKind.FORBIDDEN: 403,
     ErrorKind.INTERNAL: 500,
 }
 

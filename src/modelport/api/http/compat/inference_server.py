@@ -45,7 +45,10 @@ def build_inference_server_router(
     async def post_model(request: Request) -> Response:
         if not allow_model_posting:
             return _json(
-                {"error": "posting models is off on this server (compat_allow_model_posting)"},
+                {
+                    "error": "posting models is off on this server: it needs "
+                    "compat_allow_model_posting, and admin calls allowed (see the admin setting)"
+                },
                 403,
             )
         try:
