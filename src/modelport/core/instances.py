@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from modelport.core.runtime import Runtime
+from modelport.spec import ModelSpec
 
 T = TypeVar("T")
 
@@ -50,3 +51,12 @@ class Instance:
         """Unload the runtime once its thread has finished what it was running."""
         self._thread.submit(self.runtime.unload).result()
         self._thread.shutdown(wait=True)
+
+
+def devices_for(spec: ModelSpec) -> list[str]:
+    """The device of each instance: "cpu", or "cuda:N" spread over ``instances.gpus``."""
+    count = spec.instances.count
+    if spec.instances.device == "cpu":
+        return ["cpu"] * count
+    gpus = spec.instances.gpus or (0,)
+    return [f"cuda:{gpus[i % len(gpus)]}" for i in range(count)]

@@ -31,9 +31,15 @@ from modelport.core.cache import (
     files_size,
     make_room,
 )
-from modelport.core.instances import Instance
+from modelport.core.instances import Instance, devices_for
 from modelport.core.repository import ModelRepository, ModelSource
-from modelport.core.runtime import ModelCaller, RuntimeContext, RuntimeFactory, Signature
+from modelport.core.runtime import (
+    ModelCaller,
+    RuntimeContext,
+    RuntimeFactory,
+    Signature,
+    resolve_signature,
+)
 from modelport.core.stats import ModelStats
 from modelport.core.warmup import warm_up
 from modelport.errors import (
@@ -341,7 +347,7 @@ class ModelRegistry:
                 f"{source.path / 'model.yaml'}: field 'runtime': unknown runtime "
                 f"'{spec.runtime}'; expected one of {', '.join(sorted(self.runtimes))}"
             )
-        devices = _devices(spec)
+        devices = devices_for(spec)
         instances: list[Instance] = []
         try:
             for i, device in enumerate(devices):
@@ -360,7 +366,9 @@ class ModelRegistry:
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
                 instances.append(Instance(runtime, f"{spec.name}-v{version}-{i}"))
-            signature = _resolve_signature(source, instances[0].runtime.signature())
+            signature = resolve_signature(
+                source.spec, source.path / "model.yaml", instances[0].runtime.signature()
+            )
             stats = ModelStats()
             batcher = DynamicBatcher(
                 f"{spec.name}", instances, spec.max_batch_size, spec.batching, stats
@@ -385,38 +393,6 @@ class ModelRegistry:
         await loaded.batcher.close()
         for inst in loaded.instances:
             await asyncio.to_thread(inst.close)
-
-
-def _devices(spec: ModelSpec) -> list[str]:
-    count = spec.instances.count
-    if spec.instances.device == "cpu":
-        return ["cpu"] * count
-    gpus = spec.instances.gpus or (0,)
-    return [f"cuda:{gpus[i % len(gpus)]}" for i in range(count)]
-
-
-def _resolve_signature(source: ModelSource, found: Signature) -> Signature:
-    spec, where = source.spec, source.path / "model.yaml"
-    for field_name, declared, actual in (
-        ("inputs", spec.inputs, found.inputs),
-        ("outputs", spec.outputs, found.outputs),
-    ):
-        if declared and actual:
-            known = {t.name for t in actual}
-            missing = [t.name for t in declared if t.name not in known]
-            if missing:
-                raise SpecError(
-                    f"{where}: field '{field_name}': {missing} not in the model file, "
-                    f"which has {sorted(known)}"
-                )
-    inputs = spec.inputs or found.inputs
-    outputs = spec.outputs or found.outputs
-    if not inputs:
-        raise SpecError(
-            f"{where}: field 'inputs': the {spec.runtime} runtime cannot tell its inputs; "
-            "declare them (name, datatype, shape)"
-        )
-    return Signature(tuple(inputs), tuple(outputs))
 
 
 def _labels(source: ModelSource) -> tuple[str, ...]:

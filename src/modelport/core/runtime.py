@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modelport.errors import SpecError
 from modelport.spec import ModelSpec, TensorSpec
 
 
@@ -64,3 +65,28 @@ class Runtime(Protocol):
 
 
 RuntimeFactory = Callable[[RuntimeContext], Runtime]
+
+
+def resolve_signature(spec: ModelSpec, where: Path, found: Signature) -> Signature:
+    """The signature served: model.yaml's declarations, checked against what the model
+    file has, or the file's own when nothing is declared. ``where`` names model.yaml."""
+    for field_name, declared, actual in (
+        ("inputs", spec.inputs, found.inputs),
+        ("outputs", spec.outputs, found.outputs),
+    ):
+        if declared and actual:
+            known = {t.name for t in actual}
+            missing = [t.name for t in declared if t.name not in known]
+            if missing:
+                raise SpecError(
+                    f"{where}: field '{field_name}': {missing} not in the model file, "
+                    f"which has {sorted(known)}"
+                )
+    inputs = spec.inputs or found.inputs
+    outputs = spec.outputs or found.outputs
+    if not inputs:
+        raise SpecError(
+            f"{where}: field 'inputs': the {spec.runtime} runtime cannot tell its inputs; "
+            "declare them (name, datatype, shape)"
+        )
+    return Signature(tuple(inputs), tuple(outputs))

@@ -13,6 +13,7 @@ import orjson
 
 from modelport.api.grpc.protos import grpc_service_pb2 as pb
 from modelport.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
+from modelport.api.grpc.protos.parameters import set_parameters
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.errors import ModelportError
 from modelport.runtimes.remote_client import (
@@ -183,8 +184,7 @@ class GrpcV2Client:
         for name, (datatype, array) in inputs.items():
             request.inputs.add(name=name, datatype=datatype, shape=array.shape)
             request.raw_input_contents.append(encode_tensor(array, datatype))
-        for key, value in parameters.items():
-            _set_parameter(request.parameters[key], value)
+        set_parameters(request.parameters, parameters)
         response = self._grpc.call(self._stub.ModelInfer, request)
         raw = response.raw_output_contents
         outputs = {}
@@ -218,19 +218,6 @@ def _error_text(response: httpx.Response) -> str:
     if isinstance(doc, dict) and "error" in doc:
         return str(doc["error"])
     return response.text[:500]
-
-
-def _set_parameter(target: pb.InferParameter, value: Any) -> None:
-    if isinstance(value, bool):
-        target.bool_param = value
-    elif isinstance(value, int):
-        target.int64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    elif isinstance(value, str):
-        target.string_param = value
-    else:
-        target.string_param = orjson.dumps(value).decode()
 
 
 def _typed(tensor: pb.ModelInferResponse.InferOutputTensor, shape: tuple[int, ...]) -> np.ndarray:

@@ -9,7 +9,7 @@ in kind, except that FP16 and BF16, which have no typed list, always travel raw.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from modelport.api.grpc.protos import grpc_service_pb2 as pb
 from modelport.api.grpc.protos import model_config_pb2 as config_pb
+from modelport.api.grpc.protos.parameters import set_parameters
 from modelport.codecs.v2_binary import decode_tensor, element_count, encode_tensor
 from modelport.core.registry import IndexRow, LoadedVersion
 from modelport.core.service import ModelMetadata, VersionStats
@@ -173,24 +174,6 @@ def parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
         kind = param.WhichOneof("parameter_choice")
         out[key] = getattr(param, kind) if kind else None
     return out
-
-
-def set_parameters(target: MutableMapping[str, Any], values: Mapping[str, Any]) -> None:
-    """Plain values -> an InferParameter map; other types travel as their JSON text."""
-    for key, value in values.items():
-        param = target[key]
-        if isinstance(value, bool):
-            param.bool_param = value
-        elif isinstance(value, int) and value >= 2**63:
-            param.uint64_param = value
-        elif isinstance(value, int):
-            param.int64_param = value
-        elif isinstance(value, float):
-            param.double_param = value
-        elif isinstance(value, str):
-            param.string_param = value
-        else:
-            param.string_param = json.dumps(value, default=str)
 
 
 # -- metadata, configuration, repository, statistics ------------------------------------
