@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from builders import ONNX_TYPES, add_sub_onnx, identity_onnx, mlp_onnx, write_model
+from s3_fixtures import s3  # noqa: F401 (moto's S3 server, a fixture for any test)
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0

@@ -98,15 +98,24 @@ def docker(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="session")
 def docker_image() -> str:
     """The busybox test image, imported once into the engine."""
+    try:
+        return import_busybox_image()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+def import_busybox_image() -> str:
+    """Import the busybox test image into the engine unless it is there (also used by
+    bench/cluster_run.py); RuntimeError says what is missing."""
     if shutil.which("docker") is None:
-        pytest.fail("the docker CLI is missing; scripts/test installs docker.io")
+        raise RuntimeError("the docker CLI is missing; scripts/test installs docker.io")
     info = docker("info", timeout=30)
     if info.returncode != 0:
-        pytest.fail(f"no Docker engine answers (scripts/test starts dockerd): {info.stderr}")
+        raise RuntimeError(f"no Docker engine answers (scripts/test starts dockerd): {info.stderr}")
     if docker("image", "inspect", IMAGE).returncode == 0:
         return IMAGE
     if not BUSYBOX.is_file():
-        pytest.fail(f"{BUSYBOX} is missing; scripts/test installs busybox-static")
+        raise RuntimeError(f"{BUSYBOX} is missing; scripts/test installs busybox-static")
     with tempfile.TemporaryDirectory() as root:
         base = Path(root)
         for folder in ("bin", "etc", "tmp", "input", "output", "model"):
@@ -125,7 +134,7 @@ def docker_image() -> str:
         )
         tar.wait()
     if done.returncode != 0:
-        pytest.fail(f"docker import failed: {done.stderr}")
+        raise RuntimeError(f"docker import failed: {done.stderr}")
     return IMAGE
 
 

@@ -28,6 +28,9 @@ def test_other_hosts_refuse_admin_and_say_how_to_allow_it() -> None:
     reason = admin_refusal(Settings(host="0.0.0.0"))
     assert "0.0.0.0" in reason and "MODELPORT_ADMIN=on" in reason and "127.0.0.1" in reason
     assert admin_refusal(Settings(host="0.0.0.0", admin="on")) == ""
+    assert "modelport keys create" in reason
+    # With API keys enforced an admin key allows them (the guard checks the scope).
+    assert admin_refusal(Settings(host="0.0.0.0"), keys_enforced=True) == ""
     assert "admin = off" in admin_refusal(Settings(host="127.0.0.1", admin="off"))
 
 

@@ -8,19 +8,25 @@ import functools
 import gc
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
+import grpc
 import uvicorn
 
 from modelport import __version__
+from modelport.access import AccessPolicy, Guard
+from modelport.api.grpc.auth import AuthInterceptor
 from modelport.api.grpc.server import STOP_GRACE_S, start_grpc_server
 from modelport.api.http.app import create_app
+from modelport.api.http.auth import AuthMiddleware
 from modelport.api.http.fastpath import http_protocol
 from modelport.api.http.tasks import TaskRoutes
 from modelport.api.http.v2 import InferHandler
+from modelport.cluster.node import ClusterNode
+from modelport.cluster_app import Cluster, connect, server_node
 from modelport.core.cache import MemoryLimits
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
@@ -28,6 +34,8 @@ from modelport.core.runtime import RuntimeFactory
 from modelport.core.service import InferenceService, LoopModelCaller
 from modelport.core.watcher import RepositoryWatcher
 from modelport.crypto import key_provider
+from modelport.devices import Nvml, discover_gpus
+from modelport.keys import KeyStore
 from modelport.observability import metrics_registry, setup_logging
 from modelport.pull import PullingWatcher, is_url, pull_in_thread
 from modelport.runtimes.container import ContainerRuntime
@@ -35,19 +43,25 @@ from modelport.runtimes.fake import FakeRuntime
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.runtimes.python import PythonRuntime
 from modelport.runtimes.remote import RemoteRuntime
+from modelport.runtimes.tensorflow import TensorflowRuntime
+from modelport.runtimes.torch import TorchRuntime
 from modelport.settings import Settings, admin_refusal
+from modelport.sources import image_allow_list, url_allow_list
 from modelport.tasks.archives import ZipLimits
 from modelport.tasks.blobs import BlobStore
 from modelport.tasks.broker import MemoryBroker
 from modelport.tasks.service import TaskPolicy, TaskService
 from modelport.tasks.store import TaskStore, sqlite_url
 from modelport.tasks.worker import TaskWorker, make_slots
+from modelport.tls import TlsFiles, load_tls
 
 RUNTIMES: dict[str, RuntimeFactory] = {
     "onnx": OnnxRuntime,
     "python": PythonRuntime,
     "fake": FakeRuntime,
     "remote": RemoteRuntime,
+    "tensorflow": TensorflowRuntime,
+    "torch": TorchRuntime,
 }
 
 log = logging.getLogger("modelport")
@@ -63,29 +77,80 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def build_service(settings: Settings) -> tuple[InferenceService, LoopModelCaller]:
-    """The core, wired but not started (models load in :func:`start_service`)."""
+def build_service(
+    settings: Settings,
+    nvml: Nvml | None = None,
+    repository: ModelRepository | None = None,
+    extra_runtimes: Mapping[str, RuntimeFactory] | None = None,
+) -> tuple[InferenceService, LoopModelCaller]:
+    """The core, wired but not started (models load in :func:`start_service`); GPU
+    models are placed on the ``gpus`` setting's ids, else on those ``nvml`` finds."""
     caller = LoopModelCaller()
+    gpus = discover_gpus(settings.gpus, nvml or Nvml.open())
+    log.info("GPUs for models: %s (%s)", list(gpus.ids) or "none", gpus.source)
     limits = MemoryLimits(
         settings.max_loaded_models, settings.max_loaded_bytes, settings.load_timeout_seconds
     )
-    # Only the onnx runtime loads from bytes, so only it is given the model key.
-    onnx = functools.partial(OnnxRuntime, model_key=key_provider(settings.model_key_file))
-    runtimes: dict[str, RuntimeFactory] = {**RUNTIMES, "onnx": onnx}
-    registry = ModelRegistry(ModelRepository(settings.repository_path), runtimes, caller, limits)
-    service = InferenceService(registry, settings.server_name, __version__, admin_refusal(settings))
+    # The runtimes that load from bytes are given the model key for encrypted files.
+    model_key = key_provider(settings.model_key_file)
+    onnx = functools.partial(OnnxRuntime, model_key=model_key)
+    torch = functools.partial(
+        TorchRuntime, model_key=model_key, allow_pickled=settings.allow_pickled_models
+    )
+    # A remote model's URL must be allowed (model_sources) before anything is sent to it.
+    sources = url_allow_list(settings.model_sources, (settings.repository,))
+    remote = functools.partial(RemoteRuntime, sources=sources)
+    runtimes: dict[str, RuntimeFactory] = {
+        **RUNTIMES, "onnx": onnx, "torch": torch, "remote": remote,
+        **(extra_runtimes or {}),
+    }  # fmt: skip
+    repository = repository or ModelRepository(settings.repository_path)
+    registry = ModelRegistry(repository, runtimes, caller, limits, gpus)
+    service = InferenceService(
+        registry, settings.server_name, __version__, core_admin_refusal(settings),
+        settings.max_tensor_elements,
+    )  # fmt: skip
     return service, caller
 
 
-def build_tasks(settings: Settings) -> TaskService:
-    """The tasks core: records in SQL, files through fsspec, the in-process broker, and a
-    worker running containers in ``task_slots`` CPU slots or one slot per ``task_gpus``."""
+def grpc_credentials(tls: TlsFiles | None) -> grpc.ServerCredentials | None:
+    if tls is None:
+        return None
+    return grpc.ssl_server_credentials(
+        [(tls.key_pem, tls.cert_pem)],
+        root_certificates=tls.client_ca_pem,
+        require_client_auth=tls.client_ca_pem is not None,
+    )
+
+
+def core_admin_refusal(settings: Settings) -> str:
+    """The admin refusal the core applies. Unless keys are off (auth = off), refusing
+    admin calls on a network address while no key is asked for is the guard's (it knows
+    whether keys are enforced now), and with keys an admin key allows them."""
+    return admin_refusal(settings, keys_enforced=settings.auth != "off")
+
+
+def build_guard(settings: Settings) -> Guard | None:
+    """API keys' guard, None when keys are off; KeyFileError for a broken keys file."""
+    if settings.auth == "off":
+        return None
+    policy = AccessPolicy(
+        settings.auth, settings.public_health, settings.public_metrics,
+        settings.max_concurrent_per_key, admin_refusal(settings, keys_enforced=False),
+    )  # fmt: skip
+    return Guard(KeyStore(settings.keys_path), policy)
+
+
+def build_tasks(settings: Settings, cluster: Cluster | None = None) -> TaskService:
+    """The tasks core: records in SQL, files through fsspec, the in-process broker (or
+    the cluster's Redis one), and a worker running containers in ``task_slots`` CPU slots
+    or one slot per ``task_gpus``."""
     data = Path(settings.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     store = TaskStore(settings.task_store or sqlite_url(data / "tasks.db"))
     blobs = BlobStore(settings.task_files or str(data / "files"))
-    broker = MemoryBroker()
     repository = ModelRepository(settings.repository_path)
+    broker = cluster.broker(repository) if cluster is not None else MemoryBroker()
     limits = ZipLimits(
         settings.task_max_zip_members, settings.task_max_unpacked_bytes,
         settings.task_max_zip_ratio,
@@ -97,17 +162,23 @@ def build_tasks(settings: Settings) -> TaskService:
     worker = None
     if slots:
         worker = TaskWorker(
-            store, blobs, broker, repository, ContainerRuntime(), slots, data / "work", limits
-        )
-    return TaskService(store, blobs, broker, repository, policy, worker)
+            store, blobs, broker, repository, ContainerRuntime(), slots, data / "work", limits,
+            settings.task_visibility_seconds, cluster.worker_id if cluster else "worker",
+            settings.task_max_attempts, cluster.may_take_over if cluster else None,
+        )  # fmt: skip
+    remote = cluster.directory.task_versions if cluster is not None else None
+    return TaskService(store, blobs, broker, repository, policy, worker, remote)
 
 
-def task_routes(settings: Settings, tasks: TaskService) -> TaskRoutes:
+def task_routes(
+    settings: Settings, tasks: TaskService, cluster: Cluster | None = None
+) -> TaskRoutes:
     # Posting a model is an admin call: off unless allowed, and never where admin is refused.
-    posting = settings.compat_allow_model_posting and not admin_refusal(settings)
+    posting = settings.compat_allow_model_posting and not core_admin_refusal(settings)
     return TaskRoutes(
-        tasks, settings.task_max_upload_bytes, settings.compat_inference_server, posting
-    )
+        tasks, settings.task_max_upload_bytes, settings.compat_inference_server, posting,
+        image_allow_list(settings.model_images), cluster.list_workers if cluster else None,
+    )  # fmt: skip
 
 
 async def start_service(service: InferenceService, caller: LoopModelCaller) -> None:
@@ -130,25 +201,39 @@ async def serve(
     # Instance threads need the GIL back the moment a batch finishes; Python's default
     # 5 ms switch interval would add up to 5 ms to every batch under load.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    service, caller = build_service(settings)
-    tasks = build_tasks(settings)
+    # Checked before anything starts: a TlsError or KeyFileError stops serve here.
+    tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    guard = build_guard(settings)
+    nvml = Nvml.open()  # GPUs for placement and metrics; unavailable without a driver
+    cluster = connect(settings) if settings.broker else None
+    local = ModelRepository(settings.repository_path)
+    service, caller = build_service(
+        settings, nvml, cluster.repository(local) if cluster else local,
+        cluster.runtimes(settings) if cluster else None,
+    )  # fmt: skip
+    tasks = build_tasks(settings, cluster)
     _, asgi = create_app(
-        service, metrics_registry(service), settings.max_request_bytes,
-        task_routes(settings, tasks),
+        service, metrics_registry(service, nvml), settings.max_request_bytes,
+        task_routes(settings, tasks, cluster),
     )  # fmt: skip
     handler = InferHandler(service)
+    admit = None
+    if guard is not None:
+        asgi = AuthMiddleware(asgi, guard, settings.compat_inference_server)
+        admit = asgi.admit
     config = uvicorn.Config(
         asgi,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=http_protocol(handler, settings.max_request_bytes),
+        http=http_protocol(handler, settings.max_request_bytes, admit),
         lifespan="off",
         access_log=False,
         log_level="warning",
         server_header=False,
         date_header=False,
         timeout_graceful_shutdown=10,
+        **(tls.uvicorn_options() if tls else {}),
     )
     server = _Server(config)
     grpc_server = None
@@ -160,14 +245,20 @@ async def serve(
             settings.grpc_max_message_bytes,
             settings.grpc_max_concurrent_rpcs,
             settings.grpc_listeners,
+            [AuthInterceptor(guard)] if guard is not None else [],
+            grpc_credentials(tls),
         )
     serving = asyncio.create_task(server.serve())
     watcher: RepositoryWatcher | None = None
+    node: ClusterNode | None = None
     try:
         if is_url(settings.repository):
             await pull_repository(settings)  # a PullError stops the server here
         await tasks.start()
         await start_service(service, caller)
+        if cluster is not None:
+            node = server_node(cluster, service, tasks)
+            await node.start()
         if settings.poll_seconds and is_url(settings.repository):
             watcher = PullingWatcher(
                 service.registry, settings.poll_seconds, lambda: pull_repository(settings)
@@ -191,6 +282,10 @@ async def serve(
             await grpc_server.stop(STOP_GRACE_S)
         if watcher is not None:
             await watcher.close()
+        if node is not None:
+            await node.stop()
         await tasks.close()
         await service.registry.close()
+        if cluster is not None:
+            await cluster.close()
         log.info("modelport stopped")

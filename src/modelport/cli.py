@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from modelport import __version__
-from modelport.cli_client import call
+from modelport.cli_client import call, use_credentials
+from modelport.cli_cluster import worker, workers
+from modelport.cli_keys import keys_app
 from modelport.cli_tasks import tasks_app
 from modelport.codecs.v2_binary import encode_tensor
 from modelport.settings import Settings, SettingsError
@@ -46,8 +48,19 @@ def main_options(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    api_key: Annotated[
+        str,
+        typer.Option(
+            envvar="MODELPORT_API_KEY", help="API key sent by the client commands (Bearer)."
+        ),
+    ] = "",
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(envvar="MODELPORT_CA_FILE", help="CA file to verify an https:// server."),
+    ] = None,
 ) -> None:
     """modelport: a self-hosted inference server."""
+    use_credentials(api_key, ca_file)
 
 
 @app.command()
@@ -83,19 +96,33 @@ def serve(
         str | None,
         typer.Option(help="S3-compatible endpoint (MinIO...) for a repository URL."),
     ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="Redis URL (redis://host:6379/0): share work with 'modelport worker's."),
+    ] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option(help="PEM certificate: serve HTTPS and gRPC over TLS.")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[
+        str | None, typer.Option(help="PEM CA: require client certificates it signed.")
+    ] = None,
 ) -> None:
     """Serve a model repository over HTTP and gRPC (KServe v2)."""
     import uvloop
 
     from modelport.api.grpc.server import GrpcListenError
     from modelport.app import serve as run_server
+    from modelport.keys import KeyFileError
     from modelport.pull import PullError, redact
+    from modelport.tls import TlsError
 
     flags = {"repository": repository, "host": host, "port": port, "grpc_port": grpc_port,
              "log_level": log_level, "log_format": log_format, "poll_seconds": poll,
              "max_loaded_models": max_loaded_models,
              "max_loaded_bytes": max_loaded_bytes,
-             "repository_endpoint_url": endpoint_url}  # fmt: skip
+             "repository_endpoint_url": endpoint_url, "broker": broker, "tls_cert": tls_cert,
+             "tls_key": tls_key, "tls_client_ca": tls_client_ca}  # fmt: skip
     try:
         settings = Settings.load(flags, config=config)
     except SettingsError as exc:
@@ -103,7 +130,8 @@ def serve(
         raise typer.Exit(2) from None
 
     def ready(service: Any) -> None:
-        base = f"http://{settings.host}:{settings.port}"
+        scheme = "https" if settings.tls_cert else "http"
+        base = f"{scheme}://{settings.host}:{settings.port}"
         rows = service.index()
         ok = sum(1 for r in rows if r.state == "READY")
         console.print(
@@ -122,7 +150,7 @@ def serve(
     try:
         with contextlib.suppress(KeyboardInterrupt):
             uvloop.run(run_server(settings, on_ready=ready))
-    except (GrpcListenError, PullError) as exc:
+    except (GrpcListenError, PullError, TlsError, KeyFileError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 
@@ -306,6 +334,9 @@ def encrypt(
 
 
 app.add_typer(tasks_app, name="tasks")
+app.command()(worker)
+app.command()(workers)
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

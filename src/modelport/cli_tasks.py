@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from modelport.cli_client import call, check
+from modelport.cli_client import call, check, request_options
 from modelport.errors import ModelportError
 from modelport.tasks.archives import ZipLimits, extract_zip
 
@@ -138,7 +138,8 @@ def _wait(url: str, task_id: str) -> dict[str, Any]:
 def _download(url: str, task_id: str, dest: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="modelport-cli-") as scratch:
         packed = Path(scratch) / "output.zip"
-        with httpx.stream("GET", f"{url}/api/tasks/{task_id}/output", timeout=None) as response:
+        output = f"{url}/api/tasks/{task_id}/output"
+        with httpx.stream("GET", output, timeout=None, **request_options()) as response:
             if response.status_code != 200:
                 response.read()
                 check(response)
@@ -171,7 +172,7 @@ def logs(
     """A task's container log (stdout and stderr)."""
     params = {"follow": str(follow).lower()}
     with httpx.stream("GET", f"{url}/api/tasks/{task_id}/logs", params=params,
-                      timeout=None) as response:  # fmt: skip
+                      timeout=None, **request_options()) as response:  # fmt: skip
         if response.status_code != 200:
             response.read()
             check(response)

@@ -16,7 +16,10 @@ Exception tree::
     ├── Conflict             CONFLICT     not in a state that allows it (a task's output
     │                                     before it succeeded, cancelling a finished task)
     ├── TooLarge             TOO_LARGE    an upload over its size limit
-    ├── Forbidden            FORBIDDEN    an admin call this server does not allow
+    ├── Forbidden            FORBIDDEN    an admin call this server does not allow, or an
+    │                                     API key without the scope a call needs
+    ├── Unauthenticated      UNAUTHENTICATED  no API key, or one that is not valid
+    ├── TooManyRequests      TOO_MANY_REQUESTS  an API key's limit of calls in progress
     └── InferenceFailed      INTERNAL     the runtime raised while running a batch
 """
 
@@ -35,6 +38,8 @@ class ErrorKind(Enum):
     CONFLICT = "conflict"
     TOO_LARGE = "too_large"
     FORBIDDEN = "forbidden"
+    UNAUTHENTICATED = "unauthenticated"
+    TOO_MANY_REQUESTS = "too_many_requests"
     INTERNAL = "internal"
 
 
@@ -93,6 +98,23 @@ class InferenceFailed(ModelportError):
 
 
 class Forbidden(ModelportError):
-    """An admin call (load, unload, model posting) that this server's settings refuse."""
+    """An admin call (load, unload, model posting) that this server's settings refuse,
+    or an API key without the scope the call needs."""
 
     kind = ErrorKind.FORBIDDEN
+
+
+class Unauthenticated(ModelportError):
+    """A call that needs an API key came with none, or with one that is not valid."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class TooManyRequests(ModelportError):
+    """An API key has its limit of calls in progress. ``retry_after`` is a hint in seconds."""
+
+    kind = ErrorKind.TOO_MANY_REQUESTS
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -2,7 +2,8 @@
 
 The metrics are read from the core's counters at scrape time by a custom collector,
 so a request is counted once, in :class:`~modelport.core.stats.ModelStats`, and the
-hot path never touches a Prometheus object.
+hot path never touches a Prometheus object. GPU utilisation and memory are read from
+NVML at scrape time too, where NVML runs (``modelport.devices``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from modelport.core.service import InferenceService
 from modelport.core.stats import Histogram
+from modelport.devices import Nvml
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -98,9 +100,41 @@ def _add_histogram(family: HistogramMetricFamily, key: list[str], hist: Histogra
     family.add_metric(key, hist.cumulative(), hist.total)
 
 
-def metrics_registry(service: InferenceService) -> CollectorRegistry:
+class GpuMetrics(Collector):
+    """Each GPU's utilisation and memory, read from NVML at scrape time."""
+
+    def __init__(self, nvml: Nvml) -> None:
+        self.nvml = nvml
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["gpu", "name"]
+        utilization = GaugeMetricFamily(
+            "modelport_gpu_utilization_percent",
+            "Percent of the last sample period a kernel ran on the GPU (NVML)",
+            labels=labels,
+        )
+        used = GaugeMetricFamily(
+            "modelport_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=labels
+        )
+        total = GaugeMetricFamily(
+            "modelport_gpu_memory_total_bytes", "GPU memory in all (NVML)", labels=labels
+        )
+        readings = self.nvml.read()
+        for gpu in readings:
+            key = [str(gpu.index), gpu.name]
+            utilization.add_metric(key, gpu.utilization_percent)
+            used.add_metric(key, gpu.memory_used_bytes)
+            total.add_metric(key, gpu.memory_total_bytes)
+        if readings:
+            yield from (utilization, used, total)
+
+
+def metrics_registry(service: InferenceService, nvml: Nvml | None = None) -> CollectorRegistry:
+    """The models' metrics, and the GPUs' where NVML runs."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ModelMetrics(service))
+    if nvml is not None and nvml.available:
+        registry.register(GpuMetrics(nvml))
     return registry
 
 

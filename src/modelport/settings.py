@@ -38,10 +38,36 @@ class Settings(BaseModel):
         description="admin calls (load, unload, model posting): auto allows them only "
         "while modelport listens on a loopback address",
     )
+    # -- access: API keys and TLS (README "Security") ---------------------------------------
+    auth: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="API keys: auto asks every call for a key once the keys file exists "
+        "(modelport keys create), on always, off never",
+    )
+    keys_file: str = Field(default="", description="the API keys (default: data_dir/keys.json)")
+    public_health: bool = Field(
+        default=True, description="health (HTTP and gRPC) answers without a key"
+    )
+    public_metrics: bool = Field(default=True, description="/metrics answers without a key")
+    max_concurrent_per_key: int = Field(
+        default=64, ge=0, description="calls in progress per API key; 429 above (0: no limit)"
+    )
+    tls_cert: str = Field(default="", description="PEM certificate (chain): HTTPS and gRPC TLS")
+    tls_key: str = Field(default="", description="PEM private key of tls_cert")
+    tls_client_ca: str = Field(
+        default="", description="PEM CA(s): when set, clients must show a certificate it signed"
+    )
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
-    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="largest HTTP body (413 above)"
+    )
+    max_tensor_elements: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="elements in one input tensor, counted from its shape (400 above)",
+    )
     grpc_port: int = Field(
         default=8001, ge=0, le=65535, description="gRPC port (KServe v2); 0 turns gRPC off"
     )
@@ -83,6 +109,16 @@ class Settings(BaseModel):
         description="file holding the key of encrypted models (else MODELPORT_MODEL_KEY, "
         "which is read from the environment only, never from a settings file)",
     )
+    gpus: str = Field(
+        default="",
+        description="GPU ids models may be placed on, e.g. '0,1'; 'none' for none "
+        "(default: every GPU NVML finds)",
+    )
+    allow_pickled_models: bool = Field(
+        default=False,
+        description="let the torch runtime load pickled modules (model.pth, model.pkl); off "
+        "because unpickling runs whatever code the file names",
+    )
     # -- tasks (long jobs in containers) ---------------------------------------------------
     data_dir: str = Field(
         default=".modelport", description="where tasks keep their records, files and work"
@@ -116,6 +152,46 @@ class Settings(BaseModel):
     compat_allow_model_posting: bool = Field(
         default=False, description="let clients add container models through that API"
     )
+    # -- scale-out (Redis; see cluster/) -----------------------------------------------------
+    broker: str = Field(
+        default="",
+        description="redis://host:6379/0 shares tasks and online requests with "
+        "'modelport worker' nodes (default: in-process, this server only)",
+    )
+    redis_prefix: str = Field(default="modelport", description="prefix of every Redis key")
+    worker_id: str = Field(default="", description="this node's id (default: host-pid)")
+    worker_models: str = Field(
+        default="", description="models a worker hosts, e.g. 'a,b' (default: all)"
+    )
+    cluster_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="how long a gateway waits for a worker's answer"
+    )
+    task_visibility_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="a task whose worker stops extending its claim this long is run again "
+        "by another worker",
+    )
+    # -- where models may come from (allow-lists; see SECURITY.md) -------------------------
+    model_sources: tuple[str, ...] = Field(
+        default=(),
+        description="URLs models may name (remote.url in model.yaml), as globs such as "
+        "'grpc://triton-*:8001' or 'https://models.example.com/*'; the repository "
+        "given to serve or pull is always allowed",
+    )
+    model_images: tuple[str, ...] = Field(
+        default=(),
+        description="container images clients may post as models (compat API), as globs "
+        "such as 'registry.example.com/lab/*'; none by default",
+    )
+
+    @field_validator("model_sources", "model_images", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        # From the environment or a flag a list arrives as 'a,b'; from TOML as a list.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("task_gpus")
     @classmethod
@@ -125,12 +201,26 @@ class Settings(BaseModel):
             raise ValueError(f"expected GPU ids like '0,1', got {value!r}")
         return value
 
+    @field_validator("gpus")
+    @classmethod
+    def _model_gpu_ids(cls, value: str) -> str:
+        value = value.replace(" ", "")
+        if value.lower() == "none":
+            return "none"
+        if value and not all(g.isdigit() for g in value.split(",")):
+            raise ValueError(f"expected GPU ids like '0,1', or 'none', got {value!r}")
+        return value
+
     @property
     def repository_path(self) -> Path:
         """The local folder models load from: the repository, or its pulled copy."""
         if "://" in self.repository:
             return Path(self.repository_cache or Path(self.data_dir) / "repository")
         return Path(self.repository)
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.keys_file or Path(self.data_dir) / "keys.json")
 
     @property
     def task_gpu_ids(self) -> list[int]:
@@ -179,22 +269,24 @@ class Settings(BaseModel):
 LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
 
 
-def admin_refusal(settings: Settings) -> str:
+def admin_refusal(settings: Settings, keys_enforced: bool = False) -> str:
     """Why admin calls are refused with these settings, or "" when they are allowed.
 
     A server reachable from the network with no API keys must not let anyone load,
     unload or post models (inference servers have been taken over that way), so "auto"
-    allows admin calls only on a loopback address.
+    allows admin calls only on a loopback address, or when API keys are enforced (the
+    caller then needs a key with the admin scope).
     """
     if settings.admin == "on":
         return ""
     if settings.admin == "off":
         return "admin calls are off on this server (admin = off); set MODELPORT_ADMIN=on"
     host = settings.host
-    if host in LOOPBACK_HOSTS or host.startswith("127."):
+    if host in LOOPBACK_HOSTS or host.startswith("127.") or keys_enforced:
         return ""
     return (
         f"admin calls (load, unload, model posting) are refused because modelport listens "
-        f"on {host} and API keys are not available yet; bind to 127.0.0.1, or set "
-        'MODELPORT_ADMIN=on (or admin = "on" in modelport.toml) to allow them anyway'
+        f"on {host} without API keys; create an admin key (modelport keys create NAME "
+        "--scope admin) and send it, bind to 127.0.0.1, or set MODELPORT_ADMIN=on (or "
+        'admin = "on" in modelport.toml) to allow them anyway'
     )

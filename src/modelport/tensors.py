@@ -57,7 +57,7 @@ _NUMBER_KINDS = frozenset("biuf")
 
 def cast_numbers(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
     """Numbers parsed from JSON to ``dtype``; ValueError for strings, floats given for
-    integers, and values out of the integer type's range (no silent wrap-around)."""
+    integers, and values out of the type's range (no silent wrap-around, no inf)."""
     kind, want = array.dtype.kind, dtype.kind
     if array.size == 0:
         return array.astype(dtype)
@@ -71,7 +71,12 @@ def cast_numbers(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
             raise ValueError("out of range")
-    return array.astype(dtype, copy=False)
+    # A finite number past the float type's range (70000 as FP16) is refused, not inf.
+    with np.errstate(over="raise"):
+        try:
+            return array.astype(dtype, copy=False)
+        except FloatingPointError:
+            raise ValueError("out of range") from None
 
 
 def as_bytes_array(array: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from modelport.core.instances import NO_GPUS, Gpus
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
@@ -35,13 +36,14 @@ def repo(tmp_path: Path) -> Path:
 async def serve(
     repo: Path,
 ) -> AsyncIterator[Callable[..., Awaitable[InferenceService]]]:
-    """``await serve()`` starts a service over ``repo`` and loads every model in it.
+    """``await serve()`` starts a service over ``repo`` and loads every model in it
+    (``gpus=``: the GPUs models are placed on; none by default).
     Test files annotate it as ``Start``: conftest modules are not imported by tests."""
     registries: list[ModelRegistry] = []
 
-    async def start(load_all: bool = True) -> InferenceService:
+    async def start(load_all: bool = True, gpus: Gpus = NO_GPUS) -> InferenceService:
         caller = LoopModelCaller()
-        registry = ModelRegistry(ModelRepository(repo), RUNTIMES, caller)
+        registry = ModelRegistry(ModelRepository(repo), RUNTIMES, caller, gpus=gpus)
         service = InferenceService(registry, "modelport", "test")
         caller.bind(service, asyncio.get_running_loop())
         registries.append(registry)

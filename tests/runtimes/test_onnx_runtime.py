@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from builders import ONNX_TYPES, add_sub_onnx, identity_onnx, mlp_onnx, write_model
+from modelport.core.instances import Gpus
 from modelport.core.service import InferenceService
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.tensors import DATATYPES, InferenceRequest, Tensor
@@ -127,29 +128,30 @@ async def test_threads_settings_are_applied(repo: Path, serve: Start) -> None:
 
 @pytest.mark.skipif(HAS_CUDA, reason="this ONNX Runtime has a CUDA provider")
 async def test_gpu_model_is_unavailable_without_cuda(repo: Path, serve: Start) -> None:
-    """These test machines have no GPU (and the CPU-only onnxruntime wheel): a model that
-    asks for one must be UNAVAILABLE with a reason that says how to fix it, while a CPU
-    model beside it serves."""
+    """These test machines have no GPU (and the CPU-only onnxruntime wheel): with GPUs
+    declared, a model placed on one reaches ONNX Runtime, which has no CUDA provider, so
+    it must be UNAVAILABLE saying what to install, while a CPU model beside it serves."""
     write_model(
         repo, "gpu", "runtime: onnx\nmax_batch_size: 8\ninstances: {device: gpu, gpus: [1]}\n"
     )
     write_model(repo, "cpu", "runtime: onnx\nmax_batch_size: 8\n")
     for name in ("gpu", "cpu"):
         mlp_onnx(repo / name / "1" / "model.onnx", sizes=(8, 4))
-    service = await serve()
+    service = await serve(gpus=Gpus((0, 1), "declared by the test"))
     _, state, reason = _row(service, "gpu")
     assert state == "UNAVAILABLE"
-    assert "model 'gpu' asks for a GPU (instances.device)" in reason
-    assert "no CUDA provider" in reason and "set instances.device: cpu" in reason
+    assert "model 'gpu' is placed on cuda:1 (instances.device: gpu)" in reason
+    assert "no CUDA provider" in reason and "pip install 'modelport[gpu]'" in reason
     assert _row(service, "cpu")[1] == "READY"
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this ONNX Runtime has a CUDA provider")
 async def test_auto_device_falls_back_to_cpu_without_cuda(repo: Path, serve: Start) -> None:
-    """No GPU on these machines: ``device: auto`` must still serve, on the CPU."""
+    """No GPU on these machines: ``device: auto`` placed on a declared GPU must still
+    serve, on the CPU, when ONNX Runtime has no CUDA provider."""
     write_model(repo, "auto", "runtime: onnx\nmax_batch_size: 8\ninstances: {device: auto}\n")
     mlp_onnx(repo / "auto" / "1" / "model.onnx", sizes=(8, 4))
-    service = await serve()
+    service = await serve(gpus=Gpus((0,), "declared by the test"))
     assert _row(service, "auto")[1] == "READY", _row(service, "auto")
     assert _session(service, "auto").get_providers() == ["CPUExecutionProvider"]
 

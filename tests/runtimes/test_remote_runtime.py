@@ -36,6 +36,8 @@ SILENT_TIMEOUT_S = 0.5
 PATIENT_TIMEOUT_S = 30
 FAST_S = 5.0
 NO_FILES = {"1/README": "this model runs on a remote server"}
+# Remotes must be allowed (model_sources); the test remotes all live on loopback.
+LOOPBACK_SOURCES = {"MODELPORT_MODEL_SOURCES": "http://127.0.0.1:*,grpc://127.0.0.1:*"}
 
 
 @dataclass
@@ -137,7 +139,7 @@ def fleet(
     silent = f"timeout: {SILENT_TIMEOUT_S}\n"
     remote_model(repo, "silent_http", f"http://127.0.0.1:{silent_port}", silent)
     remote_model(repo, "silent_grpc", f"grpc://127.0.0.1:{silent_port}", silent)
-    fleet.front = server_factory(repo=repo)
+    fleet.front = server_factory(repo=repo, env=LOOPBACK_SOURCES)
     yield fleet
     fleet.front.stop()
     fleet.remote.stop()
@@ -358,7 +360,7 @@ def test_the_remote_going_away_fails_fast_then_recovers(
     remote_model(repo, "over_http", fleet.http_url, patient)
     remote_model(repo, "over_grpc", fleet.grpc_url, patient)
     remote_model(repo, "over_tfs", fleet.grpc_url, patient + "protocol: tfserving\n")
-    front_process = server_factory(repo=repo)
+    front_process = server_factory(repo=repo, env=LOOPBACK_SOURCES)
     models = {"over_http": fleet.http_url, "over_grpc": fleet.grpc_url, "over_tfs": fleet.grpc_url}
     try:
         with connect(front_process.url) as front:

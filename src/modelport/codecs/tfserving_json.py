@@ -34,6 +34,10 @@ from modelport.tensors import (
 
 # The signature names a TF Serving client may send, besides the model's own name.
 DEFAULT_SIGNATURE = "serving_default"
+# A request's signature_name reaches a runtime that holds several signatures as this
+# request parameter (runtimes/tensorflow.py runs the one it names, or refuses it).
+SIGNATURE_PARAMETER = "signature_name"
+SIGNATURE_RUNTIMES = frozenset({"tensorflow"})
 _B64 = "b64"
 
 
@@ -89,16 +93,18 @@ def decode_predict(
     model_version: str,
     inputs: Sequence[TensorSpec],
     batched: bool,
+    runtime: str = "",
 ) -> DecodedPredict:
     """Parse a ``:predict`` body against the model's ``inputs``. ``batched``: the model
-    has a batch dimension (max_batch_size > 0), which rows map onto."""
+    has a batch dimension (max_batch_size > 0), which rows map onto; ``runtime`` decides
+    what its ``signature_name`` may be (:func:`signature_parameters`)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"JSON Parse error: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidInput('request body must be a JSON object with "instances" or "inputs"')
-    check_signature(doc.get("signature_name"), model_name)
+    parameters = signature_parameters(doc.get("signature_name"), model_name, runtime)
     if ("instances" in doc) == ("inputs" in doc):
         raise InvalidInput(
             'request body must have exactly one of "instances" (row format) or "inputs" '
@@ -108,7 +114,8 @@ def decode_predict(
     if "inputs" in doc:
         values = _named(doc["inputs"], specs, "inputs")
         tensors = tuple(_tensor(specs[n], v) for n, v in values.items())
-        return DecodedPredict(InferenceRequest(model_name, tensors, model_version), rows=False)
+        request = InferenceRequest(model_name, tensors, model_version, parameters=parameters)
+        return DecodedPredict(request, rows=False)
     instances = doc["instances"]
     if not isinstance(instances, list) or not instances:
         raise InvalidInput('"instances" must be a non-empty list, one entry a row')
@@ -126,7 +133,8 @@ def decode_predict(
     )
     if single:
         tensors = tuple(Tensor(t.name, t.datatype, t.data[0]) for t in tensors)
-    return DecodedPredict(InferenceRequest(model_name, tensors, model_version), True, single)
+    request = InferenceRequest(model_name, tensors, model_version, parameters=parameters)
+    return DecodedPredict(request, True, single)
 
 
 def encode_predict(response: InferenceResponse, decoded: DecodedPredict) -> bytes:
@@ -155,6 +163,16 @@ def encode_predict(response: InferenceResponse, decoded: DecodedPredict) -> byte
 
 def _dumps(doc: dict[str, Any]) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def signature_parameters(name: Any, model_name: str, runtime: str) -> dict[str, Any]:
+    """The request parameters a TF Serving ``signature_name`` becomes: for a runtime of
+    :data:`SIGNATURE_RUNTIMES`, the name itself, which the runtime runs or refuses; for
+    the others, whose one signature is ``serving_default``, none (or InvalidInput)."""
+    if runtime in SIGNATURE_RUNTIMES and isinstance(name, str) and name not in ("", model_name):
+        return {SIGNATURE_PARAMETER: name}
+    check_signature(name, model_name)
+    return {}
 
 
 def check_signature(name: Any, model_name: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from modelport.codecs.v2_binary import decode_tensor, element_count, encode_tensor
+from modelport.codecs.v2_binary import checked_count, decode_tensor, element_count, encode_tensor
 from modelport.errors import InvalidInput
 from modelport.tensors import (
     DATATYPES,
@@ -41,9 +41,14 @@ def _fail(message: str) -> InvalidInput:
 
 
 def decode_request(
-    body: bytes, json_length: int | None, model_name: str, model_version: str
+    body: bytes,
+    json_length: int | None,
+    model_name: str,
+    model_version: str,
+    max_elements: int = 0,
 ) -> DecodedRequest:
-    """Parse a v2 infer body (JSON, or JSON + binary chunks)."""
+    """Parse a v2 infer body (JSON, or JSON + binary chunks); an input whose shape has
+    more than ``max_elements`` elements is refused before its data is read (0: any)."""
     if json_length is not None:
         if json_length < 0 or json_length > len(body):
             raise _fail(
@@ -65,7 +70,7 @@ def decode_request(
     offset = 0
     inputs: list[Tensor] = []
     for item in raw_inputs:
-        tensor, used = _decode_input(item, binary, offset)
+        tensor, used = _decode_input(item, binary, offset, max_elements)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -90,14 +95,16 @@ def decode_request(
     )  # fmt: skip
 
 
-def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[Tensor, int]:
+def _decode_input(
+    item: Any, binary: memoryview, offset: int, max_elements: int
+) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise _fail("each input must be an object {name, shape, datatype, data}")
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise _fail("an input has no 'name'")
     datatype = item.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise _fail(f"input '{name}': datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
     shape = item.get("shape")
     if not isinstance(shape, list) or not all(
@@ -105,6 +112,7 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[Tensor, i
     ):
         raise _fail(f"input '{name}': 'shape' must be a list of non-negative integers")
     dims = tuple(shape)
+    checked_count(name, dims, max_elements)
     params = item.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:

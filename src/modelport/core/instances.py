@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 from modelport.core.runtime import Runtime
+from modelport.errors import ModelUnavailable
 from modelport.spec import ModelSpec
 
 T = TypeVar("T")
@@ -53,10 +55,53 @@ class Instance:
         self._thread.shutdown(wait=True)
 
 
-def devices_for(spec: ModelSpec) -> list[str]:
-    """The device of each instance: "cpu", or "cuda:N" spread over ``instances.gpus``."""
-    count = spec.instances.count
-    if spec.instances.device == "cpu":
+@dataclass(frozen=True, slots=True)
+class Gpus:
+    """The GPUs models may be placed on, and how the server learnt of them.
+
+    ``source`` ends the reason a GPU model is UNAVAILABLE with, so it says where the list
+    came from ("declared by the gpus setting") or why it is empty ("nvidia-ml-py is not
+    installed"). ``modelport.devices`` discovers them; the core only places on them.
+    """
+
+    ids: tuple[int, ...] = ()
+    source: str = "none declared"
+
+
+NO_GPUS = Gpus()
+
+
+def devices_for(spec: ModelSpec, gpus: Gpus = NO_GPUS) -> list[str]:
+    """The device of each of ``instances.count`` copies: "cpu", or "cuda:N" round-robin
+    over the GPUs asked for (``instances.gpus``, else every GPU there is).
+
+    ``device: gpu`` on a server without the GPUs asked for raises ModelUnavailable naming
+    the ids asked and the ids there; ``device: auto`` takes the GPUs asked for that are
+    there, and the CPU when none is.
+    """
+    wanted = spec.instances
+    count = wanted.count
+    if wanted.device == "cpu":
         return ["cpu"] * count
-    gpus = spec.instances.gpus or (0,)
-    return [f"cuda:{gpus[i % len(gpus)]}" for i in range(count)]
+    asked = tuple(dict.fromkeys(wanted.gpus))  # order kept, repeats dropped
+    if wanted.device == "auto":
+        usable = [g for g in asked if g in gpus.ids] if asked else list(gpus.ids)
+        if not usable:
+            return ["cpu"] * count
+        return [f"cuda:{usable[i % len(usable)]}" for i in range(count)]
+    missing = [g for g in asked if g not in gpus.ids]
+    if not gpus.ids:
+        raise ModelUnavailable(
+            f"model '{spec.name}' needs a GPU (instances.device: gpu), but this server has "
+            f"none ({gpus.source}); serve it on a GPU host (pip install 'modelport[gpu]'), "
+            "declare the GPUs with MODELPORT_GPUS=0,1, or set instances.device: auto (a GPU "
+            "when there is one) or cpu"
+        )
+    if missing:
+        raise ModelUnavailable(
+            f"model '{spec.name}' asks for GPUs {list(asked)} (instances.gpus), but this "
+            f"server has GPUs {list(gpus.ids)} ({gpus.source}), so not {missing}; list only "
+            "ids it has, or leave instances.gpus out to spread over them all"
+        )
+    usable = list(asked or gpus.ids)
+    return [f"cuda:{usable[i % len(usable)]}" for i in range(count)]

@@ -31,7 +31,7 @@ from modelport.core.cache import (
     files_size,
     make_room,
 )
-from modelport.core.instances import Instance, devices_for
+from modelport.core.instances import NO_GPUS, Gpus, Instance, devices_for
 from modelport.core.repository import ModelRepository, ModelSource
 from modelport.core.runtime import (
     ModelCaller,
@@ -118,11 +118,13 @@ class ModelRegistry:
         runtimes: Mapping[str, RuntimeFactory],
         caller: ModelCaller,
         limits: MemoryLimits | None = None,
+        gpus: Gpus = NO_GPUS,
     ) -> None:
         self.repository = repository
         self.runtimes = runtimes
         self.caller = caller
         self.limits = limits or MemoryLimits()
+        self.gpus = gpus  # where instances with device gpu or auto may be placed
         self.entries: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._room = asyncio.Lock()  # under caps, one load at a time makes room for itself
@@ -347,7 +349,7 @@ class ModelRegistry:
                 f"{source.path / 'model.yaml'}: field 'runtime': unknown runtime "
                 f"'{spec.runtime}'; expected one of {', '.join(sorted(self.runtimes))}"
             )
-        devices = devices_for(spec)
+        devices = devices_for(spec, self.gpus)
         instances: list[Instance] = []
         try:
             for i, device in enumerate(devices):

@@ -1,6 +1,8 @@
 """The model repository: a folder of ``<name>/model.yaml`` and ``<name>/<version>/`` files.
 
-Only reads the layout; loading is the registry's job. Folders whose names start with
+Only reads the layout; loading is the registry's job. A TF Serving model folder
+(``<name>/<version>/saved_model.pb``) needs no model.yaml: it serves as
+:data:`TF_SERVING_SPEC` says. Folders whose names start with
 ``.`` or ``_`` are ignored (``__pycache__``, editor files).
 """
 
@@ -10,7 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelport.errors import ModelNotFound, SpecError
-from modelport.spec import SPEC_FILE, ModelSpec, load_spec
+from modelport.spec import SPEC_FILE, ModelSpec, load_spec, parse_spec
+
+# A folder laid out for TF Serving (``<name>/<version>/saved_model.pb``) with no model.yaml
+# serves as if it had this one; 128 rows lets a TF Serving client's larger batches through.
+TF_SERVING_SPEC = "runtime: tensorflow\nmax_batch_size: 128\n"
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,28 +31,39 @@ class ModelSource:
 
 
 class ModelRepository:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, only: frozenset[str] | None = None) -> None:
+        """``only`` limits the repository to those model names (``modelport worker
+        --models a,b``)."""
         self.root = root
+        self.only = only
 
     def names(self) -> list[str]:
         """Every model folder, whether or not its model.yaml is valid."""
         if not self.root.is_dir():
             return []
         return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir()
+            and not p.name.startswith((".", "_"))
+            and (self.only is None or p.name in self.only)
         )
 
     def source(self, name: str) -> ModelSource:
         """Read one model's spec and versions; SpecError names what is wrong."""
         path = self.root / name
-        if not name or "/" in name or name.startswith((".", "_")) or not path.is_dir():
+        hidden = self.only is not None and name not in self.only
+        if not name or "/" in name or name.startswith((".", "_")) or not path.is_dir() or hidden:
             raise ModelNotFound(f"no model '{name}' in the repository {self.root}")
-        if not (path / SPEC_FILE).is_file():
+        if (path / SPEC_FILE).is_file():
+            spec = load_spec(path)
+        elif _is_tf_serving_folder(path):
+            spec = parse_spec(name, TF_SERVING_SPEC, f"{path} (a TF Serving folder)")
+        else:
             raise SpecError(
                 f"{path / SPEC_FILE}: missing; every model folder needs one "
                 "(at least 'runtime: onnx')"
             )
-        spec = load_spec(path)
         available = [
             int(p.name)
             for p in path.iterdir()
@@ -63,3 +81,12 @@ class ModelRepository:
                 f"present ({', '.join(map(str, sorted(available)))})"
             )
         return ModelSource(name, path, spec, tuple(versions))
+
+
+def _is_tf_serving_folder(path: Path) -> bool:
+    return any(
+        (version / file).is_file()
+        for version in path.iterdir()
+        if version.is_dir() and version.name.isdigit()
+        for file in SAVED_MODEL_FILES
+    )

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from modelport.codecs.v2_binary import too_many_elements
 from modelport.core.batcher import BatchResult
 from modelport.core.registry import IndexRow, LoadedVersion, ModelRegistry, ModelState
 from modelport.core.stats import ModelStats
@@ -28,7 +29,7 @@ from modelport.errors import (
     ModelUnavailable,
     Overloaded,
 )
-from modelport.spec import TensorSpec
+from modelport.spec import ModelSpec, TensorSpec
 from modelport.tensors import (
     InferenceRequest,
     InferenceResponse,
@@ -46,6 +47,12 @@ PLATFORMS = {
     "tensorflow": "tensorflow_savedmodel",
     "python": "python",
 }
+
+
+def platform_of(spec: ModelSpec) -> str:
+    """Triton's platform name of a model; a model served through other workers keeps
+    the platform its workers report (``parameters.platform``)."""
+    return str(spec.parameters.get("platform") or PLATFORMS.get(spec.runtime, spec.runtime))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +85,19 @@ class VersionStats:
 
 class InferenceService:
     def __init__(
-        self, registry: ModelRegistry, name: str, version: str, admin_refusal: str = ""
+        self,
+        registry: ModelRegistry,
+        name: str,
+        version: str,
+        admin_refusal: str = "",
+        max_tensor_elements: int = 0,
     ) -> None:
         self.registry = registry
         self.name = name
         self.version = version
+        # Elements one input tensor may have (0: any); the decoders check it too, before
+        # they allocate, and this check covers every other way in.
+        self.max_tensor_elements = max_tensor_elements
         # Why admin calls (load, unload) are refused on this server; "" allows them.
         self.admin_refusal = admin_refusal
 
@@ -121,7 +136,7 @@ class InferenceService:
         loaded = self.registry.get(request.model_name, request.model_version)
         begun = time.perf_counter_ns()
         try:
-            inputs = _check_inputs(loaded, request.inputs)
+            inputs = _check_inputs(loaded, request.inputs, self.max_tensor_elements)
             names = _check_outputs(loaded, request.outputs)
             future = loaded.batcher.submit(inputs, request.parameters)
         except ModelportError as exc:
@@ -160,7 +175,7 @@ class InferenceService:
         return ModelMetadata(
             name,
             tuple(str(v) for v in sorted(entry.versions)),
-            PLATFORMS.get(loaded.spec.runtime, loaded.spec.runtime),
+            platform_of(loaded.spec),
             with_batch(loaded.signature.inputs),
             with_batch(loaded.signature.outputs),
             loaded.spec.max_batch_size,
@@ -230,7 +245,9 @@ class InferenceService:
         return [VersionStats(name, str(v), lv.stats) for v, lv in sorted(entry.versions.items())]
 
 
-def _check_inputs(loaded: LoadedVersion, tensors: tuple[Tensor, ...]) -> dict[str, np.ndarray]:
+def _check_inputs(
+    loaded: LoadedVersion, tensors: tuple[Tensor, ...], max_elements: int
+) -> dict[str, np.ndarray]:
     expected = loaded.inputs_by_name
     batching = loaded.spec.max_batch_size
     inputs: dict[str, np.ndarray] = {}
@@ -250,6 +267,8 @@ def _check_inputs(loaded: LoadedVersion, tensors: tuple[Tensor, ...]) -> dict[st
                 f"'{loaded.name}' expects {spec.datatype}"
             )
         shape = tensor.data.shape
+        if max_elements and tensor.data.size > max_elements:
+            raise too_many_elements(tensor.name, shape, tensor.data.size, max_elements)
         dims = shape[1:] if batching else shape
         ok_rank = len(dims) == len(spec.shape) and (not batching or len(shape) >= 1)
         if not ok_rank or any(w != -1 and w != d for w, d in zip(spec.shape, dims, strict=False)):

@@ -13,7 +13,9 @@ there, the plain one is served.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,10 @@ from modelport.errors import ModelUnavailable, SpecError
 from modelport.spec import TensorSpec
 
 MODEL_FILE = "model.onnx"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+log = logging.getLogger("modelport.onnx")
 
 _ONNX_TYPES = {
     "tensor(bool)": "BOOL",
@@ -67,22 +73,11 @@ class OnnxRuntime:
                 raise SpecError(f"{path}: missing; an onnx model's file is {MODEL_FILE}")
             path = encrypted_path(path)
             model = self._decrypt(path)
-        providers: list[str] = ["CPUExecutionProvider"]
-        provider_options: list[dict[str, Any]] = [{}]
-        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-        # device: auto takes a GPU where there is one and settles for the CPU elsewhere.
-        settle = self.context.spec.instances.device == "auto" and not has_cuda
-        if self.context.device.startswith("cuda") and not settle:
-            if not has_cuda:
-                raise ModelUnavailable(
-                    f"model '{self.context.spec.name}' asks for a GPU (instances.device), but "
-                    "ONNX Runtime has no CUDA provider here; install modelport[gpu] on a GPU "
-                    "host or set instances.device: cpu"
-                )
-            gpu = self.context.device.partition(":")[2] or "0"
-            providers.insert(0, "CUDAExecutionProvider")
-            provider_options.insert(0, {"device_id": gpu})
-        threads = self.context.spec.threads
+        spec = self.context.spec
+        choice = choose_providers(
+            spec.name, self.context.device, spec.instances.device, ort.get_available_providers()
+        )
+        threads = spec.threads
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads.intra_op
         options.inter_op_num_threads = threads.inter_op
@@ -92,12 +87,32 @@ class OnnxRuntime:
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
-                model, options, providers=providers, provider_options=provider_options
+                model, options, providers=choice.names, provider_options=choice.options
             )
         except Exception as exc:
             raise SpecError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
+        self._check_cuda_started(choice)
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._strings = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
+
+    def _check_cuda_started(self, choice: ProviderChoice) -> None:
+        # ONNX Runtime falls back to the CPU, with only a log line, when its CUDA provider
+        # cannot start (CUDA or cuDNN libraries missing): a GPU model must not hide that.
+        if CUDA not in choice.names or CUDA in self.session.get_providers():
+            return
+        spec = self.context.spec
+        if spec.instances.device == "auto":
+            log.warning(
+                "model %s: ONNX Runtime's CUDA provider did not start on %s; on the CPU",
+                spec.name, self.context.device,
+            )  # fmt: skip
+            return
+        self.session = None
+        raise ModelUnavailable(
+            f"model '{spec.name}': ONNX Runtime's CUDA provider did not start on "
+            f"{self.context.device} (are the CUDA and cuDNN libraries that onnxruntime-gpu "
+            "needs installed?); set instances.device: auto to fall back to the CPU"
+        )
 
     def _decrypt(self, path: Path) -> bytes:
         where = f"model '{self.context.spec.name}': {path}"
@@ -140,6 +155,39 @@ class OnnxRuntime:
 
     def unload(self) -> None:
         self.session = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderChoice:
+    """ONNX Runtime execution providers, best first, with the options of each."""
+
+    names: list[str]
+    options: list[dict[str, str]]
+
+
+def choose_providers(
+    model: str, device: str, wanted: str, available: Sequence[str]
+) -> ProviderChoice:
+    """The providers of an instance placed on ``device`` ("cpu" or "cuda:N").
+
+    On a GPU: CUDA on GPU N, with the CPU behind it for operators CUDA lacks. Where this
+    ONNX Runtime has no CUDA provider, ``wanted`` (instances.device) ``auto`` settles for
+    the CPU and ``gpu`` makes the model UNAVAILABLE, saying what to install.
+    """
+    cpu = ProviderChoice([CPU], [{}])
+    if not device.startswith("cuda"):
+        return cpu
+    if CUDA not in available:
+        if wanted == "auto":
+            log.warning("model %s: ONNX Runtime has no CUDA provider; on the CPU", model)
+            return cpu
+        raise ModelUnavailable(
+            f"model '{model}' is placed on {device} (instances.device: gpu), but this ONNX "
+            f"Runtime has no CUDA provider (it has {', '.join(available)}); "
+            "pip install 'modelport[gpu]' for onnxruntime-gpu (and pip uninstall onnxruntime, "
+            "whose CPU-only copy hides it), or set instances.device: auto or cpu"
+        )
+    return ProviderChoice([CUDA, CPU], [{"device_id": device.partition(":")[2] or "0"}, {}])
 
 
 def _to_str(array: np.ndarray) -> np.ndarray:

@@ -21,6 +21,9 @@ the front batches). Over HTTP, tensors travel with Triton's binary data extensio
 persistent ``httpx.Client``; over gRPC, in ``raw_input_contents`` on a sync channel. Each
 instance owns its connection and uses it only from its own thread.
 
+The remote's URL must be allowed by the ``model_sources`` setting (``modelport.sources``);
+otherwise the model is UNAVAILABLE, with a reason naming the URL and the setting.
+
 Remote failures become modelport errors: a request the remote rejects (400,
 INVALID_ARGUMENT) is :class:`InvalidInput`; a remote that is down, refuses the
 connection, lacks the model (404, NOT_FOUND) or times out is :class:`ModelUnavailable`
@@ -41,6 +44,7 @@ from modelport.errors import ModelUnavailable, SpecError
 from modelport.runtimes.remote_client import RemoteClient, RemoteTensor
 from modelport.runtimes.remote_tfserving import TfServingClient
 from modelport.runtimes.remote_v2 import GrpcV2Client, HttpV2Client
+from modelport.sources import AllowList
 from modelport.spec import SPEC_FILE, TensorSpec
 from modelport.tensors import DATATYPES, datatype_of
 
@@ -48,8 +52,10 @@ from modelport.tensors import DATATYPES, datatype_of
 class RemoteRuntime:
     """Runs a model's batches on a remote KServe v2 server (see the module docstring)."""
 
-    def __init__(self, context: RuntimeContext) -> None:
+    def __init__(self, context: RuntimeContext, sources: AllowList | None = None) -> None:
         self.context = context
+        # Where remotes may be (model_sources); none unless the operator names them.
+        self.sources = sources or AllowList((), "model_sources")
         remote = context.spec.remote
         if remote is None:  # spec.py refuses this; kept for a hand-built spec
             raise SpecError(f"{context.model_dir / SPEC_FILE}: field 'remote': missing")
@@ -60,6 +66,7 @@ class RemoteRuntime:
         self._types: dict[str, str] = {}
 
     def load(self) -> None:
+        self.sources.check_url(self.remote.url, f"model '{self.context.spec.name}': remote.url")
         client: RemoteClient
         if self.remote.protocol == "tfserving":
             client = TfServingClient(self.remote, self.model)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -47,7 +48,7 @@ def check_zip(path: Path, limits: ZipLimits) -> list[zipfile.ZipInfo]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         raise InvalidInput(f"the zip file cannot be read: {exc}") from None
     if len(members) > limits.max_members:
         raise InvalidInput(f"the zip has {len(members)} members; the limit is {limits.max_members}")
@@ -73,7 +74,17 @@ def check_zip(path: Path, limits: ZipLimits) -> list[zipfile.ZipInfo]:
 def extract_zip(path: Path, dest: Path, limits: ZipLimits) -> int:
     """Unpack a zip checked by :func:`check_zip` into ``dest``; the bytes written."""
     members = check_zip(path, limits)
-    root = dest.resolve()
+    try:
+        return _unpack(path, members, dest.resolve(), limits)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, ValueError,
+            NotImplementedError) as exc:  # fmt: skip
+        # A member whose data is corrupt, encrypted or compressed in an unknown way, or
+        # whose name clashes with another's (a file 'a' and a folder 'a/').
+        raise InvalidInput(f"the zip file cannot be unpacked: {exc}") from None
+
+
+def _unpack(path: Path, members: list[zipfile.ZipInfo], root: Path, limits: ZipLimits) -> int:
+    """Write ``members`` under ``root``; the bytes written."""
     written = 0
     with zipfile.ZipFile(path) as archive:
         for info in members:

@@ -30,8 +30,8 @@ class Delivery:
 
 
 class Broker(Protocol):
-    async def enqueue(self, task_id: str) -> None:
-        """Queue a task id for a worker."""
+    async def enqueue(self, task_id: str, model: str = "") -> None:
+        """Queue a task id for a worker hosting ``model``."""
 
     async def claim(self, consumer: str, visibility_s: float, wait_s: float) -> Delivery | None:
         """The next task id for ``consumer``, waiting up to ``wait_s``; None if none came."""
@@ -44,6 +44,9 @@ class Broker(Protocol):
 
     async def nack(self, delivery: Delivery) -> None:
         """Give the task back to be delivered again at once."""
+
+    async def backlog(self, model: str) -> int:
+        """Messages for ``model`` waiting or claimed (0: nothing in the broker for it)."""
 
     async def close(self) -> None: ...
 
@@ -65,7 +68,7 @@ class MemoryBroker:
         self._wakeup = asyncio.Condition()
         self._ids = itertools.count(1)
 
-    async def enqueue(self, task_id: str) -> None:
+    async def enqueue(self, task_id: str, model: str = "") -> None:
         async with self._wakeup:
             self._ready.append(_Message(task_id, f"{next(self._ids)}"))
             self._wakeup.notify()
@@ -104,6 +107,9 @@ class MemoryBroker:
             if message is not None:
                 self._ready.appendleft(message)
                 self._wakeup.notify()
+
+    async def backlog(self, model: str) -> int:
+        return len(self._ready) + len(self._claimed)  # (one queue for every model)
 
     async def close(self) -> None:
         self._ready.clear()

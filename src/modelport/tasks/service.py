@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +35,7 @@ from modelport.tasks.worker import INPUT_BLOB, LOGS_BLOB, OUTPUT_BLOB, TaskWorke
 log = logging.getLogger("modelport.tasks")
 
 LOG_POLL_S = 0.25
+RECONCILE_S = 5.0
 MAX_PAGE = 500
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # model.yaml parameter of models added through the zip-task cluster API.
@@ -70,10 +71,15 @@ class TaskService:
         repository: ModelRepository,
         policy: TaskPolicy,
         worker: TaskWorker | None = None,
+        remote_versions: Callable[[str], set[int]] | None = None,
     ) -> None:
+        """``remote_versions`` (with a shared broker) gives the versions of a container
+        model that workers on other hosts run, for models this repository lacks."""
         self.store, self.blobs, self.broker = store, blobs, broker
         self.repository, self.policy, self.worker = repository, policy, worker
+        self.remote_versions = remote_versions
         self._purging: asyncio.Task[None] | None = None
+        self._reconciling: asyncio.Task[None] | None = None
 
     # -- life --------------------------------------------------------------------------------
 
@@ -85,11 +91,14 @@ class TaskService:
         if self.policy.retention is not None:
             every = min(600.0, max(1.0, self.policy.retention.total_seconds() / 10))
             self._purging = asyncio.create_task(self.purge_forever(every), name="task-purge")
+        if self.remote_versions is not None:
+            self._reconciling = asyncio.create_task(self.reconcile_forever(), name="reconcile")
 
     async def close(self) -> None:
-        if self._purging is not None:
-            self._purging.cancel()
-            await asyncio.gather(self._purging, return_exceptions=True)
+        for loop in (self._purging, self._reconciling):
+            if loop is not None:
+                loop.cancel()
+                await asyncio.gather(loop, return_exceptions=True)
         if self.worker is not None:
             await self.worker.stop()
         await self.broker.close()
@@ -118,22 +127,28 @@ class TaskService:
             input_bytes=size,
         )  # fmt: skip
         await asyncio.to_thread(self.store.create, record)
-        await self.broker.enqueue(task_id)
+        try:
+            await self.broker.enqueue(task_id, model)
+        except Exception as exc:
+            if self.remote_versions is None:
+                raise
+            # The record is stored: the reconciler queues it once the broker is back.
+            log.warning("task %s stored but not queued yet (broker: %s)", task_id, exc)
         log.info("task %s queued for %s v%d", task_id, model, chosen)
         return record
 
     def _container_version(self, model: str, version: str) -> int:
+        if self.remote_versions is not None and model not in self.repository.names():
+            hosted = self.remote_versions(model)
+            if hosted:
+                return _pick_version(model, version, hosted)
         source = self.repository.source(model)
         if not source.spec.runs_as_tasks:
             raise InvalidInput(
                 f"model '{model}' is not a container model (runtime: {source.spec.runtime}); "
                 f"run it online with POST /v2/models/{model}/infer"
             )
-        if not version:
-            return max(source.versions)
-        if not version.isdigit() or int(version) not in source.versions:
-            raise ModelNotFound(f"model '{model}' has no version {version}")
-        return int(version)
+        return _pick_version(model, version, set(source.versions))
 
     def _input_zip(self, files: list[Upload], scratch: Path) -> Path:
         if len(files) == 1 and (
@@ -315,8 +330,14 @@ class TaskService:
     async def recover(self, executor_cleanup: bool = True) -> tuple[int, int]:
         """After a restart, as the only worker (the in-process broker): tasks left running
         by a dead server are queued again, or failed once out of attempts, and every
-        queued task is enqueued. Returns (queued, failed)."""
-        orphans = await asyncio.to_thread(self.store.with_status, TaskStatus.RUNNING)
+        queued task is enqueued. Returns (queued, failed).
+
+        With a shared broker other workers may be running those tasks: only the queued
+        ones are enqueued again (a duplicate delivery is skipped by the worker), and a
+        dead worker's tasks come back through the broker's visibility timeout."""
+        orphans: list[TaskRecord] = []
+        if self.remote_versions is None:
+            orphans = await asyncio.to_thread(self.store.with_status, TaskStatus.RUNNING)
         if orphans and executor_cleanup and self.worker is not None:
             removed = await asyncio.to_thread(
                 self.worker.executor.remove_stale, [r.id for r in orphans]
@@ -340,10 +361,36 @@ class TaskService:
                 )  # fmt: skip
         queued = await asyncio.to_thread(self.store.with_status, TaskStatus.QUEUED)
         for record in queued:
-            await self.broker.enqueue(record.id)
+            await self.broker.enqueue(record.id, record.model)
         if queued or failed:
             log.info("recovered tasks: %d queued again, %d failed", len(queued), failed)
         return len(queued), failed
+
+    async def reconcile(self) -> int:
+        """With a shared broker: queue again the queued tasks of a model whose stream is
+        empty (Redis lost them, or was away when they were submitted). A duplicate
+        delivery would be skipped, so this never runs a task twice. Returns how many."""
+        queued = await asyncio.to_thread(self.store.with_status, TaskStatus.QUEUED)
+        by_model: dict[str, list[str]] = {}
+        for record in queued:
+            by_model.setdefault(record.model, []).append(record.id)
+        count = 0
+        for model, ids in by_model.items():
+            if await self.broker.backlog(model) == 0:
+                for task_id in ids:
+                    await self.broker.enqueue(task_id, model)
+                count += len(ids)
+        if count:
+            log.info("queued %d stored tasks again (their broker messages were missing)", count)
+        return count
+
+    async def reconcile_forever(self, every_s: float = RECONCILE_S) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.reconcile()
+            except Exception as exc:
+                log.warning("checking the broker against the store failed: %s", exc)
 
     async def purge_expired(self) -> int:
         """Remove the files of tasks finished longer ago than the retention time."""
@@ -362,6 +409,14 @@ class TaskService:
             except Exception:
                 log.exception("purging old task files failed")
             await asyncio.sleep(every_s)
+
+
+def _pick_version(model: str, version: str, versions: set[int]) -> int:
+    if not version:
+        return max(versions)
+    if not version.isdigit() or int(version) not in versions:
+        raise ModelNotFound(f"model '{model}' has no version {version}")
+    return int(version)
 
 
 def _read_from(blobs: BlobStore, key: str, offset: int) -> list[bytes]:

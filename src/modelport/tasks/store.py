@@ -141,17 +141,21 @@ class TaskStore:
         return TaskPage([_from_row(r) for r in rows], int(total), limit, offset)
 
     def transition(
-        self, task_id: str, allowed: Iterable[TaskStatus], **changes: Any
+        self,
+        task_id: str,
+        allowed: Iterable[TaskStatus],
+        fence: int | None = None,
+        **changes: Any,
     ) -> TaskRecord | None:
-        """Apply ``changes`` only if the task's status is one of ``allowed``; the updated
-        record, or None when it was in another state (or does not exist)."""
+        """Apply ``changes`` only if the task's status is one of ``allowed`` (and, with a
+        ``fence``, its ``attempts`` still equal it: the run that wrote it is the current
+        one); the updated record, or None when it was in another state."""
         statuses = [s.value for s in allowed]
+        where = [tasks_table.c.id == task_id, tasks_table.c.status.in_(statuses)]
+        if fence is not None:
+            where.append(tasks_table.c.attempts == fence)
         with self.engine.begin() as conn:
-            done = conn.execute(
-                tasks_table.update()
-                .where(tasks_table.c.id == task_id, tasks_table.c.status.in_(statuses))
-                .values(_to_row(changes))
-            )
+            done = conn.execute(tasks_table.update().where(*where).values(_to_row(changes)))
             if done.rowcount != 1:
                 return None
             row = conn.execute(tasks_table.select().where(tasks_table.c.id == task_id)).one()

@@ -6,6 +6,11 @@ it (counting an attempt), and ends ``succeeded`` or ``failed`` with the reason a
 tail of its log; a cancel (the store says ``cancelled``) stops its container. A task
 found in any other state when delivered (cancelled while queued, or delivered twice) is
 acknowledged and skipped, so results are written once.
+
+With a shared broker (Redis), a task still ``running`` that is delivered again had a
+worker that stopped extending its claim: when ``takeover`` agrees (no live worker says it
+runs it), this worker starts it again as a new attempt. Every write of a run is fenced by
+its attempt number, so a run that was taken over can no longer change the record.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -69,8 +74,11 @@ class _Control:
     """A run's view of its task: cancelled when the store says so (checked at most every
     CANCEL_CHECK_S) or the worker stops; progress written to the store."""
 
-    def __init__(self, store: TaskStore, task_id: str, stopping: threading.Event) -> None:
+    def __init__(
+        self, store: TaskStore, task_id: str, attempt: int, stopping: threading.Event
+    ) -> None:
         self.store, self.task_id, self.stopping = store, task_id, stopping
+        self.attempt = attempt
         self.cancel_seen = False
         self._checked = 0.0
 
@@ -80,11 +88,17 @@ class _Control:
         if time.monotonic() - self._checked >= CANCEL_CHECK_S:
             self._checked = time.monotonic()
             record = self.store.get(self.task_id)
-            self.cancel_seen = record is None or record.status is not TaskStatus.RUNNING
+            self.cancel_seen = (
+                record is None
+                or record.status is not TaskStatus.RUNNING
+                or record.attempts != self.attempt  # taken over by another worker
+            )
         return self.cancel_seen
 
     def progress(self, value: float) -> None:
-        self.store.transition(self.task_id, [TaskStatus.RUNNING], progress=value)
+        self.store.transition(
+            self.task_id, [TaskStatus.RUNNING], fence=self.attempt, progress=value
+        )
 
 
 class TaskWorker:
@@ -102,11 +116,14 @@ class TaskWorker:
         zip_limits: ZipLimits,
         visibility_s: float = 60.0,
         name: str = "worker",
+        max_attempts: int = 3,
+        takeover: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.store, self.blobs, self.broker = store, blobs, broker
         self.repository, self.executor, self.slots = repository, executor, slots
         self.work_dir, self.zip_limits = work_dir, zip_limits
         self.visibility_s, self.name = visibility_s, name
+        self.max_attempts, self.takeover = max_attempts, takeover
         self._stopping = threading.Event()
         self._loops: list[asyncio.Task[None]] = []
         self.running: dict[str, Slot] = {}
@@ -139,7 +156,7 @@ class TaskWorker:
                 continue
             if delivery is None:
                 continue
-            requeue = False
+            requeue: bool | None = False
             try:
                 requeue = await self._handle(slot, delivery)
             except Exception:
@@ -147,21 +164,40 @@ class TaskWorker:
                 await asyncio.to_thread(
                     self._finish,
                     delivery.task_id,
+                    None,
                     TaskStatus.FAILED,
                     "internal error in the worker",
                 )
+            if requeue is None:
+                continue  # left claimed: delivered again after the visibility timeout
             if requeue:
                 await self.broker.nack(delivery)
             else:
                 await self.broker.ack(delivery)
 
-    async def _handle(self, slot: Slot, delivery: Delivery) -> bool:
-        """Run one delivery; True when it should go back to the queue."""
+    async def _handle(self, slot: Slot, delivery: Delivery) -> bool | None:
+        """Run one delivery; True when it should go back to the queue, None when it is to
+        be left claimed (to come back after the visibility timeout)."""
         record = await asyncio.to_thread(self.store.get, delivery.task_id)
-        if record is None or record.status is not TaskStatus.QUEUED:
+        if record is None:
+            return False
+        if record.status is TaskStatus.RUNNING:
+            verdict = await self._redelivered(record, delivery)
+            if verdict != "take":
+                return None if verdict == "leave" else False
+            if record.attempts >= self.max_attempts:
+                why = (f"its worker stopped while it ran, {record.attempts} times "
+                       f"(max attempts {self.max_attempts})")  # fmt: skip
+                await asyncio.to_thread(self._finish, record.id, record.attempts,
+                                        TaskStatus.FAILED, why)  # fmt: skip
+                return False
+            # A container the dead worker left on this engine would still write results.
+            await asyncio.to_thread(self.executor.remove_stale, [record.id])
+            log.info("task %s: its worker stopped; taking it over", record.id)
+        elif record.status is not TaskStatus.QUEUED:
             return False
         started = await asyncio.to_thread(
-            self.store.transition, record.id, [TaskStatus.QUEUED],
+            self.store.transition, record.id, [record.status], fence=record.attempts,
             status=TaskStatus.RUNNING, started_at=now(), attempts=record.attempts + 1,
             progress=0.0, error="", exit_code=None,
         )  # fmt: skip
@@ -177,6 +213,15 @@ class TaskWorker:
             heartbeat.cancel()
             self.running.pop(record.id, None)
             shutil.rmtree(self.work_dir / record.id, ignore_errors=True)
+
+    async def _redelivered(self, record: TaskRecord, delivery: Delivery) -> str:
+        """A running task delivered (again). "skip" a duplicate; "take" it over when its
+        claim ran out and no live worker runs it (a shared broker's directory); "leave"
+        it claimed while a worker still says it runs it (its heartbeat may only be late,
+        or the dead one's not yet expired): it comes back after the visibility timeout."""
+        if delivery.deliveries <= 1 or self.takeover is None:
+            return "skip"
+        return "take" if await self.takeover(record.id) else "leave"
 
     async def _heartbeat(self, delivery: Delivery) -> None:
         while True:
@@ -201,7 +246,10 @@ class TaskWorker:
             with_input.unlink()
         except (ModelportError, OSError) as exc:
             reason = exc.message if isinstance(exc, ModelportError) else str(exc)
-            self._finish(record.id, TaskStatus.FAILED, f"could not prepare the task: {reason}")
+            self._finish(
+                record.id, record.attempts, TaskStatus.FAILED,
+                f"could not prepare the task: {reason}",
+            )  # fmt: skip
             return False
         # The container may run as another user: it reads /input, writes /output.
         input_dir.chmod(0o755)
@@ -210,11 +258,11 @@ class TaskWorker:
             record.id, source.spec.container, (source.path / str(record.version)).resolve(),
             input_dir, output_dir, log_path, slot.gpu, record.parameters,
         )  # fmt: skip
-        control = _Control(self.store, record.id, self._stopping)
+        control = _Control(self.store, record.id, record.attempts, self._stopping)
         result = self.executor.run(job, control)
         if self._stopping.is_set() and result.outcome == "cancelled":
             self.store.transition(
-                record.id, [TaskStatus.RUNNING], status=TaskStatus.QUEUED,
+                record.id, [TaskStatus.RUNNING], fence=record.attempts, status=TaskStatus.QUEUED,
                 attempts=record.attempts - 1, progress=None, started_at=None,
             )  # fmt: skip
             log.info("task %s stopped with the worker; queued again", record.id)
@@ -238,19 +286,26 @@ class TaskWorker:
             else:
                 self.blobs.put_file(f"{record.id}/{OUTPUT_BLOB}", packed)
                 self._finish(
-                    record.id, TaskStatus.SUCCEEDED, "", exit_code=0, progress=1.0,
+                    record.id, record.attempts, TaskStatus.SUCCEEDED, "", exit_code=0,
+                    progress=1.0,
                     output_bytes=packed.stat().st_size,
                 )  # fmt: skip
                 log.info("task %s succeeded", record.id)
                 return False
         reason = f"{why}; log tail:\n{tail}" if tail else f"{why} (no log output)"
-        self._finish(record.id, TaskStatus.FAILED, reason, exit_code=result.exit_code)
+        self._finish(
+            record.id, record.attempts, TaskStatus.FAILED, reason, exit_code=result.exit_code
+        )
         log.info("task %s failed: %s", record.id, why)
         return False
 
-    def _finish(self, task_id: str, status: TaskStatus, error: str, **changes: object) -> None:
+    def _finish(
+        self, task_id: str, attempt: int | None, status: TaskStatus, error: str,
+        **changes: object,
+    ) -> None:  # fmt: skip
+        """End the run of attempt ``attempt`` (None: whichever run it is)."""
         with contextlib.suppress(Exception):
             self.store.transition(
-                task_id, [TaskStatus.RUNNING], status=status, error=error,
+                task_id, [TaskStatus.RUNNING], fence=attempt, status=status, error=error,
                 finished_at=now(), **changes,
             )  # fmt: skip

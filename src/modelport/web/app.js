@@ -39,8 +39,54 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+// API keys: a server with keys answers 401. Ask for a key once (a prompt), keep it in
+// this browser (localStorage) and send it as a Bearer token with every call after.
+const KEY_STORE = "modelport.apiKey";
+const keyAsk = { pending: null, declined: false };
+
+async function apiFetch(url, options = {}) {
+  const send = () => {
+    const headers = new Headers(options.headers || {});
+    const key = localStorage.getItem(KEY_STORE);
+    if (key) headers.set("Authorization", `Bearer ${key}`);
+    return fetch(url, { ...options, headers });
+  };
+  let response = await send();
+  if (response.status === 401 && (await askForKey(response))) response = await send();
+  return response;
+}
+
+function askForKey(response) {
+  if (keyAsk.declined) return Promise.resolve(false);
+  if (!keyAsk.pending) {
+    keyAsk.pending = response.clone().json().catch(() => ({})).then((body) => {
+      localStorage.removeItem(KEY_STORE); // missing, or no longer valid
+      const key = window.prompt(`This server needs an API key.\n${(body && body.error) || ""}\n\nAPI key:`);
+      keyAsk.pending = null;
+      if (!key || !key.trim()) {
+        keyAsk.declined = true; // asked once; a reload asks again
+        return false;
+      }
+      localStorage.setItem(KEY_STORE, key.trim());
+      return true;
+    });
+  }
+  return keyAsk.pending;
+}
+
+// A link cannot carry the key: with one, download through fetch instead.
+async function downloadWithKey(event, url, name) {
+  if (!localStorage.getItem(KEY_STORE)) return;
+  event.preventDefault();
+  const response = await apiFetch(url);
+  if (!response.ok) return;
+  const link = el("a", { href: URL.createObjectURL(await response.blob()), download: name });
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
 async function getJSON(url, options) {
-  const response = await fetch(url, options);
+  const response = await apiFetch(url, options);
   let body = null;
   try {
     body = await response.json();
@@ -132,7 +178,7 @@ async function pollModels() {
 async function loadServer() {
   try {
     const info = await getJSON("/v2");
-    const ready = await fetch("/v2/health/ready");
+    const ready = await apiFetch("/v2/health/ready");
     $("server").textContent = `${info.name} ${info.version} · ${ready.ok ? "ready" : "loading models…"}`;
   } catch (error) {
     $("server").textContent = `server not reachable: ${error.message}`;
@@ -278,7 +324,7 @@ function setUpImageForm(card) {
 }
 
 async function runSample(card, sample) {
-  const response = await fetch(`/api/models/${encodeURIComponent(card.name)}/samples/${encodeURIComponent(sample)}`);
+  const response = await apiFetch(`/api/models/${encodeURIComponent(card.name)}/samples/${encodeURIComponent(sample)}`);
   if (!response.ok) {
     showError("model-error", `cannot fetch the sample: ${response.status}`);
     return;
@@ -497,6 +543,7 @@ function actionsCell(t) {
   }
   if (t.status === "succeeded" && !t.files_purged) {
     actions.append(el("a", { class: "button", href: t.links.output, download: `${t.id}-output.zip`,
+      onclick: (event) => downloadWithKey(event, t.links.output, `${t.id}-output.zip`),
       dataset: { action: "download" }, "aria-label": `download the output of task ${short}` }, "Download output"));
   }
   return actions;
@@ -719,7 +766,7 @@ async function openLogs(t, opener) {
   $("task-logs-state").textContent = TASK_ACTIVE.has(t.status) ? "following the log while the task runs…" : "loading…";
   $("task-logs-title").focus();
   try {
-    const response = await fetch(`/api/tasks/${encodeURIComponent(t.id)}/logs`, { signal: controller.signal });
+    const response = await apiFetch(`/api/tasks/${encodeURIComponent(t.id)}/logs`, { signal: controller.signal });
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
     const reader = response.body.getReader();
     const decoder = new TextDecoder();

@@ -65,7 +65,7 @@ def test_tasks_through_the_compat_api(task_server) -> None:
 
 
 def test_posting_models_when_allowed(task_server, task_repository, docker_image) -> None:
-    url = task_server(compat_allow_model_posting="true").url
+    url = task_server(compat_allow_model_posting="true", model_images=docker_image).url
     response = httpx.post(
         f"{url}{BASE}/api/models/",
         data={"container_tag": docker_image, "human_readable_id": "posted-1",

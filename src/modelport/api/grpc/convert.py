@@ -18,7 +18,7 @@ import numpy as np
 from modelport.api.grpc.protos import grpc_service_pb2 as pb
 from modelport.api.grpc.protos import model_config_pb2 as config_pb
 from modelport.api.grpc.protos.parameters import set_parameters
-from modelport.codecs.v2_binary import decode_tensor, element_count, encode_tensor
+from modelport.codecs.v2_binary import checked_count, decode_tensor, element_count, encode_tensor
 from modelport.core.registry import IndexRow, LoadedVersion
 from modelport.core.service import ModelMetadata, VersionStats
 from modelport.core.stats import Duration
@@ -71,8 +71,11 @@ class DecodedInfer:
 # -- inference ----------------------------------------------------------------------------
 
 
-def decode_request(message: pb.ModelInferRequest, model_name: str) -> DecodedInfer:
-    """A ModelInferRequest as the core's request, addressed to ``model_name``."""
+def decode_request(
+    message: pb.ModelInferRequest, model_name: str, max_elements: int = 0
+) -> DecodedInfer:
+    """A ModelInferRequest as the core's request, addressed to ``model_name``; an input
+    of more than ``max_elements`` elements is refused before it is read (0: any)."""
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput(
@@ -93,6 +96,7 @@ def decode_request(message: pb.ModelInferRequest, model_name: str) -> DecodedInf
         shape = tuple(item.shape)
         if any(d < 0 for d in shape):
             raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+        checked_count(name, shape, max_elements)
         if raw:
             if item.HasField("contents"):
                 raise InvalidInput(

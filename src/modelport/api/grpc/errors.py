@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from modelport.errors import ErrorKind, ModelportError, Overloaded
+from modelport.errors import ErrorKind, ModelportError, Overloaded, TooManyRequests
 
 STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -16,6 +16,8 @@ STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.CONFLICT: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -26,6 +28,6 @@ RETRY_AFTER = "retry-after"
 
 async def abort(context: grpc.aio.ServicerContext, exc: ModelportError) -> None:
     """End the call with the status of ``exc``'s kind and its message (never returns)."""
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | TooManyRequests):
         context.set_trailing_metadata(((RETRY_AFTER, str(max(1, round(exc.retry_after)))),))
     await context.abort(STATUS[exc.kind], exc.message)

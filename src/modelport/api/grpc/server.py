@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from modelport.api.grpc.health import HealthServicer
+from modelport.api.grpc.malformed import RefuseMalformed
 from modelport.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from modelport.api.grpc.servicer import InferenceServicer
 from modelport.api.grpc.tfserving import add_tfserving_services
@@ -76,6 +78,8 @@ async def start_grpc_server(
     max_message_bytes: int,
     max_concurrent_rpcs: int = 0,
     listeners: int = DEFAULT_LISTENERS,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> GrpcServer:
     """Bind and start the servers; GrpcListenError if the port cannot be had.
 
@@ -84,6 +88,8 @@ async def start_grpc_server(
     new call fails at once with RESOURCE_EXHAUSTED. ``listeners`` servers share the port
     (see the module's docstring); with a ``max_concurrent_rpcs`` limit there is one, as
     grpc.aio counts calls per server and the limit must hold for the port.
+    ``interceptors`` see every call (API keys: api/grpc/auth.py); with ``credentials``
+    the port speaks TLS only.
     """
     if max_concurrent_rpcs:
         listeners = 1
@@ -102,19 +108,25 @@ async def start_grpc_server(
     servers: list[grpc.aio.Server] = []
     for _ in range(max(1, listeners)):
         server = grpc.aio.server(
-            options=options, maximum_concurrent_rpcs=max_concurrent_rpcs or None
+            options=options,
+            maximum_concurrent_rpcs=max_concurrent_rpcs or None,
+            # Unparsable messages get INVALID_ARGUMENT, not grpc.aio's UNKNOWN.
+            interceptors=(*interceptors, RefuseMalformed()),
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         add_tfserving_services(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         try:
-            port = server.add_insecure_port(listen_address(host, port))
+            if credentials is None:
+                port = server.add_insecure_port(listen_address(host, port))
+            else:
+                port = server.add_secure_port(listen_address(host, port), credentials)
         except RuntimeError as exc:
             await asyncio.gather(*(s.stop(None) for s in servers))
             raise _listen_error(address, exc) from None
         await server.start()
         servers.append(server)
-    log.info("gRPC listening on %s", address)
+    log.info("gRPC listening on %s%s", address, " (TLS)" if credentials else "")
     return GrpcServer(tuple(servers), port)
 
 

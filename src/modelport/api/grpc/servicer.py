@@ -135,7 +135,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        decoded = convert.decode_request(request, routed_model(request.model_name, context))
+        decoded = convert.decode_request(
+            request,
+            routed_model(request.model_name, context),
+            self.service.max_tensor_elements,
+        )
         response = await self.service.infer(decoded.request)
         return convert.encode_response(response, decoded.typed_output)
 
@@ -173,7 +177,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, model_id: str
     ) -> pb.ModelStreamInferResponse:
         try:
-            decoded = convert.decode_request(request, model_id or request.model_name)
+            decoded = convert.decode_request(
+                request, model_id or request.model_name, self.service.max_tensor_elements
+            )
             response = await self.service.infer(decoded.request)
         except ModelportError as exc:
             # The id and model let a client match the error to the request it sent.

@@ -14,7 +14,8 @@ codes TF Serving answers (NOT_FOUND an unknown model, version or label;
 INVALID_ARGUMENT a bad request; UNAVAILABLE a model not loaded; RESOURCE_EXHAUSTED an
 overloaded one). The REST compat API's decisions hold here too: ``version_labels`` in
 model.yaml name versions, a model has one signature (``serving_default``, also
-accepted under the model's own name or empty), and model states read as TF Serving's.
+accepted under the model's own name or empty) except a ``tensorflow`` one, which runs the
+signature named (``signature_parameters``), and model states read as TF Serving's.
 A call carrying ``model-id`` metadata goes to that model, whatever
 ``model_spec.name`` says (``servicer.routed_model``).
 
@@ -54,11 +55,12 @@ from modelport.api.grpc.servicer import Context, maps_errors, routed_model
 from modelport.codecs.tfserving_json import (
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
+    SIGNATURE_PARAMETER,
     TF_DTYPES,
-    check_signature,
+    signature_parameters,
     version_status,
 )
-from modelport.codecs.v2_binary import decode_tensor, element_count, encode_tensor
+from modelport.codecs.v2_binary import checked_count, decode_tensor, element_count, encode_tensor
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput
 from modelport.spec import TensorSpec
@@ -110,8 +112,11 @@ UNSUPPORTED = {
 # -- tensors ------------------------------------------------------------------------------
 
 
-def decode_input(name: str, proto: tensor_pb2.TensorProto) -> Tensor:
-    """One input ``TensorProto`` as a tensor; InvalidInput says what does not add up."""
+def decode_input(name: str, proto: tensor_pb2.TensorProto, max_elements: int = 0) -> Tensor:
+    """One input ``TensorProto`` as a tensor; InvalidInput says what does not add up.
+    More than ``max_elements`` elements (0: any) are refused before anything is
+    allocated: TensorFlow pads a short value list, so a tiny message can claim a shape of
+    any size."""
     datatype = V2_TYPES.get(proto.dtype)
     if datatype is None:
         known = ", ".join(types_pb2.DataType.Name(t) for t in V2_TYPES)
@@ -123,6 +128,7 @@ def decode_input(name: str, proto: tensor_pb2.TensorProto) -> Tensor:
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{name}': tensor_shape {list(shape)} has a negative dim")
+    checked_count(name, shape, max_elements)
     if proto.tensor_content:
         if datatype == "BYTES":
             raise InvalidInput(f"input '{name}': DT_STRING values go in string_val")
@@ -244,14 +250,19 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         spec = request.model_spec
         name = _model_name(spec, context)
         version = _version(self.service, name, spec)
-        check_signature(spec.signature_name, name)
+        runtime = self.service.get_version(name, version).spec.runtime
+        parameters = signature_parameters(spec.signature_name, name, runtime)
         if not request.inputs:
             raise InvalidInput("PredictRequest has no inputs")
-        inputs = tuple(decode_input(k, v) for k, v in request.inputs.items())
+        limit = self.service.max_tensor_elements
+        inputs = tuple(decode_input(k, v, limit) for k, v in request.inputs.items())
         outputs = tuple(RequestedOutput(n) for n in request.output_filter)
-        answer = await self.service.infer(InferenceRequest(name, inputs, version, outputs=outputs))
+        answer = await self.service.infer(
+            InferenceRequest(name, inputs, version, parameters=parameters, outputs=outputs)
+        )
+        signature = parameters.get(SIGNATURE_PARAMETER, DEFAULT_SIGNATURE)
         response = predict_pb2.PredictResponse(
-            model_spec=_answered_spec(name, answer.model_version, DEFAULT_SIGNATURE)
+            model_spec=_answered_spec(name, answer.model_version, signature)
         )
         for tensor in answer.outputs:
             encode_output(tensor, response.outputs[tensor.name])

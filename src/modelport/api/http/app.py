@@ -7,14 +7,19 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import ClientDisconnect
 
 from modelport.api.http.compat.tfserving import build_tfserving_router
+from modelport.api.http.errors import error_response
 from modelport.api.http.fastpath import ASGIApp, InferFastPath, new_request_id
+from modelport.api.http.limits import BodyLimit
 from modelport.api.http.predict import build_predict_router
+from modelport.api.http.tasks import PREFIX as TASKS_PREFIX
 from modelport.api.http.tasks import TaskRoutes, include_task_routes
 from modelport.api.http.v2 import InferHandler, build_router
 from modelport.api.http.web import build_web_router
 from modelport.core.service import InferenceService
+from modelport.errors import ModelportError
 from modelport.observability import request_id
 
 
@@ -49,8 +54,22 @@ def create_app(
         response.headers["x-request-id"] = rid
         return response
 
+    @app.exception_handler(ModelportError)
+    async def core_error(request: Request, exc: ModelportError) -> Response:
+        return error_response(exc)  # a core error a route did not catch itself
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Nobody reads this: the client left, or BodyLimit answered 413 already.
+        return Response(status_code=499)
+
     @app.get("/metrics", tags=["observability"], summary="Prometheus metrics")
     async def metrics_route() -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
-    return app, InferFastPath(app, InferHandler(service), max_body)
+    # Task uploads have a limit of their own (task_max_upload_bytes).
+    exempt: tuple[str, ...] = ()
+    if tasks is not None:
+        exempt = tuple(p for p in (TASKS_PREFIX, tasks.compat_prefix) if p)
+    limited = BodyLimit(app, max_body, exempt)
+    return app, InferFastPath(limited, InferHandler(service), max_body)

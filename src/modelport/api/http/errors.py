@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from fastapi import Response
 
-from modelport.errors import ErrorKind, ModelportError, Overloaded
+from modelport.errors import ErrorKind, ModelportError, Overloaded, TooManyRequests, Unauthenticated
 
 STATUS: dict[ErrorKind, int] = {
     ErrorKind.NOT_FOUND: 404,
@@ -17,6 +17,8 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.CONFLICT: 409,
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.FORBIDDEN: 403,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.TOO_MANY_REQUESTS: 429,
     ErrorKind.INTERNAL: 500,
 }
 
@@ -24,8 +26,10 @@ STATUS: dict[ErrorKind, int] = {
 def error_parts(exc: ModelportError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """Status, JSON body and extra headers for a core error."""
     headers: list[tuple[bytes, bytes]] = []
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | TooManyRequests):
         headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    elif isinstance(exc, Unauthenticated):
+        headers.append((b"www-authenticate", b'Bearer realm="modelport"'))
     return STATUS[exc.kind], orjson.dumps({"error": exc.message}), headers
 
 

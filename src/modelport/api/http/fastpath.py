@@ -23,11 +23,12 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from modelport.access import Grant
 from modelport.api.http.errors import error_parts
 from modelport.api.http.v2 import InferHandler
 from modelport.codecs.v2_json import DecodedRequest
@@ -155,6 +156,9 @@ class _FastInferProtocol(HttpToolsProtocol):
 
     infer: InferHandler
     max_body: int
+    # API keys (api/http/auth.py): admits an infer request or raises a ModelportError;
+    # None when keys are off. Other requests are checked by the ASGI app's middleware.
+    admit: Callable[[Scope], Grant] | None
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         scope = cycle.scope
@@ -164,6 +168,15 @@ class _FastInferProtocol(HttpToolsProtocol):
             return
         cycle.fast_target = (match.group(1), match.group(2) or "")  # type: ignore[attr-defined]
         cycle.fast_started = False  # type: ignore[attr-defined]
+        cycle.fast_grant = None  # type: ignore[attr-defined]
+        if self.admit is not None:
+            try:
+                # Held from here until the answer is written (_finish releases it).
+                cycle.fast_grant = self.admit(cast(Scope, scope))  # type: ignore[attr-defined]
+            except ModelportError as exc:
+                # Refused before the body is read: answer now, drop the rest, close.
+                self._finish(cycle, *error_parts(exc), close=cycle.more_body)
+                return
         if cycle.waiting_for_100_continue:
             cycle.waiting_for_100_continue = False
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -183,6 +196,16 @@ class _FastInferProtocol(HttpToolsProtocol):
         cycle.body += body
         if len(cycle.body) > self.max_body:
             self._finish(cycle, 413, _too_large(self.max_body), [], close=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        # A request cut off before its body was complete never reaches _finish: give its
+        # place under the key's limit back here (a started one is released when answered).
+        if cycle is not None and not getattr(cycle, "fast_started", True):
+            grant = getattr(cycle, "fast_grant", None)
+            if grant is not None:
+                grant.release()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -265,6 +288,9 @@ class _FastInferProtocol(HttpToolsProtocol):
         if cycle.response_complete:
             return
         cycle.response_complete = True
+        grant = getattr(cycle, "fast_grant", None)
+        if grant is not None:
+            grant.release()
         keep_alive = cycle.keep_alive and not close
         if not cycle.disconnected:
             self.transport.write(_response_bytes(status, body, headers, keep_alive))
@@ -278,6 +304,9 @@ class _FastInferProtocol(HttpToolsProtocol):
         cycle.on_response()
 
 
-def http_protocol(infer: InferHandler, max_body: int) -> type[asyncio.Protocol]:
-    """The protocol class to give ``uvicorn.Config(http=...)``."""
-    return type("InferHttpProtocol", (_FastInferProtocol,), {"infer": infer, "max_body": max_body})
+def http_protocol(
+    infer: InferHandler, max_body: int, admit: Callable[[Scope], Grant] | None = None
+) -> type[asyncio.Protocol]:
+    """The protocol class to give ``uvicorn.Config(http=...)``; ``admit`` checks API keys."""
+    attributes = {"infer": infer, "max_body": max_body, "admit": admit}
+    return type("InferHttpProtocol", (_FastInferProtocol,), attributes)

@@ -20,11 +20,14 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from modelport.api.http.errors import error_parts
 from modelport.api.http.uploads import read_form
+from modelport.api.http.workers import WorkerLister, build_workers_router
 from modelport.errors import InvalidInput, ModelportError
+from modelport.sources import AllowList
 from modelport.tasks.records import TaskRecord, TaskStatus
 from modelport.tasks.service import TaskService
 
 PREFIX = "/api/tasks"
+NO_IMAGES = AllowList((), "model_images")
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -157,12 +160,14 @@ def build_tasks_router(tasks: TaskService, max_upload_bytes: int) -> APIRouter:
 @dataclass(frozen=True, slots=True)
 class TaskRoutes:
     """What the HTTP app needs to serve tasks: the service and the upload and compat
-    settings."""
+    settings (``model_images``: the images clients may post as models)."""
 
     service: TaskService
     max_upload_bytes: int
     compat_prefix: str = ""
     allow_model_posting: bool = False
+    model_images: AllowList = NO_IMAGES
+    workers: WorkerLister | None = None  # GET /api/workers, with a Redis broker
 
 
 def include_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
@@ -170,10 +175,11 @@ def include_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
     from modelport.api.http.compat.inference_server import build_inference_server_router
 
     app.include_router(build_tasks_router(routes.service, routes.max_upload_bytes))
+    app.include_router(build_workers_router(routes.workers))
     if routes.compat_prefix:
         app.include_router(
             build_inference_server_router(
                 routes.service, routes.compat_prefix, routes.allow_model_posting,
-                routes.max_upload_bytes,
+                routes.max_upload_bytes, routes.model_images,
             )
         )  # fmt: skip

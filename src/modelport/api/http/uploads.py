@@ -30,7 +30,10 @@ class Form:
 
 
 def _too_large(limit: int) -> TooLarge:
-    return TooLarge(f"the upload is over the limit of {limit} bytes")
+    return TooLarge(
+        f"the upload is over the limit of {limit} bytes (task_max_upload_bytes); send "
+        "fewer or smaller files, or the operator can raise the limit"
+    )
 
 
 @asynccontextmanager

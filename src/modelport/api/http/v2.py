@@ -61,7 +61,7 @@ class InferHandler:
             if not length.strip().isdigit():
                 raise InvalidInput(f"Inference-Header-Content-Length '{length}' is not a number")
             json_length = int(length)
-        return decode_request(body, json_length, model, version)
+        return decode_request(body, json_length, model, version, self.service.max_tensor_elements)
 
     def reply(
         self, response: InferenceResponse, decoded: DecodedRequest, headers: dict[str, str]

@@ -5,7 +5,7 @@ Served under a prefix (``compat_inference_server``, default ``/compat/inference-
 - ``POST /api/models/`` (form or query: ``container_tag``, ``human_readable_id``,
   ``description``, ``model_available``, ``use_gpu``; optional file ``zip_file`` with the
   static files for ``/model``) adds a container model to the repository; only when
-  ``compat_allow_model_posting`` is on, else 403.
+  ``compat_allow_model_posting`` is on and ``model_images`` allows the image, else 403.
 - ``GET /api/models/`` lists the container models.
 - ``POST /api/tasks/`` (``model_human_readable_id``, file ``zip_file``) answers the task's
   id as a JSON string.
@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request, Response
 from modelport.api.http.tasks import error_response, output_response
 from modelport.api.http.uploads import read_form
 from modelport.errors import ModelportError
+from modelport.sources import AllowList
 from modelport.tasks.records import TaskStatus
 from modelport.tasks.service import TaskNotFound, TaskService
 
@@ -37,7 +38,11 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def build_inference_server_router(
-    tasks: TaskService, prefix: str, allow_model_posting: bool, max_upload_bytes: int
+    tasks: TaskService,
+    prefix: str,
+    allow_model_posting: bool,
+    max_upload_bytes: int,
+    images: AllowList,
 ) -> APIRouter:
     router = APIRouter(prefix=prefix.rstrip("/"), tags=["compat: zip-task cluster server"])
 
@@ -55,9 +60,12 @@ def build_inference_server_router(
             async with read_form(request, max_upload_bytes) as form:
                 values = {**request.query_params, **form.fields}
                 static = form.files.get("zip_file", [None])[0]
+                image = values.get("container_tag", "")
+                if image:  # a missing image is the service's 400
+                    images.check_image(image, "image")
                 model = await tasks.add_container_model(
                     name=values.get("human_readable_id", ""),
-                    image=values.get("container_tag", ""),
+                    image=image,
                     description=values.get("description", ""),
                     available=values.get("model_available", "true").lower() in _TRUE,
                     use_gpu=values.get("use_gpu", "false").lower() in _TRUE,

@@ -113,7 +113,7 @@ def build_tfserving_router(service: InferenceService) -> APIRouter:
             loaded = service.get_version(model, version)
             decoded = decode_predict(
                 await request.body(), model, str(loaded.version),
-                loaded.signature.inputs, loaded.spec.batches,
+                loaded.signature.inputs, loaded.spec.batches, loaded.spec.runtime,
             )  # fmt: skip
             response = await service.infer(decoded.request)
             body = encode_predict(response, decoded)

@@ -1,0 +1,319 @@
+"""deploy/: the compose file, the Dockerfiles and the images' health check.
+
+Images cannot be pulled or built here, so the compose file is checked by the real
+compose CLI (``docker-compose config``, offline: it validates the file against the
+Compose schema and resolves variables), its modelport commands by modelport's own
+command-line parser and its ``MODELPORT_*`` variables by ``Settings``; the Dockerfiles
+are checked against the repository (the files they copy, the extras they install); and
+the health check script runs against a real server and a real worker.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
+
+import cluster_fixtures
+from cluster_fixtures import RedisServer, StartWorker
+from modelport.cli import app
+from modelport.settings import ENV_PREFIX, Settings
+
+# The cluster's fixtures (tests/cluster has them through its conftest.py).
+redis_server = cluster_fixtures.redis_server
+worker_factory = cluster_fixtures.worker_factory
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+HEALTHCHECK = DEPLOY / "healthcheck.py"
+DOCKERFILES = ("Dockerfile", "Dockerfile.cuda")
+LONG_RUNNING = ("server", "worker", "redis", "postgres", "s3")
+
+
+def compose_cli() -> str:
+    """Debian's ``docker-compose`` (v1). The v2 plugin prints another layout (long-form
+    volumes and ports, ``required`` in depends_on), which these checks do not read."""
+    found = shutil.which("docker-compose")
+    if found is None:
+        pytest.fail("docker-compose is missing; scripts/test installs it (apt docker-compose)")
+    return found
+
+
+def compose_config(overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``config`` of deploy/compose.yaml with deploy/env.example as its .env (never a
+    developer's own deploy/.env), and ``overrides`` as the shell's environment."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **(overrides or {})}
+    done = subprocess.run(
+        [compose_cli(), "--env-file", str(DEPLOY / "env.example"), "-f",
+         str(DEPLOY / "compose.yaml"), "config"],
+        capture_output=True, text=True, env=env, cwd=DEPLOY, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return compose_config()
+
+
+def env_of(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):  # the list form: ["KEY=value"]
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def flag(command: list[str], name: str) -> str:
+    assert name in command, f"{name} missing from {command}"
+    return command[command.index(name) + 1]
+
+
+def parse_modelport(command: list[str]) -> Result:
+    """Parse a container's command as the image's ``modelport`` entrypoint would, up to
+    the point of running it: ``--help`` stops it there, after an unknown option (or a
+    missing value) has already failed the parse with exit code 2."""
+    return CliRunner().invoke(app, [*command, "--help"])
+
+
+def test_compose_has_the_services_of_a_cluster(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {*LONG_RUNNING, "s3-bucket"}
+    assert services["redis"]["image"].startswith("redis:7")
+    assert services["postgres"]["image"].startswith("postgres:16")
+    assert services["s3"]["image"].startswith("minio/minio")
+    assert services["server"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert services["worker"]["build"]["dockerfile"] == "deploy/Dockerfile.cuda"
+    for name in ("server", "worker"):  # the build context is the repository root
+        assert Path(services[name]["build"]["context"]).resolve() == ROOT
+
+
+def test_the_worker_reserves_its_gpu(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
+    # The same GPU gets the task slot: --gpus takes the host's ids, as the reservation does.
+    assert flag(worker["command"], "--gpus") == "0"
+
+
+def test_every_node_shares_redis_postgres_and_the_bucket(compose: dict[str, Any]) -> None:
+    server, worker = compose["services"]["server"], compose["services"]["worker"]
+    store = "postgresql://modelport:change-me-postgres@postgres:5432/modelport"
+    broker = "redis://:change-me-redis@redis:6379/0"
+    assert flag(server["command"], "--broker") == flag(worker["command"], "--broker") == broker
+    assert flag(worker["command"], "--store") == env_of(server)["MODELPORT_TASK_STORE"] == store
+    assert flag(worker["command"], "--files") == env_of(server)["MODELPORT_TASK_FILES"]
+    assert env_of(server)["MODELPORT_TASK_FILES"] == "s3://modelport/tasks"
+    for node in (server, worker):
+        env = env_of(node)
+        assert env["AWS_ENDPOINT_URL"] == "http://s3:9000"
+        assert env["AWS_ACCESS_KEY_ID"] == "modelport"
+        assert (
+            env["AWS_SECRET_ACCESS_KEY"] == env_of(compose["services"]["s3"])["MINIO_ROOT_PASSWORD"]
+        )
+    # The password is the one PostgreSQL is given.
+    assert env_of(compose["services"]["postgres"])["POSTGRES_PASSWORD"] == "change-me-postgres"
+
+
+def test_a_gpu_host_points_the_worker_at_the_first_host() -> None:
+    config = compose_config({"REDIS_HOST": "10.0.0.5", "POSTGRES_HOST": "10.0.0.5",
+                             "S3_ENDPOINT_URL": "http://10.0.0.5:9000", "WORKER_GPUS": "1",
+                             "WORKER_ID": "gpu-host-2"})  # fmt: skip
+    worker = config["services"]["worker"]
+    assert flag(worker["command"], "--broker") == "redis://:change-me-redis@10.0.0.5:6379/0"
+    assert "@10.0.0.5:5432/" in flag(worker["command"], "--store")
+    assert env_of(worker)["AWS_ENDPOINT_URL"] == "http://10.0.0.5:9000"
+    assert flag(worker["command"], "--gpus") == "1"
+    assert flag(worker["command"], "--worker-id") == "gpu-host-2"
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["1"]
+
+
+def test_the_commands_parse_with_modelport_s_own_cli(compose: dict[str, Any]) -> None:
+    for name in ("server", "worker"):
+        command = compose["services"][name]["command"]
+        parsed = parse_modelport(command)
+        assert parsed.exit_code == 0, parsed.output
+        assert f" {command[0]} [OPTIONS]" in parsed.output
+    typo = parse_modelport(["worker", "/models", "--gpu", "0"])  # the check has teeth
+    assert typo.exit_code == 2
+    assert "No such option: --gpu" in typo.output
+
+
+def test_the_environment_holds_settings_that_exist(compose: dict[str, Any]) -> None:
+    for name in ("server", "worker"):
+        env = env_of(compose["services"][name])
+        for key in env:
+            if key.startswith(ENV_PREFIX):
+                assert key[len(ENV_PREFIX) :].lower() in Settings.model_fields, key
+        settings = Settings.load(environ=env, config=None)  # validates every value
+        assert settings.data_dir
+    server = Settings.load(environ=env_of(compose["services"]["server"]))
+    assert server.task_slots == 0  # container tasks run on the workers, which have Docker
+
+
+def test_the_worker_can_run_container_tasks(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    volumes = worker["volumes"]
+    assert "/var/run/docker.sock:/var/run/docker.sock:rw" in volumes
+    # Task containers are started by the host's engine, which mounts host paths: the
+    # models and the work folder must be at the same path inside and outside.
+    data_dir = env_of(worker)["MODELPORT_DATA_DIR"]
+    assert f"{data_dir}:{data_dir}:rw" in volumes
+    models = worker["command"][1]
+    assert f"{models}:{models}:ro" in volumes
+
+
+def test_services_are_healthy_before_they_are_used(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in LONG_RUNNING:
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+        assert services[name]["restart"] == "unless-stopped", name
+    for name in ("server", "worker"):
+        assert services[name]["depends_on"] == {
+            "redis": {"condition": "service_healthy"},
+            "postgres": {"condition": "service_healthy"},
+            "s3-bucket": {"condition": "service_completed_successfully"},
+        }
+    assert services["s3-bucket"]["depends_on"] == {"s3": {"condition": "service_healthy"}}
+    worker_check = services["worker"]["healthcheck"]["test"]
+    broker = flag(services["worker"]["command"], "--broker")
+    assert worker_check[-3:] == ["worker", broker, "gpu-host-1"]
+
+
+def test_data_lives_in_volumes_and_redis_keeps_it(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    command = services["redis"]["command"]
+    assert flag(command, "--appendonly") == "yes"
+    # Reachable from other hosts, so never without a password (the health check's too).
+    assert flag(command, "--requirepass") == env_of(services["redis"])["REDISCLI_AUTH"]
+    assert set(compose["volumes"]) == {"server-data", "redis-data", "postgres-data", "s3-data"}
+    for name, target in (("redis", "/data"), ("postgres", "/var/lib/postgresql/data"),
+                         ("s3", "/data"), ("server", "/var/lib/modelport")):  # fmt: skip
+        assert any(v.split(":")[1] == target for v in services[name]["volumes"]), name
+
+
+def test_no_secret_is_more_than_an_example() -> None:
+    text = (DEPLOY / "env.example").read_text()
+    values = dict(
+        line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    for key in ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"):
+        assert values[key].startswith("change-me"), key
+    assert "deploy/.env" in (ROOT / ".gitignore").read_text().splitlines()  # the real one
+
+
+# -- Dockerfiles ----------------------------------------------------------------------------
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            found.append((word.upper(), rest.strip()))
+    return found
+
+
+def ignored(path: str) -> bool:
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]  # fmt: skip
+    return any(fnmatch.fnmatch(path.rstrip("/"), p) for p in patterns)
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_copies_files_the_repository_has(name: str) -> None:
+    copies = [shlex.split(args) for word, args in instructions(DEPLOY / name) if word == "COPY"]
+    assert copies
+    for *sources, _target in copies:
+        for source in sources:
+            assert not source.startswith("--"), f"{name}: COPY {source} needs BuildKit"
+            assert (ROOT / source).exists(), f"{name}: COPY {source}: no such file"
+            assert not ignored(source), f"{name}: COPY {source} is in .dockerignore"
+    assert ["deploy/healthcheck.py", "/opt/modelport/healthcheck.py"] in copies
+
+
+@pytest.mark.parametrize(("name", "extras"), [
+    ("Dockerfile", {"postgres", "s3"}), ("Dockerfile.cuda", {"postgres", "s3", "gpu"}),
+])  # fmt: skip
+def test_dockerfile_installs_extras_that_exist(name: str, extras: set[str]) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runs = " ".join(args for word, args in instructions(DEPLOY / name) if word == "RUN")
+    named = re.findall(r'pip install "\.\[([a-z0-9,-]+)\]"', runs)
+    assert named, f"{name}: no pip install of the package with extras"
+    assert set(named[0].split(",")) == extras
+    assert extras <= set(project["optional-dependencies"])
+    if "gpu" in extras:  # onnxruntime-gpu must replace onnxruntime (README, "GPUs")
+        assert "pip uninstall -y onnxruntime " in runs
+        assert "--force-reinstall --no-deps onnxruntime-gpu" in runs
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_runs_modelport_as_a_user(name: str) -> None:
+    steps = instructions(DEPLOY / name)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    settings = dict(steps)
+    assert settings["ENTRYPOINT"] == '["modelport"]'
+    assert "modelport" in project["scripts"]
+    assert settings["USER"] == "modelport"
+    assert settings["EXPOSE"].split() == ["8000", "8001"]
+    assert settings["HEALTHCHECK"].endswith('CMD ["python", "/opt/modelport/healthcheck.py"]')
+    base = settings["FROM"]
+    assert base == "python:3.11-slim" if name == "Dockerfile" else base.startswith("nvidia/cuda:")
+
+
+# -- the health check, against a real server and a real worker ------------------------------
+
+
+def healthcheck(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK), *args], capture_output=True, text=True, timeout=30,
+        env={**os.environ, **env}, cwd=DEPLOY,
+    )  # fmt: skip
+
+
+def test_healthcheck_asks_the_server_if_it_is_ready(
+    server: str, free_port: Callable[[], int]
+) -> None:
+    port = server.rsplit(":", 1)[1]
+    assert healthcheck(env={"MODELPORT_PORT": port}).returncode == 0
+    down = free_port()
+    done = healthcheck(env={"MODELPORT_PORT": str(down)})
+    assert done.returncode == 1
+    assert f"unhealthy: http://127.0.0.1:{down}/v2/health/ready" in done.stderr
+
+
+def test_healthcheck_looks_for_the_worker_s_heartbeat(
+    tmp_path: Path, repository: Path, redis_server: RedisServer, worker_factory: StartWorker,
+    free_port: Callable[[], int],
+) -> None:  # fmt: skip
+    worker_factory(repository, "gpu-host-1", args=("--slots", "0", "--models", "add_sub"))
+    assert healthcheck("worker", redis_server.url, "gpu-host-1", env={}).returncode == 0
+    done = healthcheck("worker", redis_server.url, "gpu-host-9", env={})
+    assert done.returncode == 1
+    assert "no heartbeat of worker 'gpu-host-9'" in done.stderr
+    away = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    done = healthcheck("worker", away, "gpu-host-1", env={})
+    assert done.returncode == 1
+    assert f"unhealthy: Redis at {away.replace(':secret@', '')}: " in done.stderr
+    assert "secret" not in done.stderr
+    usage = healthcheck("worker", redis_server.url, env={})
+    assert usage.returncode == 2
+    assert "usage:" in usage.stderr
