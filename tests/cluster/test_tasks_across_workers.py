@@ -145,3 +145,34 @@ def test_tasks_survive_redis_losing_its_data(
         assert [output_square(gateway.url, t) for t in ids] == [0, 1, 4]
     finally:
         gateway.stop()
+
+
+def test_a_worker_takes_tasks_again_after_redis_comes_back(
+    docker_image: str,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    worker_factory: StartWorker,
+    server_factory: Any,
+) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "square", SQUARE.format(image=docker_image), {"1/info.txt": "v1"})
+    shared = {"MODELPORT_TASK_STORE": f"sqlite:///{tmp_path / 'tasks.db'}",
+              "MODELPORT_TASK_FILES": str(tmp_path / "files")}  # fmt: skip
+    worker = worker_factory(repo, "w1", env=shared)
+    gateway = server_factory(
+        repo=repo, args=["--broker", redis_server.url],
+        env={**shared, "MODELPORT_TASK_SLOTS": "0",
+             "MODELPORT_DATA_DIR": str(tmp_path / "gateway-data")},
+    )  # fmt: skip
+    try:
+        redis_server.stop()
+        time.sleep(3)  # the worker's claims fail meanwhile; it must neither die nor spin
+        assert worker.process.poll() is None, worker.log()
+        redis_server.start()
+        task_id = submit_ok(gateway.url, "square", {"n": b"7"})
+        record = wait_for(gateway.url, task_id, {"succeeded", "failed"}, 60)
+        assert record["status"] == "succeeded", record
+        assert output_square(gateway.url, task_id) == 49
+        assert worker.log().count("waiting for it to take tasks") == 1  # said once, not per try
+    finally:
+        gateway.stop()

@@ -41,6 +41,7 @@ class RedisBroker:
     ) -> None:
         self.client, self.keys, self.models = client, keys, models
         self._grouped: set[str] = set()
+        self._away = False  # Redis unreachable at the last claim (logged once)
 
     async def enqueue(self, task_id: str, model: str = "") -> None:
         await self.client.xadd(self.keys.task_stream(model), {"task": task_id})
@@ -55,12 +56,23 @@ class RedisBroker:
 
     async def claim(self, consumer: str, visibility_s: float, wait_s: float) -> Delivery | None:
         try:
-            return await self._claim(consumer, visibility_s, wait_s)
+            delivery = await self._claim(consumer, visibility_s, wait_s)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._grouped.clear()  # Redis lost its data (a restart): make the groups again
             return None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            if not self._away:
+                log.warning("Redis is not reachable (%s); waiting for it to take tasks", exc)
+                self._away = True
+            self._grouped.clear()
+            await asyncio.sleep(max(wait_s, 1.0))
+            return None
+        if self._away:
+            log.info("Redis answers again; taking tasks")
+            self._away = False
+        return delivery
 
     async def _claim(self, consumer: str, visibility_s: float, wait_s: float) -> Delivery | None:
         streams = await self._streams()
