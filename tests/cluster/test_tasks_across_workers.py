@@ -32,6 +32,23 @@ TASKS = 9
 KILLS = 3
 
 
+def task_gateway(
+    server_factory: Any, redis_server: RedisServer, repo: Path, shared: dict[str, str]
+) -> Any:
+    """``modelport serve --broker`` running no tasks itself (the workers do)."""
+    return server_factory(
+        repo=repo, args=["--broker", redis_server.url],
+        env={**shared, "MODELPORT_TASK_SLOTS": "0",
+             "MODELPORT_DATA_DIR": str(repo.parent / "gateway-data")},
+    )  # fmt: skip
+
+
+def one_host_stores(folder: Path) -> dict[str, str]:
+    """Task records and files shared by processes of one host: SQLite and a folder."""
+    return {"MODELPORT_TASK_STORE": f"sqlite:///{folder / 'tasks.db'}",
+            "MODELPORT_TASK_FILES": str(folder / "files")}  # fmt: skip
+
+
 def output_square(url: str, task_id: str) -> int:
     got = httpx.get(f"{url}/api/tasks/{task_id}/output", timeout=30)
     assert got.status_code == 200, got.text
@@ -58,11 +75,7 @@ def test_n_tasks_on_3_workers_killed_at_random_all_finish_once(
     workers: list[WorkerProcess] = [worker_factory(repo, f"w{i}", env=shared) for i in range(3)]
     # The gateway runs no tasks itself and has no copy of the model: it learns of it from
     # the workers' heartbeats.
-    gateway = server_factory(
-        repo=tmp_path / "gateway-repo", args=["--broker", redis_server.url],
-        env={**shared, "MODELPORT_TASK_SLOTS": "0",
-             "MODELPORT_DATA_DIR": str(tmp_path / "gateway-data")},
-    )  # fmt: skip
+    gateway = task_gateway(server_factory, redis_server, tmp_path / "gateway-repo", shared)
 
     try:
         check_all_finish_once(gateway.url, redis_server, worker_factory, workers, repo,
@@ -126,14 +139,9 @@ def test_tasks_survive_redis_losing_its_data(
     again, so a worker started later runs them all."""
     repo = tmp_path / "repo"
     write_model(repo, "square", SQUARE.format(image=docker_image), {"1/info.txt": "v1"})
-    shared = {"MODELPORT_TASK_STORE": f"sqlite:///{tmp_path / 'tasks.db'}",
-              "MODELPORT_TASK_FILES": str(tmp_path / "files")}  # fmt: skip
+    shared = one_host_stores(tmp_path)
     # The server knows the model from its own repository, and runs no tasks itself.
-    gateway = server_factory(
-        repo=repo, args=["--broker", redis_server.url],
-        env={**shared, "MODELPORT_TASK_SLOTS": "0",
-             "MODELPORT_DATA_DIR": str(tmp_path / "gateway-data")},
-    )  # fmt: skip
+    gateway = task_gateway(server_factory, redis_server, repo, shared)
     try:
         ids = [submit_ok(gateway.url, "square", {"n": str(n).encode()}) for n in range(3)]
         client = redis_server.client()
@@ -156,14 +164,9 @@ def test_a_worker_takes_tasks_again_after_redis_comes_back(
 ) -> None:
     repo = tmp_path / "repo"
     write_model(repo, "square", SQUARE.format(image=docker_image), {"1/info.txt": "v1"})
-    shared = {"MODELPORT_TASK_STORE": f"sqlite:///{tmp_path / 'tasks.db'}",
-              "MODELPORT_TASK_FILES": str(tmp_path / "files")}  # fmt: skip
+    shared = one_host_stores(tmp_path)
     worker = worker_factory(repo, "w1", env=shared)
-    gateway = server_factory(
-        repo=repo, args=["--broker", redis_server.url],
-        env={**shared, "MODELPORT_TASK_SLOTS": "0",
-             "MODELPORT_DATA_DIR": str(tmp_path / "gateway-data")},
-    )  # fmt: skip
+    gateway = task_gateway(server_factory, redis_server, repo, shared)
     try:
         redis_server.stop()
         time.sleep(3)  # the worker's claims fail meanwhile; it must neither die nor spin
