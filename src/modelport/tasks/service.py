@@ -28,14 +28,14 @@ from modelport.spec import SPEC_FILE
 from modelport.tasks.archives import ZipLimits, check_zip, extract_zip
 from modelport.tasks.blobs import BlobStore
 from modelport.tasks.broker import Broker
-from modelport.tasks.records import FINISHED, TaskPage, TaskRecord, TaskStatus, now
+from modelport.tasks.records import TaskPage, TaskRecord, TaskStatus, now
 from modelport.tasks.store import TaskStore
+from modelport.tasks.upkeep import TaskUpkeep
 from modelport.tasks.worker import INPUT_BLOB, LOGS_BLOB, OUTPUT_BLOB, TaskWorker
 
 log = logging.getLogger("modelport.tasks")
 
 LOG_POLL_S = 0.25
-RECONCILE_S = 5.0
 MAX_PAGE = 500
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # model.yaml parameter of models added through the zip-task cluster API.
@@ -78,6 +78,10 @@ class TaskService:
         self.store, self.blobs, self.broker = store, blobs, broker
         self.repository, self.policy, self.worker = repository, policy, worker
         self.remote_versions = remote_versions
+        self.upkeep = TaskUpkeep(
+            store, blobs, broker, worker, policy.max_attempts, policy.retention,
+            shared=remote_versions is not None,
+        )  # fmt: skip
         self._purging: asyncio.Task[None] | None = None
         self._reconciling: asyncio.Task[None] | None = None
 
@@ -85,14 +89,16 @@ class TaskService:
 
     async def start(self) -> None:
         """Recover what a stopped server left, start the worker and the purge of old files."""
-        await self.recover()
+        await self.upkeep.recover()
         if self.worker is not None:
             await self.worker.start()
         if self.policy.retention is not None:
             every = min(600.0, max(1.0, self.policy.retention.total_seconds() / 10))
-            self._purging = asyncio.create_task(self.purge_forever(every), name="task-purge")
+            self._purging = asyncio.create_task(self.upkeep.purge_forever(every), name="task-purge")
         if self.remote_versions is not None:
-            self._reconciling = asyncio.create_task(self.reconcile_forever(), name="reconcile")
+            self._reconciling = asyncio.create_task(
+                self.upkeep.reconcile_forever(), name="reconcile"
+            )
 
     async def close(self) -> None:
         for loop in (self._purging, self._reconciling):
@@ -324,91 +330,6 @@ class TaskService:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-
-    # -- upkeep ------------------------------------------------------------------------------
-
-    async def recover(self, executor_cleanup: bool = True) -> tuple[int, int]:
-        """After a restart, as the only worker (the in-process broker): tasks left running
-        by a dead server are queued again, or failed once out of attempts, and every
-        queued task is enqueued. Returns (queued, failed).
-
-        With a shared broker other workers may be running those tasks: only the queued
-        ones are enqueued again (a duplicate delivery is skipped by the worker), and a
-        dead worker's tasks come back through the broker's visibility timeout."""
-        orphans: list[TaskRecord] = []
-        if self.remote_versions is None:
-            orphans = await asyncio.to_thread(self.store.with_status, TaskStatus.RUNNING)
-        if orphans and executor_cleanup and self.worker is not None:
-            removed = await asyncio.to_thread(
-                self.worker.executor.remove_stale, [r.id for r in orphans]
-            )
-            if removed:
-                log.info("removed %d containers left by a stopped server", removed)
-        failed = 0
-        for record in orphans:
-            if record.attempts >= self.policy.max_attempts:
-                failed += 1
-                await asyncio.to_thread(
-                    self.store.transition, record.id, [TaskStatus.RUNNING],
-                    status=TaskStatus.FAILED, finished_at=now(),
-                    error=f"the server stopped while the task ran, {record.attempts} times "
-                    f"(max attempts {self.policy.max_attempts})",
-                )  # fmt: skip
-            else:
-                await asyncio.to_thread(
-                    self.store.transition, record.id, [TaskStatus.RUNNING],
-                    status=TaskStatus.QUEUED, progress=None,
-                )  # fmt: skip
-        queued = await asyncio.to_thread(self.store.with_status, TaskStatus.QUEUED)
-        for record in queued:
-            await self.broker.enqueue(record.id, record.model)
-        if queued or failed:
-            log.info("recovered tasks: %d queued again, %d failed", len(queued), failed)
-        return len(queued), failed
-
-    async def reconcile(self) -> int:
-        """With a shared broker: queue again the queued tasks of a model whose stream is
-        empty (Redis lost them, or was away when they were submitted). A duplicate
-        delivery would be skipped, so this never runs a task twice. Returns how many."""
-        queued = await asyncio.to_thread(self.store.with_status, TaskStatus.QUEUED)
-        by_model: dict[str, list[str]] = {}
-        for record in queued:
-            by_model.setdefault(record.model, []).append(record.id)
-        count = 0
-        for model, ids in by_model.items():
-            if await self.broker.backlog(model) == 0:
-                for task_id in ids:
-                    await self.broker.enqueue(task_id, model)
-                count += len(ids)
-        if count:
-            log.info("queued %d stored tasks again (their broker messages were missing)", count)
-        return count
-
-    async def reconcile_forever(self, every_s: float = RECONCILE_S) -> None:
-        while True:
-            await asyncio.sleep(every_s)
-            try:
-                await self.reconcile()
-            except Exception as exc:
-                log.warning("checking the broker against the store failed: %s", exc)
-
-    async def purge_expired(self) -> int:
-        """Remove the files of tasks finished longer ago than the retention time."""
-        if self.policy.retention is None:
-            return 0
-        old = await asyncio.to_thread(self.store.finished_before, now() - self.policy.retention)
-        for record in old:
-            await asyncio.to_thread(self.blobs.delete_prefix, record.id)
-            await asyncio.to_thread(self.store.transition, record.id, FINISHED, files_purged=True)
-        return len(old)
-
-    async def purge_forever(self, every_s: float = 600.0) -> None:
-        while True:
-            try:
-                await self.purge_expired()
-            except Exception:
-                log.exception("purging old task files failed")
-            await asyncio.sleep(every_s)
 
 
 def _pick_version(model: str, version: str, versions: set[int]) -> int:
