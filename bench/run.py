@@ -73,6 +73,24 @@ def median_run(runs: list[HttpRun]) -> HttpRun:
     )
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (``modelport serve --processes N``)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
 class CpuMeter:
     """CPU (in cores) used during a run by processes other than ours, wrk and the server.
 
@@ -98,11 +116,12 @@ class CpuMeter:
         me, kids = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN)
         total = me.user + me.system + kids.ru_utime + kids.ru_stime
         if self.pid is not None:
-            try:
-                stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(stat[11]) + int(stat[12])) / self.TICK
-            except (OSError, IndexError, ValueError):
-                pass
+            for pid in process_tree(self.pid):  # the server, or its processes
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(stat[11]) + int(stat[12])) / self.TICK
+                except (OSError, IndexError, ValueError):
+                    pass
         return total
 
     def __enter__(self) -> CpuMeter:
@@ -225,11 +244,15 @@ def http(url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int
 
 
 @contextmanager
-def server(repo: Path, log_path: Path, grpc_port: int = 0) -> Iterator[tuple[str, int]]:
-    """``modelport serve repo`` on a free loopback port, ready; yields (base url, pid)."""
+def server(
+    repo: Path, log_path: Path, grpc_port: int = 0, processes: int = 1
+) -> Iterator[tuple[str, int]]:
+    """``modelport serve repo`` on a free loopback port, ready; yields (base url, pid).
+    With ``processes`` > 1 the pid is the supervisor's; ready means every process is."""
     port = free_port()
     exe = ROOT / ".venv" / "bin" / "modelport"
-    cmd = [str(exe), "serve", str(repo), "--host", HOST, "--port", str(port)]
+    cmd = [str(exe), "serve", str(repo), "--host", HOST, "--port", str(port),
+           "--processes", str(processes)]  # fmt: skip
     # gRPC stays on (as in a default `modelport serve`), on a port of its own.
     env = {"MODELPORT_GRPC_PORT": str(grpc_port or free_port()), **os.environ}
     with log_path.open("wb") as log:
@@ -243,7 +266,9 @@ def server(repo: Path, log_path: Path, grpc_port: int = 0) -> Iterator[tuple[str
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready in {READY_TIMEOUT_S:.0f}s; see {log_path}")
             try:
-                if http(f"{base}/v2/health/ready", timeout=1.0)[0] == 200:
+                up = http(f"{base}/v2/health/ready", timeout=1.0)[0] == 200
+                # Several processes: the supervisor's banner says all of them are ready.
+                if up and (processes == 1 or b"each with every model" in log_path.read_bytes()):
                     break
             except OSError:
                 pass
@@ -350,6 +375,7 @@ def main() -> None:
     parser.add_argument("--no-inprocess", action="store_true", help="skip in-process ORT")
     parser.add_argument("--profile", type=Path, help="py-spy record the server at max c here")
     parser.add_argument("--keep", action="store_true", help="keep the temp repository")
+    parser.add_argument("--processes", type=int, default=1, help="modelport serve --processes")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.repeats, args.ort_seconds = 3.0, 1, 1.5
@@ -400,7 +426,7 @@ def main() -> None:
         mlp_body, heavy_body = tmp / "mlp.json", tmp / "heavy.json"
         mlp_body.write_bytes(request_body(MLP_SIZES[0]))
         heavy_body.write_bytes(request_body(HEAVY_SIZES[0]))
-        with server(repo, tmp / "server.log") as (base, pid):
+        with server(repo, tmp / "server.log", processes=args.processes) as (base, pid):
             log("\n== served over HTTP/JSON: POST /v2/models/mlp/infer, one row per request ==")
             log(f"  server pid {pid} at {base}; body {mlp_body.stat().st_size} bytes")
             check_answer(base, "mlp", mlp_body.read_bytes(), MLP_SIZES[-1])

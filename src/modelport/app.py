@@ -4,17 +4,19 @@ starts it and stops it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
 import grpc
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from modelport import __version__
 from modelport.access import AccessPolicy, Guard
@@ -37,6 +39,7 @@ from modelport.crypto import key_provider
 from modelport.devices import Nvml, discover_gpus
 from modelport.keys import KeyStore
 from modelport.observability import metrics_registry, setup_logging
+from modelport.processes import Peers, ProcessInfo, peer_app, reuseport_socket
 from modelport.pull import PullingWatcher, is_url, pull_in_thread
 from modelport.runtimes.container import ContainerRuntime
 from modelport.runtimes.fake import FakeRuntime
@@ -75,6 +78,14 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+
+class _PeerServer(uvicorn.Server):
+    """The peers' socket: the main server handles SIGTERM and SIGINT, this one stops with it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def build_service(
@@ -141,16 +152,20 @@ def build_guard(settings: Settings) -> Guard | None:
     return Guard(KeyStore(settings.keys_path), policy)
 
 
-def build_tasks(settings: Settings, cluster: Cluster | None = None) -> TaskService:
+def build_tasks(
+    settings: Settings, cluster: Cluster | None = None, process: ProcessInfo | None = None
+) -> TaskService:
     """The tasks core: records in SQL, files through fsspec, the in-process broker (or
     the cluster's Redis one), and a worker running containers in ``task_slots`` CPU slots
-    or one slot per ``task_gpus``."""
+    or one slot per ``task_gpus``; with several server processes, only in the first."""
     data = Path(settings.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     store = TaskStore(settings.task_store or sqlite_url(data / "tasks.db"))
     blobs = BlobStore(settings.task_files or str(data / "files"))
     repository = ModelRepository(settings.repository_path)
-    broker = cluster.broker(repository) if cluster is not None else MemoryBroker()
+    memory = MemoryBroker()
+    broker = cluster.broker(repository) if cluster is not None else memory
+    primary = process is None or process.primary
     limits = ZipLimits(
         settings.task_max_zip_members, settings.task_max_unpacked_bytes,
         settings.task_max_zip_ratio,
@@ -160,14 +175,19 @@ def build_tasks(settings: Settings, cluster: Cluster | None = None) -> TaskServi
     policy = TaskPolicy(limits, settings.task_max_attempts, retention)
     slots = make_slots(settings.task_slots, settings.task_gpu_ids)
     worker = None
-    if slots:
+    if slots and primary:
         worker = TaskWorker(
             store, blobs, broker, repository, ContainerRuntime(), slots, data / "work", limits,
             settings.task_visibility_seconds, cluster.worker_id if cluster else "worker",
             settings.task_max_attempts, cluster.may_take_over if cluster else None,
         )  # fmt: skip
     remote = cluster.directory.task_versions if cluster is not None else None
-    return TaskService(store, blobs, broker, repository, policy, worker, remote)
+    # Several processes, one in-process broker each: the first adopts the others' tasks.
+    adopt = process is not None and process.count > 1 and primary and cluster is None
+    return TaskService(
+        store, blobs, broker, repository, policy, worker, remote, primary,
+        memory.has if adopt else None,
+    )  # fmt: skip
 
 
 def task_routes(
@@ -193,8 +213,24 @@ async def pull_repository(settings: Settings) -> None:
     )
 
 
+def start_peer_server(
+    process: ProcessInfo, service: InferenceService, metrics: CollectorRegistry
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """The process's private Unix socket, for its peers (processes.py)."""
+    path = process.socket_path(process.index)
+    path.unlink(missing_ok=True)
+    config = uvicorn.Config(
+        peer_app(service, metrics), uds=str(path), lifespan="off", access_log=False,
+        log_level="warning", loop="none",
+    )  # fmt: skip
+    server = _PeerServer(config)
+    return server, asyncio.create_task(server.serve())
+
+
 async def serve(
-    settings: Settings, on_ready: Callable[[InferenceService], None] | None = None
+    settings: Settings,
+    on_ready: Callable[[InferenceService], None] | None = None,
+    process: ProcessInfo | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; models load while the server already answers health."""
     setup_logging(settings.log_level, settings.log_format)
@@ -211,10 +247,14 @@ async def serve(
         settings, nvml, cluster.repository(local) if cluster else local,
         cluster.runtimes(settings) if cluster else None,
     )  # fmt: skip
-    tasks = build_tasks(settings, cluster)
+    tasks = build_tasks(settings, cluster, process)
+    metrics = metrics_registry(service, nvml)
+    peers = Peers(process) if process is not None else None
+    if peers is not None:
+        service.after_admin = peers.broadcast
     _, asgi = create_app(
-        service, metrics_registry(service, nvml), settings.max_request_bytes,
-        task_routes(settings, tasks, cluster),
+        service, metrics, settings.max_request_bytes, task_routes(settings, tasks, cluster),
+        functools.partial(peers.metrics, metrics) if peers is not None else None,
     )  # fmt: skip
     handler = InferHandler(service)
     admit = None
@@ -247,19 +287,27 @@ async def serve(
             settings.grpc_listeners,
             [AuthInterceptor(guard)] if guard is not None else [],
             grpc_credentials(tls),
+            shared_port=process is not None,
         )
-    serving = asyncio.create_task(server.serve())
+    # Several processes: each binds the port with SO_REUSEPORT, and answers its peers on
+    # a Unix socket of its own (processes.py).
+    sockets = [reuseport_socket(settings.host, settings.port)] if process else None
+    serving = asyncio.create_task(server.serve(sockets=sockets))
+    peer_server = start_peer_server(process, service, metrics) if process else None
     watcher: RepositoryWatcher | None = None
     node: ClusterNode | None = None
     try:
-        if is_url(settings.repository):
+        # (With several processes the supervisor pulled before starting them, and only
+        # the first pulls again on --poll; the others watch the folder it updates.)
+        pulls = is_url(settings.repository) and (process is None or process.primary)
+        if pulls and process is None:
             await pull_repository(settings)  # a PullError stops the server here
         await tasks.start()
         await start_service(service, caller)
         if cluster is not None:
             node = server_node(cluster, service, tasks)
             await node.start()
-        if settings.poll_seconds and is_url(settings.repository):
+        if settings.poll_seconds and pulls:
             watcher = PullingWatcher(
                 service.registry, settings.poll_seconds, lambda: pull_repository(settings)
             )
@@ -278,6 +326,9 @@ async def serve(
         if not serving.done():
             server.should_exit = True
             await serving
+        if peer_server is not None:
+            peer_server[0].should_exit = True
+            await peer_server[1]
         if grpc_server is not None:
             await grpc_server.stop(STOP_GRACE_S)
         if watcher is not None:

@@ -107,6 +107,10 @@ def serve(
     tls_client_ca: Annotated[
         str | None, typer.Option(help="PEM CA: require client certificates it signed.")
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(help="Server processes sharing the ports, each with the models [1]."),
+    ] = None,
 ) -> None:
     """Serve a model repository over HTTP and gRPC (KServe v2)."""
     import uvloop
@@ -114,6 +118,7 @@ def serve(
     from modelport.api.grpc.server import GrpcListenError
     from modelport.app import serve as run_server
     from modelport.keys import KeyFileError
+    from modelport.processes import supervise
     from modelport.pull import PullError, redact
     from modelport.tls import TlsError
 
@@ -122,25 +127,29 @@ def serve(
              "max_loaded_models": max_loaded_models,
              "max_loaded_bytes": max_loaded_bytes,
              "repository_endpoint_url": endpoint_url, "broker": broker, "tls_cert": tls_cert,
-             "tls_key": tls_key, "tls_client_ca": tls_client_ca}  # fmt: skip
+             "tls_key": tls_key, "tls_client_ca": tls_client_ca,
+             "processes": processes}  # fmt: skip
     try:
         settings = Settings.load(flags, config=config)
     except SettingsError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
-    def ready(service: Any) -> None:
+    def ready(service: Any = None) -> None:
         scheme = "https" if settings.tls_cert else "http"
         base = f"{scheme}://{settings.host}:{settings.port}"
-        rows = service.index()
-        ok = sum(1 for r in rows if r.state == "READY")
         console.print(
             f"[bold green]modelport {__version__}[/] serving {redact(settings.repository)}"
         )
-        console.print(f"  models: {ok} ready of {len({r.name for r in rows})}")
-        for row in rows:
-            if row.state != "READY":
-                console.print(f"  [yellow]{row.name}[/]: {row.state} {row.reason}")
+        if service is None:  # several processes: each has its own registry
+            console.print(f"  processes: {settings.processes}, each with every model")
+        else:
+            rows = service.index()
+            ok = sum(1 for r in rows if r.state == "READY")
+            console.print(f"  models: {ok} ready of {len({r.name for r in rows})}")
+            for row in rows:
+                if row.state != "READY":
+                    console.print(f"  [yellow]{row.name}[/]: {row.state} {row.reason}")
         console.print(f"  API:     {base}/v2")
         if settings.grpc_port:
             console.print(f"  gRPC:    {settings.host}:{settings.grpc_port} (KServe v2)")
@@ -149,7 +158,12 @@ def serve(
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            uvloop.run(run_server(settings, on_ready=ready))
+            if settings.processes > 1:
+                code = uvloop.run(supervise(settings, on_ready=ready))
+                if code:
+                    raise typer.Exit(code)
+            else:
+                uvloop.run(run_server(settings, on_ready=ready))
     except (GrpcListenError, PullError, TlsError, KeyFileError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -68,6 +68,13 @@ class Settings(BaseModel):
         ge=1,
         description="elements in one input tensor, counted from its shape (400 above)",
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="server processes sharing the ports, each with its own copy of the "
+        "models (more use more cores; see processes.py)",
+    )
     grpc_port: int = Field(
         default=8001, ge=0, le=65535, description="gRPC port (KServe v2); 0 turns gRPC off"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,8 @@ class InferenceService:
         self.max_tensor_elements = max_tensor_elements
         # Why admin calls (load, unload) are refused on this server; "" allows them.
         self.admin_refusal = admin_refusal
+        # With several server processes: applies a load or unload in the others too.
+        self.after_admin: Callable[[str, str], Awaitable[None]] | None = None
 
     # -- health ---------------------------------------------------------------------------
 
@@ -220,10 +222,14 @@ class InferenceService:
     async def load(self, name: str) -> None:
         self._check_admin()
         await self.registry.load(name)
+        if self.after_admin is not None:
+            await self.after_admin("load", name)
 
     async def unload(self, name: str) -> None:
         self._check_admin()
         await self.registry.unload(name)
+        if self.after_admin is not None:
+            await self.after_admin("unload", name)
 
     def _check_admin(self) -> None:
         if self.admin_refusal:

@@ -111,6 +111,10 @@ class MemoryBroker:
     async def backlog(self, model: str) -> int:
         return len(self._ready) + len(self._claimed)  # (one queue for every model)
 
+    def has(self, task_id: str) -> bool:
+        """Whether ``task_id`` waits or runs here (other server processes' tasks do not)."""
+        return any(m.task_id == task_id for m in (*self._ready, *self._claimed.values()))
+
     async def close(self) -> None:
         self._ready.clear()
         self._claimed.clear()

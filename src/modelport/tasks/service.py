@@ -30,7 +30,7 @@ from modelport.tasks.blobs import BlobStore
 from modelport.tasks.broker import Broker
 from modelport.tasks.records import TaskPage, TaskRecord, TaskStatus, now
 from modelport.tasks.store import TaskStore
-from modelport.tasks.upkeep import TaskUpkeep
+from modelport.tasks.upkeep import ADOPT_S, RECONCILE_S, TaskUpkeep
 from modelport.tasks.worker import INPUT_BLOB, LOGS_BLOB, OUTPUT_BLOB, TaskWorker
 
 log = logging.getLogger("modelport.tasks")
@@ -72,16 +72,21 @@ class TaskService:
         policy: TaskPolicy,
         worker: TaskWorker | None = None,
         remote_versions: Callable[[str], set[int]] | None = None,
+        primary: bool = True,
+        known: Callable[[str], bool] | None = None,
     ) -> None:
         """``remote_versions`` (with a shared broker) gives the versions of a container
-        model that workers on other hosts run, for models this repository lacks."""
+        model that workers on other hosts run, for models this repository lacks. With
+        several server processes, only the ``primary`` one recovers and purges, and it
+        adopts the tasks the others stored (``known``: what its broker has)."""
         self.store, self.blobs, self.broker = store, blobs, broker
         self.repository, self.policy, self.worker = repository, policy, worker
         self.remote_versions = remote_versions
         self.upkeep = TaskUpkeep(
             store, blobs, broker, worker, policy.max_attempts, policy.retention,
-            shared=remote_versions is not None,
+            shared=remote_versions is not None, known=known,
         )  # fmt: skip
+        self.primary = primary
         self._purging: asyncio.Task[None] | None = None
         self._reconciling: asyncio.Task[None] | None = None
 
@@ -89,15 +94,17 @@ class TaskService:
 
     async def start(self) -> None:
         """Recover what a stopped server left, start the worker and the purge of old files."""
-        await self.upkeep.recover()
+        if self.primary:
+            await self.upkeep.recover()
         if self.worker is not None:
             await self.worker.start()
-        if self.policy.retention is not None:
+        if self.policy.retention is not None and self.primary:
             every = min(600.0, max(1.0, self.policy.retention.total_seconds() / 10))
             self._purging = asyncio.create_task(self.upkeep.purge_forever(every), name="task-purge")
-        if self.remote_versions is not None:
+        if self.remote_versions is not None or self.upkeep.known is not None:
+            every = RECONCILE_S if self.upkeep.known is None else ADOPT_S
             self._reconciling = asyncio.create_task(
-                self.upkeep.reconcile_forever(), name="reconcile"
+                self.upkeep.reconcile_forever(every), name="reconcile"
             )
 
     async def close(self) -> None:

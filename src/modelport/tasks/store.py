@@ -11,6 +11,7 @@ default psycopg2; a URL naming a driver (``postgresql+psycopg2://``) is used as 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +83,9 @@ def engine_url(url: str) -> sa.URL:
     return parsed
 
 
+CREATE_TRIES = 10
+
+
 class TaskStore:
     """The task table. ``url`` is any SQLAlchemy URL; the table is created if missing.
 
@@ -101,7 +105,22 @@ class TaskStore:
             ) from exc
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        self._create_table()
+
+    def _create_table(self) -> None:
+        """Create the table unless it is there. Several processes starting at once on a
+        new database (server processes, workers) may race: the loser finds the table
+        made by the winner, or retries while the database is locked."""
+        for attempt in range(CREATE_TRIES):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except sa.exc.DBAPIError:
+                if sa.inspect(self.engine).has_table(tasks_table.name):
+                    return
+                if attempt == CREATE_TRIES - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -188,8 +207,9 @@ class TaskStore:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers (status polls) go on while a worker writes; the busy timeout makes
     # a second process (a restarted server, a CLI) wait for the lock instead of failing.
+    # (The timeout first: switching to WAL takes a lock another process may hold.)
     cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()

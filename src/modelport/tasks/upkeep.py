@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from modelport.tasks.blobs import BlobStore
@@ -16,6 +17,7 @@ from modelport.tasks.worker import TaskWorker
 log = logging.getLogger("modelport.tasks")
 
 RECONCILE_S = 5.0
+ADOPT_S = 0.5  # several server processes: how soon process 0 takes up others' tasks
 
 
 class TaskUpkeep:
@@ -28,11 +30,15 @@ class TaskUpkeep:
         max_attempts: int,
         retention: timedelta | None,
         shared: bool,
+        known: Callable[[str], bool] | None = None,
     ) -> None:
         """``shared``: the broker is shared with other nodes (Redis), so tasks running
-        here when the server stopped may be running elsewhere now."""
+        here when the server stopped may be running elsewhere now. ``known``: with
+        several server processes, whether this process's broker has a task; the queued
+        tasks it lacks (stored by the others) are adopted."""
         self.store, self.blobs, self.broker, self.worker = store, blobs, broker, worker
         self.max_attempts, self.retention, self.shared = max_attempts, retention, shared
+        self.known = known
 
     async def recover(self, executor_cleanup: bool = True) -> tuple[int, int]:
         """After a restart, as the only worker (the in-process broker): tasks left running
@@ -75,9 +81,16 @@ class TaskUpkeep:
 
     async def reconcile(self) -> int:
         """With a shared broker: queue again the queued tasks of a model whose stream is
-        empty (Redis lost them, or was away when they were submitted). A duplicate
-        delivery would be skipped, so this never runs a task twice. Returns how many."""
+        empty (Redis lost them, or was away when they were submitted). With several
+        server processes (``known``): queue the stored tasks this process's broker lacks.
+        A duplicate delivery would be skipped, so this never runs a task twice. Returns
+        how many."""
         queued = await asyncio.to_thread(self.store.with_status, TaskStatus.QUEUED)
+        if self.known is not None:
+            adopted = [r for r in queued if not self.known(r.id)]
+            for record in adopted:
+                await self.broker.enqueue(record.id, record.model)
+            return len(adopted)
         by_model: dict[str, list[str]] = {}
         for record in queued:
             by_model.setdefault(record.model, []).append(record.id)

@@ -80,6 +80,7 @@ async def start_grpc_server(
     listeners: int = DEFAULT_LISTENERS,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    shared_port: bool = False,
 ) -> GrpcServer:
     """Bind and start the servers; GrpcListenError if the port cannot be had.
 
@@ -89,19 +90,21 @@ async def start_grpc_server(
     (see the module's docstring); with a ``max_concurrent_rpcs`` limit there is one, as
     grpc.aio counts calls per server and the limit must hold for the port.
     ``interceptors`` see every call (API keys: api/grpc/auth.py); with ``credentials``
-    the port speaks TLS only.
+    the port speaks TLS only. ``shared_port``: other server processes of this server
+    bind the same port (``processes`` > 1), so it is neither probed nor exclusive.
     """
     if max_concurrent_rpcs:
         listeners = 1
     address = listen_address(host, port)
-    try:
-        probe_port(host, port)
-    except OSError as exc:
-        raise _listen_error(address, exc) from None
+    if not shared_port:
+        try:
+            probe_port(host, port)
+        except OSError as exc:
+            raise _listen_error(address, exc) from None
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 1 if listeners > 1 else 0),
+        ("grpc.so_reuseport", 1 if listeners > 1 or shared_port else 0),
     ]
     servicer = InferenceServicer(service)
     health = HealthServicer(service)

@@ -28,6 +28,7 @@ def create_app(
     metrics: CollectorRegistry,
     max_body: int,
     tasks: TaskRoutes | None = None,
+    metrics_text: Callable[[], Awaitable[bytes]] | None = None,
 ) -> tuple[FastAPI, ASGIApp]:
     """The FastAPI app (for tests that want it) and the ASGI app to serve; ``tasks``
     adds the tasks API (and the zip-task cluster server's)."""
@@ -65,6 +66,8 @@ def create_app(
 
     @app.get("/metrics", tags=["observability"], summary="Prometheus metrics")
     async def metrics_route() -> Response:
+        if metrics_text is not None:  # several server processes: all of them
+            return Response(await metrics_text(), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     # Task uploads have a limit of their own (task_max_upload_bytes).
