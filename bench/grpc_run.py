@@ -14,7 +14,6 @@ each), medians over the repeats. Nothing is asserted; only loopback is used.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import struct
@@ -46,9 +45,15 @@ def framed_request(width: int) -> bytes:
 
 
 def successes(base: str) -> int:
-    status, body = http(f"{base}/v2/models/mlp/stats")
+    """Requests mlp answered, over every server process (from /metrics)."""
+    status, body = http(f"{base}/metrics")
     assert status == 200, body
-    return int(json.loads(body)["model_stats"][0]["inference_stats"]["success"]["count"])
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("modelport_requests_total{") and 'model="mlp"' in line \
+                and 'outcome="success"' in line:  # fmt: skip
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
 
 
 def h2load(port: int, data: Path, clients: int, seconds: float) -> tuple[float, float, int]:
@@ -77,6 +82,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="3 s runs, 1 repeat")
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--processes", type=int, default=1, help="modelport serve --processes")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.repeats = 3.0, 1
@@ -88,7 +94,9 @@ def main() -> None:
         data = tmp / "request.bin"
         data.write_bytes(framed_request(256))
         grpc_port = free_port()
-        with server(tmp / "repo", tmp / "server.log", grpc_port=grpc_port) as (base, pid):
+        with server(
+            tmp / "repo", tmp / "server.log", grpc_port=grpc_port, processes=args.processes
+        ) as (base, pid):
             print("\n== gRPC ModelInfer, one FP32 row of 256, raw_input_contents ==")
             print("     c      req/s   mean ms   failed  other cpu")
             for clients in levels:
