@@ -26,10 +26,13 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
 import logging
 import multiprocessing
+import os
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +59,7 @@ RESTART_PAUSE_S = 1.0
 PEER_TIMEOUT_S = 120.0  # a load may take a while (warm-up)
 STOP_S = 20.0
 PR_SET_PDEATHSIG = 1
+MAX_SOCKET_PATH = 100  # bytes; sun_path holds 107 and a NUL
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,13 @@ class ProcessInfo:
     run_dir: Path
 
     def socket_path(self, index: int) -> Path:
-        return self.run_dir / f"process-{index}.sock"
+        """Process ``index``'s peer socket; under the system's temp folder, named after
+        ``run_dir``, when that is too deep for a Unix socket's 107-byte path."""
+        path = self.run_dir / f"process-{index}.sock"
+        if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+            return path
+        digest = hashlib.sha256(os.fsencode(self.run_dir)).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"modelport-{digest}-{index}.sock"
 
     @property
     def primary(self) -> bool:

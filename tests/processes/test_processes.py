@@ -146,3 +146,15 @@ def test_tasks_submitted_to_any_process_run(
     records = [wait_for(server.url, task_id, {"succeeded", "failed"}, 60) for task_id in ids]
     assert [r["status"] for r in records] == ["succeeded"] * 8, records
     assert all(r["attempts"] == 1 for r in records), records
+
+
+def test_peer_sockets_fit_a_unix_socket_path_however_deep_the_data_dir(tmp_path: Path) -> None:
+    from modelport.processes import ProcessInfo
+
+    short = ProcessInfo(0, 2, tmp_path / "run")
+    assert short.socket_path(1) == tmp_path / "run" / "process-1.sock"
+    deep = ProcessInfo(0, 2, tmp_path / ("d" * 120) / "run")
+    paths = {deep.socket_path(i) for i in range(2)}
+    assert len(paths) == 2 and all(len(str(p)) < 108 for p in paths)
+    # Every process computes the same path for a peer.
+    assert ProcessInfo(1, 2, deep.run_dir).socket_path(0) == deep.socket_path(0)
