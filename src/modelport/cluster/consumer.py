@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from modelport.cluster import wire
 from modelport.cluster.keys import GROUP, RedisKeys
+from modelport.cluster.streams import ensure_group, reclaim
 from modelport.core.service import InferenceService
 from modelport.errors import ModelportError, ModelUnavailable
 from modelport.tensors import InferenceRequest, Tensor, datatype_of
@@ -32,16 +33,6 @@ RECLAIM_S = 3.0
 REPLY_TTL_S = 120
 BLOCK_MS = 1000
 MAX_DELIVERIES = 2
-
-
-async def ensure_group(client: Redis, stream: str) -> None:
-    """Create the stream's consumer group if it is not there (also after a Redis restart
-    that lost it), starting from the stream's first entry."""
-    try:
-        await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
 
 
 class OnlineConsumer:
@@ -96,7 +87,8 @@ class OnlineConsumer:
                 await asyncio.sleep(1.0)
 
     async def _round(self, consumer: str) -> None:
-        messages = await self._reclaimed(consumer)
+        # Requests other consumers read and never answered (they died).
+        messages = await reclaim(self.client, self.stream, consumer, RECLAIM_S, self.batch)
         if not messages:
             got: Any = await self.client.xreadgroup(
                 GROUP, consumer, {self.stream: ">"}, count=self.batch, block=BLOCK_MS
@@ -110,20 +102,6 @@ class OnlineConsumer:
             pipe.xack(self.stream, GROUP, *ids)
             pipe.xdel(self.stream, *ids)
             await pipe.execute()
-
-    async def _reclaimed(self, consumer: str) -> list[tuple[Any, Any, int]]:
-        """Requests other consumers read and never answered (they died), with the number
-        of times each has been delivered."""
-        result: Any = await self.client.xautoclaim(
-            self.stream, GROUP, consumer, int(RECLAIM_S * 1000), "0-0", count=self.batch
-        )
-        claimed = [entry for entry in result[1] if entry and entry[1] is not None]
-        out = []
-        for mid, fields in claimed:
-            pending = await self.client.xpending_range(self.stream, GROUP, mid, mid, 1)
-            times = int(pending[0]["times_delivered"]) if pending else 2
-            out.append((mid, fields, times))
-        return out
 
     async def _answer(self, fields: dict[Any, Any], deliveries: int) -> None:
         raw = fields.get(b"m") or fields.get("m")

@@ -23,8 +23,8 @@ from typing import Any
 import redis
 from redis.asyncio import Redis
 
-from modelport.cluster.consumer import ensure_group
 from modelport.cluster.keys import GROUP, RedisKeys
+from modelport.cluster.streams import ensure_group, reclaim
 from modelport.tasks.broker import Delivery
 
 log = logging.getLogger("modelport.tasks")
@@ -80,14 +80,9 @@ class RedisBroker:
             await asyncio.sleep(wait_s)
             return None
         for stream in streams:
-            result: Any = await self.client.xautoclaim(
-                stream, GROUP, consumer, int(visibility_s * 1000), "0-0", count=1
-            )
-            for mid, fields in result[1]:
-                if fields is None:  # deleted meanwhile
-                    continue
-                pending = await self.client.xpending_range(stream, GROUP, mid, mid, 1)
-                times = int(pending[0]["times_delivered"]) if pending else 2
+            claimed = await reclaim(self.client, stream, consumer, visibility_s, 1)
+            if claimed:
+                mid, fields, times = claimed[0]
                 return self._delivery(stream, mid, fields, consumer, times)
         got: Any = await self.client.xreadgroup(
             GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=max(1, int(wait_s * 1000))
