@@ -7,9 +7,9 @@ import struct
 import numpy as np
 import pytest
 
-from modelport.codecs.v2_binary import decode_tensor, element_count, encode_tensor
+from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.errors import InvalidInput
-from modelport.tensors import DATATYPES
+from modelport.tensors import DATATYPES, element_count
 
 SAMPLES: dict[str, np.ndarray] = {
     "BOOL": np.array([[True, False, True], [False, False, True]]),

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelport.codecs.v2_binary import decode_tensor, element_count, encode_tensor
+from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.codecs.v2_json import decode_request
 from modelport.errors import InvalidInput
 from modelport.tasks.archives import ZipLimits, extract_zip
-from modelport.tensors import DATATYPES
+from modelport.tensors import DATATYPES, element_count
 
 FUZZ = settings(
     max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck)

@@ -11,41 +11,9 @@ import struct
 import numpy as np
 
 from modelport.errors import InvalidInput
-from modelport.tensors import numpy_dtype
+from modelport.tensors import element_count, numpy_dtype
 
 _LENGTH = struct.Struct("<I")
-
-
-def element_count(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
-
-
-def checked_count(name: str, shape: tuple[int, ...], limit: int) -> int:
-    """The elements of ``shape``; InvalidInput when there are more than ``limit`` (the
-    ``max_tensor_elements`` setting; 0: no limit). Decoders call it before they allocate,
-    since a shape can claim far more than the message carries."""
-    count = element_count(shape)
-    if limit and count > limit:
-        raise too_many_elements(name, shape, count, limit)
-    # [0, 2**40, 2**40] has no elements, but no array of that shape can be made either:
-    # the dimensions other than 0 must fit under the limit too.
-    if limit and element_count(tuple(max(d, 1) for d in shape)) > limit:
-        raise InvalidInput(
-            f"input '{name}' has shape {list(shape)}, whose dimensions other than 0 "
-            f"multiply to more than the limit of {limit} (max_tensor_elements)"
-        )
-    return count
-
-
-def too_many_elements(name: str, shape: tuple[int, ...], count: int, limit: int) -> InvalidInput:
-    return InvalidInput(
-        f"input '{name}' has {count} elements (shape {list(shape)}), over the limit of "
-        f"{limit} (max_tensor_elements); send fewer rows per request, or the operator can "
-        "raise the limit"
-    )
 
 
 def decode_tensor(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from modelport.codecs.v2_binary import checked_count, decode_tensor, element_count, encode_tensor
+from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.errors import InvalidInput
 from modelport.tensors import (
     DATATYPES,
@@ -23,6 +23,8 @@ from modelport.tensors import (
     RequestedOutput,
     Tensor,
     cast_numbers,
+    checked_count,
+    element_count,
 )
 
 # Request-level parameters that steer the encoding, not the model.

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from modelport.codecs.v2_binary import too_many_elements
 from modelport.core.batcher import BatchResult
 from modelport.core.registry import IndexRow, LoadedVersion, ModelRegistry, ModelState
 from modelport.core.stats import ModelStats
@@ -38,6 +37,7 @@ from modelport.tensors import (
     as_bytes_array,
     datatype_of,
     numpy_dtype,
+    too_many_elements,
 )
 
 # Triton's platform names, so clients that switch on them keep working.

@@ -24,7 +24,7 @@ from modelport.api.grpc.protos.tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from modelport.codecs.v2_binary import decode_tensor, element_count, encode_tensor
+from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.errors import ModelportError
 from modelport.runtimes.remote_client import (
     GrpcChannel,
@@ -33,7 +33,7 @@ from modelport.runtimes.remote_client import (
     RemoteTensor,
 )
 from modelport.spec import RemoteSpec
-from modelport.tensors import numpy_dtype
+from modelport.tensors import element_count, numpy_dtype
 
 DEFAULT_SIGNATURE = "serving_default"
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE

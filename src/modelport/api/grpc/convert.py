@@ -18,7 +18,7 @@ import numpy as np
 from modelport.api.grpc.protos import grpc_service_pb2 as pb
 from modelport.api.grpc.protos import model_config_pb2 as config_pb
 from modelport.api.grpc.protos.parameters import set_parameters
-from modelport.codecs.v2_binary import checked_count, decode_tensor, element_count, encode_tensor
+from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.core.registry import IndexRow, LoadedVersion
 from modelport.core.service import ModelMetadata, VersionStats
 from modelport.core.stats import Duration
@@ -30,6 +30,8 @@ from modelport.tensors import (
     InferenceResponse,
     RequestedOutput,
     Tensor,
+    checked_count,
+    element_count,
 )
 
 # v2 datatype -> the InferTensorContents list that carries it. Narrow integers travel

@@ -60,11 +60,18 @@ from modelport.codecs.tfserving_json import (
     signature_parameters,
     version_status,
 )
-from modelport.codecs.v2_binary import checked_count, decode_tensor, element_count, encode_tensor
+from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput
 from modelport.spec import TensorSpec
-from modelport.tensors import DATATYPES, InferenceRequest, RequestedOutput, Tensor
+from modelport.tensors import (
+    DATATYPES,
+    InferenceRequest,
+    RequestedOutput,
+    Tensor,
+    checked_count,
+    element_count,
+)
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
