@@ -99,6 +99,15 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 # -- peers ---------------------------------------------------------------------------------
 
 
+async def peer_request(
+    info: ProcessInfo, index: int, method: str, path: str, timeout_s: float
+) -> httpx.Response:
+    """One request to process ``index``'s peer socket."""
+    transport = httpx.AsyncHTTPTransport(uds=str(info.socket_path(index)))
+    async with httpx.AsyncClient(transport=transport, timeout=timeout_s) as client:
+        return await client.request(method, f"http://process-{index}{path}")
+
+
 class Peers:
     """This process's view of the others: tell them of admin calls, gather metrics."""
 
@@ -109,9 +118,7 @@ class Peers:
         return [i for i in range(self.me.count) if i != self.me.index]
 
     async def _call(self, index: int, method: str, path: str) -> httpx.Response:
-        transport = httpx.AsyncHTTPTransport(uds=str(self.me.socket_path(index)))
-        async with httpx.AsyncClient(transport=transport, timeout=PEER_TIMEOUT_S) as client:
-            return await client.request(method, f"http://process-{index}{path}")
+        return await peer_request(self.me, index, method, path, PEER_TIMEOUT_S)
 
     async def broadcast(self, action: str, model: str) -> None:
         """Apply a load or unload in every other process; ModelUnavailable names the
@@ -297,13 +304,10 @@ async def supervise(settings: Settings, on_ready: Callable[[], None] | None = No
 
 async def _ready(info: ProcessInfo, index: int) -> bool:
     """Process ``index`` answers on its peer socket and says it is ready."""
-    path = info.socket_path(index)
-    if not path.exists():
+    if not info.socket_path(index).exists():
         return False
-    transport = httpx.AsyncHTTPTransport(uds=str(path))
     try:
-        async with httpx.AsyncClient(transport=transport, timeout=2) as client:
-            answer = await client.get(f"http://process-{index}/peer/ready")
+        answer = await peer_request(info, index, "GET", "/peer/ready", 2.0)
     except httpx.HTTPError:
         return False
     return answer.status_code == 200
