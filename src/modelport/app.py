@@ -14,7 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
-import grpc
 import uvicorn
 from prometheus_client import CollectorRegistry
 
@@ -56,7 +55,7 @@ from modelport.tasks.broker import MemoryBroker
 from modelport.tasks.service import TaskPolicy, TaskService
 from modelport.tasks.store import TaskStore, sqlite_url
 from modelport.tasks.worker import TaskWorker, make_slots
-from modelport.tls import TlsFiles, load_tls
+from modelport.tls import load_tls
 
 RUNTIMES: dict[str, RuntimeFactory] = {
     "onnx": OnnxRuntime,
@@ -122,16 +121,6 @@ def build_service(
         settings.max_tensor_elements,
     )  # fmt: skip
     return service, caller
-
-
-def grpc_credentials(tls: TlsFiles | None) -> grpc.ServerCredentials | None:
-    if tls is None:
-        return None
-    return grpc.ssl_server_credentials(
-        [(tls.key_pem, tls.cert_pem)],
-        root_certificates=tls.client_ca_pem,
-        require_client_auth=tls.client_ca_pem is not None,
-    )
 
 
 def core_admin_refusal(settings: Settings) -> str:
@@ -286,8 +275,9 @@ async def serve(
             settings.grpc_max_concurrent_rpcs,
             settings.grpc_listeners,
             [AuthInterceptor(guard)] if guard is not None else [],
-            grpc_credentials(tls),
+            tls,
             shared_port=process is not None,
+            transport=settings.grpc_transport,
         )
     # Several processes: each binds the port with SO_REUSEPORT, and answers its peers on
     # a Unix socket of its own (processes.py).

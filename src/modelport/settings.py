@@ -84,12 +84,18 @@ class Settings(BaseModel):
     grpc_max_concurrent_rpcs: int = Field(
         default=0, ge=0, description="gRPC calls running at once (0: no limit)"
     )
+    grpc_transport: Literal["native", "grpcio"] = Field(
+        default="native",
+        description="what speaks gRPC: 'native' (modelport's own HTTP/2 on the event "
+        "loop, the fast one) or 'grpcio' (grpc.aio)",
+    )
     grpc_listeners: int = Field(
         default=16,
         ge=1,
         le=64,
-        description="grpc.aio servers sharing the gRPC port, each accepting calls "
-        "(more accept more calls at once; 1 with grpc_max_concurrent_rpcs)",
+        description="with grpc_transport = 'grpcio': grpc.aio servers sharing the gRPC "
+        "port, each accepting calls (more accept more calls at once; 1 with "
+        "grpc_max_concurrent_rpcs)",
     )
     server_name: str = "modelport"
     # -- model supply ----------------------------------------------------------------------

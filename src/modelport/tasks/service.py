@@ -36,6 +36,7 @@ from modelport.tasks.worker import INPUT_BLOB, LOGS_BLOB, OUTPUT_BLOB, TaskWorke
 log = logging.getLogger("modelport.tasks")
 
 LOG_POLL_S = 0.25
+MAX_OFFSET = 2**62  # past it, databases' 64-bit integers overflow
 MAX_PAGE = 500
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # model.yaml parameter of models added through the zip-task cluster API.
@@ -196,8 +197,8 @@ class TaskService:
         limit: int = 50,
         offset: int = 0,
     ) -> TaskPage:
-        if not 1 <= limit <= MAX_PAGE or offset < 0:
-            raise InvalidInput(f"limit is 1..{MAX_PAGE} and offset 0 or more")
+        if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidInput(f"limit is 1..{MAX_PAGE} and offset 0..{MAX_OFFSET}")
         return await asyncio.to_thread(self.store.page, model, statuses, limit, offset)
 
     # -- cancel, delete ----------------------------------------------------------------------

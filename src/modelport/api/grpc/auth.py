@@ -53,10 +53,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        need = method_need(details.method)
-        if handler is None or (need != "admin" and not self.guard.enforcing):
+        if handler is None:
             return handler
-        return self._wrap(handler, need)
+        # Always wrapped: whether keys are enforced can change while the server runs
+        # (keys.json appears), and the native transport wraps each method once.
+        return self._wrap(handler, method_need(details.method))
 
     async def _admit(self, need: Need, context: Context) -> Grant:
         value = next(

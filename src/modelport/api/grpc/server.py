@@ -1,20 +1,23 @@
 """The gRPC server: KServe v2, TF Serving and gRPC health on one port, in the HTTP
-server's loop.
+server's loop, so requests from both protocols share one :class:`InferenceService` and
+batch together.
 
-``grpc.aio`` runs its calls as coroutines on the running event loop, so the gRPC and
-HTTP adapters share one loop, one :class:`InferenceService` and its batchers: requests
-from both protocols batch together.
+Two transports serve the same servicers (``grpc_transport``):
 
-Several listeners: a ``grpc.aio`` server accepts one new call per turn of the loop (it
-asks the gRPC core for the next call only once the last has been handed over), which
-caps it near 3,000 calls/s on two cores whatever the handler does, and feeds the
-batcher one request at a time. So ``listeners`` servers share the port
-(``SO_REUSEPORT``; the kernel spreads connections over them) and the services, each
-accepting on its own: under load several calls arrive per turn and batch together
-(``bench/grpc_ceiling.py`` measures it). The port is probed first without
-``SO_REUSEPORT``, so a port that another process holds still fails to start (a
-process that sets ``SO_REUSEPORT`` and binds it later can still join; one listener,
-``grpc_listeners = 1``, turns ``SO_REUSEPORT`` off).
+``native`` (the default)
+    modelport's own HTTP/2 (``native.py``, ``h2.py``) on the loop: one asyncio server
+    for the port; calls cost what their handlers cost.
+
+``grpcio``
+    ``grpc.aio``. It accepts one new call per turn of the loop (it asks the gRPC core
+    for the next call only once the last has been handed over), which caps it near
+    3,000 calls/s on two cores whatever the handler does, and feeds the batcher one
+    request at a time. So ``listeners`` servers share the port (``SO_REUSEPORT``; the
+    kernel spreads connections over them), each accepting on its own.
+
+The port is probed first without ``SO_REUSEPORT``, so a port that another process
+holds still fails to start (``shared_port``: the other server processes of this
+server bind it too, ``processes`` > 1).
 """
 
 from __future__ import annotations
@@ -22,18 +25,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from modelport.api.grpc.health import HealthServicer
 from modelport.api.grpc.malformed import RefuseMalformed
+from modelport.api.grpc.native import NativeGrpcServer
 from modelport.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from modelport.api.grpc.servicer import InferenceServicer
 from modelport.api.grpc.tfserving import add_tfserving_services
 from modelport.core.service import InferenceService
+from modelport.tls import TlsFiles
 
 log = logging.getLogger("modelport.grpc")
 
@@ -60,8 +67,18 @@ def probe_port(host: str, port: int) -> None:
             probe.bind(sockaddr)
 
 
+Transport = Literal["native", "grpcio"]
+
+
+class GrpcServer(Protocol):
+    @property
+    def port(self) -> int: ...
+
+    async def stop(self, grace: float | None) -> None: ...
+
+
 @dataclass(frozen=True)
-class GrpcServer:
+class GrpcioServer:
     """The ``grpc.aio`` servers that share the gRPC port; stopped together."""
 
     servers: tuple[grpc.aio.Server, ...]
@@ -69,6 +86,15 @@ class GrpcServer:
 
     async def stop(self, grace: float | None) -> None:
         await asyncio.gather(*(s.stop(grace) for s in self.servers))
+
+
+@dataclass(frozen=True)
+class NativeServer:
+    server: NativeGrpcServer
+    port: int
+
+    async def stop(self, grace: float | None) -> None:
+        await self.server.stop(grace)
 
 
 async def start_grpc_server(
@@ -79,28 +105,35 @@ async def start_grpc_server(
     max_concurrent_rpcs: int = 0,
     listeners: int = DEFAULT_LISTENERS,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-    credentials: grpc.ServerCredentials | None = None,
+    tls: TlsFiles | None = None,
     shared_port: bool = False,
+    transport: Transport = "native",
 ) -> GrpcServer:
-    """Bind and start the servers; GrpcListenError if the port cannot be had.
+    """Bind and start the server; GrpcListenError if the port cannot be had.
 
     ``max_message_bytes`` bounds messages both ways (a larger request fails with
     RESOURCE_EXHAUSTED); past ``max_concurrent_rpcs`` calls in progress (0: no limit) a
-    new call fails at once with RESOURCE_EXHAUSTED. ``listeners`` servers share the port
-    (see the module's docstring); with a ``max_concurrent_rpcs`` limit there is one, as
-    grpc.aio counts calls per server and the limit must hold for the port.
-    ``interceptors`` see every call (API keys: api/grpc/auth.py); with ``credentials``
+    new call fails at once with RESOURCE_EXHAUSTED. ``listeners``: grpcio servers
+    sharing the port (see the module's docstring); with a ``max_concurrent_rpcs`` limit
+    there is one, as grpc.aio counts calls per server and the limit must hold for the
+    port. ``interceptors`` see every call (API keys: api/grpc/auth.py); with ``tls``
     the port speaks TLS only. ``shared_port``: other server processes of this server
     bind the same port (``processes`` > 1), so it is neither probed nor exclusive.
     """
-    if max_concurrent_rpcs:
-        listeners = 1
     address = listen_address(host, port)
     if not shared_port:
         try:
             probe_port(host, port)
         except OSError as exc:
             raise _listen_error(address, exc) from None
+    if transport == "native":
+        return await _start_native(
+            service, host, port, max_message_bytes, max_concurrent_rpcs, interceptors, tls,
+            shared_port,
+        )  # fmt: skip
+    if max_concurrent_rpcs:
+        listeners = 1
+    credentials = _credentials(tls)
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -129,8 +162,65 @@ async def start_grpc_server(
             raise _listen_error(address, exc) from None
         await server.start()
         servers.append(server)
-    log.info("gRPC listening on %s%s", address, " (TLS)" if credentials else "")
-    return GrpcServer(tuple(servers), port)
+    log.info("gRPC (grpcio) listening on %s%s", address, " (TLS)" if credentials else "")
+    return GrpcioServer(tuple(servers), port)
+
+
+async def _start_native(
+    service: InferenceService,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    max_concurrent_rpcs: int,
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    tls: TlsFiles | None,
+    shared_port: bool,
+) -> NativeServer:
+    native = NativeGrpcServer(max_message_bytes, max_concurrent_rpcs)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), native)
+    add_tfserving_services(service, native)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), native)
+    await native.intercept((*interceptors, RefuseMalformed()))
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(
+            native.connection,
+            host.strip("[]"),
+            port,
+            reuse_port=shared_port or None,
+            ssl=_ssl_context(tls),
+            backlog=2048,
+        )
+    except OSError as exc:
+        raise _listen_error(listen_address(host, port), exc) from None
+    native.servers.append(server)
+    bound = int(server.sockets[0].getsockname()[1]) if server.sockets else port
+    log.info("gRPC listening on %s%s", listen_address(host, bound), " (TLS)" if tls else "")
+    return NativeServer(native, bound)
+
+
+def _credentials(tls: TlsFiles | None) -> grpc.ServerCredentials | None:
+    if tls is None:
+        return None
+    return grpc.ssl_server_credentials(
+        [(tls.key_pem, tls.cert_pem)],
+        root_certificates=tls.client_ca_pem,
+        require_client_auth=tls.client_ca_pem is not None,
+    )
+
+
+def _ssl_context(tls: TlsFiles | None) -> ssl.SSLContext | None:
+    """TLS for the native transport: HTTP/2 negotiated by ALPN, as gRPC clients ask."""
+    if tls is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    context.set_alpn_protocols(["h2"])
+    if tls.client_ca is not None:
+        context.load_verify_locations(cafile=tls.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _listen_error(address: str, exc: Exception) -> GrpcListenError:

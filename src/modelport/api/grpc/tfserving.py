@@ -337,7 +337,7 @@ def _unsupported(message: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(handler)
 
 
-def add_tfserving_services(service: InferenceService, server: grpc.aio.Server) -> None:
+def add_tfserving_services(service: InferenceService, server: Any) -> None:
     """Serve TF Serving's PredictionService and ModelService on ``server``."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(service), server
@@ -345,4 +345,4 @@ def add_tfserving_services(service: InferenceService, server: grpc.aio.Server) -
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
     for name in (PREDICTION_SERVICE, MODEL_SERVICE):
         handlers = {m: _unsupported(text) for (s, m), text in UNSUPPORTED.items() if s == name}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        server.add_registered_method_handlers(name, handlers)

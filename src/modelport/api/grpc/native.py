@@ -1,0 +1,451 @@
+"""gRPC over modelport's own HTTP/2 (``h2.py``): the default gRPC transport.
+
+grpcio's server accepts about one call per turn of the event loop and spends most of
+its time handing calls between its core's thread and the loop (``bench/README.md``:
+~3,000 calls/s here whatever the handler does). This transport parses HTTP/2 on the
+loop itself, so a call costs what its handler costs. It serves the same servicers
+grpcio would: the generated ``add_*_to_server`` functions register their method
+handlers with :class:`NativeGrpcServer` as with a ``grpc.aio.Server``, interceptors
+(API keys, malformed requests) wrap them once at start, and each call gets a
+:class:`CallContext` with the part of ``grpc.aio.ServicerContext`` the servicers use.
+
+The gRPC side of the wire (see PROTOCOL-HTTP2 of grpc/grpc): a request is HEADERS
+(``:path`` = ``/package.Service/Method``, ``content-type: application/grpc``,
+``grpc-timeout``, ``grpc-encoding``, metadata) then length-prefixed messages; the
+answer is HEADERS, messages, and trailers carrying ``grpc-status`` and
+``grpc-message``, or trailers alone for an error before any message.
+
+``grpc_transport = "grpcio"`` in the settings serves the same services with
+grpcio's server instead (``server.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from modelport.api.grpc.h2 import H2Connection, Stream
+from modelport.api.grpc.hpack_codec import encode_literal, encode_status
+
+log = logging.getLogger("modelport.grpc")
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+_HEAD = encode_status(200) + encode_literal(b"content-type", b"application/grpc")
+HEAD = _HEAD + encode_literal(b"grpc-accept-encoding", b"identity,deflate,gzip")
+OK_TRAILERS = encode_literal(b"grpc-status", b"0")
+RESERVED = frozenset(
+    {"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"}
+)
+TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+class AbortCall(Exception):
+    """Raised by :meth:`CallContext.abort`: ends the call with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class CallContext:
+    """The servicer's view of one call (the ``grpc.aio.ServicerContext`` it uses)."""
+
+    __slots__ = ("_call", "_deadline", "_metadata", "_peer", "code_", "details_", "trailing")
+
+    def __init__(self, metadata: Metadata, deadline: float | None, peer: str, call: Call) -> None:
+        self._metadata = metadata
+        self._deadline = deadline
+        self._peer = peer
+        self._call = call
+        self.trailing: Metadata = ()
+        self.code_: grpc.StatusCode | None = None
+        self.details_ = ""
+
+    def invocation_metadata(self) -> Metadata:
+        return self._metadata
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()
+    ) -> None:
+        if trailing_metadata:
+            self.trailing = tuple(trailing_metadata)
+        raise AbortCall(code, details)
+
+    def set_trailing_metadata(self, metadata: Metadata) -> None:
+        self.trailing = tuple(metadata)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code_ = code
+
+    def set_details(self, details: str) -> None:
+        self.details_ = details
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def peer(self) -> str:
+        return self._peer
+
+    def cancelled(self) -> bool:
+        return self._call.cancelled
+
+    def done(self) -> bool:
+        return self._call.ended
+
+
+class NativeGrpcServer:
+    """The method table, the limits, and the connections of one gRPC port."""
+
+    def __init__(self, max_message_bytes: int, max_concurrent_rpcs: int = 0) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.connections: set[H2Connection] = set()
+        self.calls: set[Call] = set()
+        self.servers: list[asyncio.Server] = []
+
+    # What the generated add_*_to_server functions call.
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        pass  # they also register each method by name, below
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        for name, handler in handlers.items():
+            self.handlers[f"/{service}/{name}"] = handler
+
+    async def intercept(self, interceptors: Sequence[grpc.aio.ServerInterceptor]) -> None:
+        """Wrap every method's handler in ``interceptors`` (the first outermost), once."""
+        for path, handler in list(self.handlers.items()):
+            self.handlers[path] = await _intercepted(path, handler, list(interceptors))
+
+    def connection(self) -> H2Connection:
+        """The protocol factory to give ``loop.create_server``."""
+        conn = H2Connection(self.open, self.connections.discard)
+        self.connections.add(conn)
+        return conn
+
+    def open(self, conn: H2Connection, stream: Stream, headers: list[tuple[bytes, bytes]]) -> Call:
+        return Call(self, conn, stream, headers)
+
+    async def stop(self, grace: float | None) -> None:
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.go_away()
+        deadline = time.monotonic() + (grace or 0.0)
+        while self.calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for call in list(self.calls):
+            call.cancel()
+        for conn in list(self.connections):
+            conn.close()
+        for server in self.servers:
+            await server.wait_closed()
+
+
+async def _intercepted(
+    path: str, handler: grpc.RpcMethodHandler, interceptors: list[grpc.aio.ServerInterceptor]
+) -> grpc.RpcMethodHandler:
+    details = _Details(path, ())
+    if not interceptors:
+        return handler
+    first, rest = interceptors[0], interceptors[1:]
+
+    async def continuation(_: Any) -> grpc.RpcMethodHandler:
+        return await _intercepted(path, handler, rest)
+
+    return await first.intercept_service(continuation, details)
+
+
+class _Details(grpc.HandlerCallDetails):  # type: ignore[misc]
+    def __init__(self, method: str, invocation_metadata: Metadata) -> None:
+        self.method = method
+        self.invocation_metadata = invocation_metadata
+
+
+class Call:
+    """One gRPC call on one HTTP/2 stream: the h2 side's :class:`StreamHandler`."""
+
+    __slots__ = (
+        "buffer",
+        "cancelled",
+        "conn",
+        "context",
+        "encoding",
+        "ended",
+        "handler",
+        "messages",
+        "pending",
+        "queue",
+        "sent_headers",
+        "server",
+        "stream",
+        "task",
+    )  # fmt: skip
+
+    def __init__(
+        self, server: NativeGrpcServer, conn: H2Connection, stream: Stream, headers: list[Any]
+    ) -> None:
+        self.server, self.conn, self.stream = server, conn, stream
+        self.buffer = bytearray()
+        self.messages: list[bytes] = []
+        self.queue: asyncio.Queue[bytes | None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.cancelled = self.ended = self.sent_headers = False
+        self.pending = 0  # bytes of messages queued for a streamed handler, not yet taken
+        self.encoding = ""
+        self.handler: grpc.RpcMethodHandler | None = None
+        path, metadata, deadline, problem = self._read_headers(headers)
+        self.context = CallContext(metadata, deadline, conn.peer, self)
+        if problem is not None:
+            self.finish(*problem)
+            return
+        self.handler = server.handlers.get(path)
+        if self.handler is None:
+            self.finish(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path}")
+            return
+        limit = server.max_concurrent_rpcs
+        if limit and len(server.calls) >= limit:
+            self.finish(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server already runs {limit} calls (grpc_max_concurrent_rpcs)",
+            )
+            return
+        server.calls.add(self)
+        if self.handler.request_streaming:
+            self.queue = asyncio.Queue()
+            self.task = asyncio.ensure_future(self._run(self._requests()))
+
+    def _read_headers(
+        self, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[str, Metadata, float | None, tuple[grpc.StatusCode, str] | None]:
+        path = method = content_type = ""
+        deadline: float | None = None
+        metadata: list[tuple[str, str | bytes]] = []
+        for raw_name, raw_value in headers:
+            name = raw_name.decode("latin-1")
+            if name[0] == ":":
+                if name == ":path":
+                    path = raw_value.decode("latin-1")
+                elif name == ":method":
+                    method = raw_value.decode("latin-1")
+                continue
+            if name == "content-type":
+                content_type = raw_value.decode("latin-1")
+            elif name == "grpc-timeout":
+                deadline = _deadline(raw_value.decode("latin-1"))
+            elif name == "grpc-encoding":
+                self.encoding = raw_value.decode("latin-1")
+            if name in RESERVED:
+                continue
+            if name.endswith("-bin"):
+                metadata.append((name, base64.b64decode(raw_value + b"==")))
+            else:
+                metadata.append((name, raw_value.decode("latin-1")))
+        problem = None
+        if method != "POST":
+            problem = (grpc.StatusCode.UNIMPLEMENTED, f"gRPC calls are POST, not {method}")
+        elif not content_type.startswith("application/grpc"):
+            problem = (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"content-type {content_type!r} is not application/grpc",
+            )
+        elif self.encoding not in ("", "identity", "gzip", "deflate"):
+            problem = (
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"grpc-encoding {self.encoding!r} is not supported (identity, gzip, deflate)",
+            )
+        return path, tuple(metadata), deadline, problem
+
+    # -- from the connection ---------------------------------------------------------------
+
+    def data(self, payload: bytes, end: bool) -> None:
+        if self.ended:
+            return
+        if payload:
+            self.buffer += payload
+            if self.queue is None:
+                self.conn.consumed(self.stream, len(payload))
+            self._split()
+        if end and not self.ended:
+            if self.queue is not None:
+                self.queue.put_nowait(None)
+            elif len(self.messages) != 1 or self.buffer:
+                self.finish(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a unary call takes one whole request message, not {len(self.messages)}"
+                    + (" and a partial one" if self.buffer else ""),
+                )
+            else:
+                self.task = asyncio.ensure_future(self._run(self.messages[0]))
+
+    def _split(self) -> None:
+        buffer = self.buffer
+        while len(buffer) >= 5 and not self.ended:
+            size = int.from_bytes(buffer[1:5], "big")
+            if size > self.server.max_message_bytes:
+                self.finish(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"received message larger than max ({size} vs. "
+                    f"{self.server.max_message_bytes}; grpc_max_message_bytes)",
+                )
+                return
+            if len(buffer) < 5 + size:
+                return
+            flag = buffer[0]
+            message = bytes(buffer[5 : 5 + size])
+            del buffer[: 5 + size]
+            if flag:
+                try:
+                    message = self._inflate(message)
+                except ValueError as exc:
+                    self.finish(grpc.StatusCode.INTERNAL, str(exc))
+                    return
+            if self.queue is not None:
+                self.pending += 5 + size
+                self.queue.put_nowait(message)
+            else:
+                self.messages.append(message)
+
+    def _inflate(self, message: bytes) -> bytes:
+        if self.encoding in ("", "identity"):
+            raise ValueError("a compressed message without grpc-encoding")
+        wbits = 16 + zlib.MAX_WBITS if self.encoding == "gzip" else zlib.MAX_WBITS
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(message, self.server.max_message_bytes + 1)
+        except zlib.error as exc:
+            raise ValueError(f"the {self.encoding} message does not decompress: {exc}") from None
+        if len(out) > self.server.max_message_bytes:
+            raise ValueError("the decompressed message is over grpc_max_message_bytes")
+        return out
+
+    def reset(self) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.ended = True
+        self.server.calls.discard(self)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.queue is not None:
+            self.queue.put_nowait(None)
+
+    # -- the handler -----------------------------------------------------------------------
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        assert self.queue is not None and self.handler is not None
+        decode = self.handler.request_deserializer
+        while (message := await self.queue.get()) is not None:
+            self.pending -= 5 + len(message)
+            self.conn.consumed(self.stream, 5 + len(message))
+            yield decode(message) if decode is not None else message
+        if self.cancelled:
+            raise asyncio.CancelledError
+
+    async def _run(self, request: Any) -> None:
+        handler = self.handler
+        assert handler is not None
+        try:
+            if not handler.request_streaming and handler.request_deserializer is not None:
+                request = handler.request_deserializer(request)
+            if handler.response_streaming:
+                method = handler.unary_stream or handler.stream_stream
+                async for answer in method(request, self.context):
+                    await self.send_message(handler.response_serializer(answer))
+                self.finish(self.context.code_ or grpc.StatusCode.OK, self.context.details_)
+            else:
+                method = handler.unary_unary or handler.stream_unary
+                answer = await method(request, self.context)
+                self.reply(handler.response_serializer(answer))
+        except AbortCall as abort:
+            self.finish(abort.code, abort.details)
+        except asyncio.CancelledError:
+            if not self.cancelled:
+                raise
+        except Exception as exc:
+            log.exception("gRPC %s failed", self.stream.id)
+            self.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+        finally:
+            self.server.calls.discard(self)
+
+    # -- answering -------------------------------------------------------------------------
+
+    def reply(self, message: bytes) -> None:
+        """A unary call's answer: headers, the message and OK trailers, in one go."""
+        if self.ended:
+            return
+        if len(message) > self.server.max_message_bytes:
+            self.finish(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the answer is larger than max ({len(message)} vs. "
+                f"{self.server.max_message_bytes}; grpc_max_message_bytes)",
+            )
+            return
+        self.ended = True
+        self.server.calls.discard(self)
+        framed = b"\x00" + len(message).to_bytes(4, "big") + message
+        trailers = OK_TRAILERS + _metadata_block(self.context.trailing)
+        self.conn.send(self.stream, HEAD, framed, trailers)
+
+    async def send_message(self, message: bytes) -> None:
+        if self.ended:
+            raise asyncio.CancelledError
+        framed = b"\x00" + len(message).to_bytes(4, "big") + message
+        head = None if self.sent_headers else HEAD
+        self.sent_headers = True
+        self.conn.send(self.stream, head, framed)
+        if self.conn.blocked(self.stream):
+            await self.conn.drained(self.stream)
+
+    def finish(self, code: grpc.StatusCode, details: str = "") -> None:
+        """End the call with ``code`` (trailers, or trailers alone before any message)."""
+        if self.ended:
+            return
+        self.ended = True
+        self.server.calls.discard(self)
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+        block = encode_literal(b"grpc-status", str(code.value[0]).encode())
+        if details:
+            block += encode_literal(b"grpc-message", _percent(details))
+        block += _metadata_block(self.context.trailing)
+        if not self.sent_headers:
+            block = _HEAD + block
+        if self.queue is not None:
+            self.queue.put_nowait(None)
+        self.conn.send(self.stream, None, None, block)
+
+
+def _metadata_block(metadata: Metadata) -> bytes:
+    fields = []
+    for key, value in metadata:
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).rstrip(b"=").decode()
+        fields.append(encode_literal(key.lower().encode("latin-1"), value.encode("latin-1")))
+    return b"".join(fields)
+
+
+def _percent(text: str) -> bytes:
+    """grpc-message: UTF-8, with '%' and bytes outside printable ASCII percent-encoded."""
+    return b"".join(
+        bytes((byte,)) if 0x20 <= byte <= 0x7E and byte != 0x25 else b"%%%02X" % byte
+        for byte in text.encode("utf-8")
+    )
+
+
+def _deadline(value: str) -> float | None:
+    unit = TIMEOUT_UNITS.get(value[-1:]) if value else None
+    if unit is None or not value[:-1].isdigit():
+        return None
+    return time.monotonic() + int(value[:-1]) * unit
