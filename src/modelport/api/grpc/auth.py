@@ -40,6 +40,12 @@ def method_need(method: str) -> Need:
     return "infer"
 
 
+def admit_call(guard: Guard, need: Need, metadata: Any) -> Grant:
+    """Let a call with this metadata in, or raise (the key's ``authorization``)."""
+    value = next((v for k, v in metadata if k == "authorization"), None)
+    return guard.admit(need, value if isinstance(value, str) else None)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps each method's handler so the guard admits the call before it runs and its
     grant is released when it ends (streams included)."""
@@ -60,11 +66,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return self._wrap(handler, method_need(details.method))
 
     async def _admit(self, need: Need, context: Context) -> Grant:
-        value = next(
-            (v for k, v in context.invocation_metadata() or () if k == "authorization"), None
-        )
         try:
-            return self.guard.admit(need, value if isinstance(value, str) else None)
+            return admit_call(self.guard, need, context.invocation_metadata() or ())
         except ModelportError as exc:
             await abort(context, exc)
             raise AssertionError("unreachable: abort raises") from None

@@ -107,14 +107,14 @@ def decode_request(
             data = decode_tensor(name, datatype, shape, raw[i])
         else:
             data = _from_contents(name, datatype, shape, item.contents)
-        tensors.append(Tensor(name, datatype, data, parameters(item.parameters)))
-    outputs = tuple(RequestedOutput(o.name, parameters(o.parameters)) for o in message.outputs)
+        tensors.append(Tensor(name, datatype, data, _parameters_of(item)))
+    outputs = tuple(RequestedOutput(o.name, _parameters_of(o)) for o in message.outputs)
     request = InferenceRequest(
         model_name,
         tuple(tensors),
         message.model_version,
         message.id,
-        parameters(message.parameters),
+        _parameters_of(message),
         outputs,
     )
     return DecodedInfer(request, typed_output=not raw)
@@ -171,6 +171,12 @@ def encode_response(response: InferenceResponse, typed: bool) -> pb.ModelInferRe
     if raw:
         message.raw_output_contents.extend(raw)
     return message
+
+
+def _parameters_of(message: Any) -> dict[str, Any]:
+    """``message.parameters`` as plain values ({} at once when there are none)."""
+    params = message.parameters
+    return parameters(params) if params else {}
 
 
 def parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ MAX_STREAMS = 256  # streams open at once on one connection
 MAX_HEADER_BLOCK = 64 * 1024
 
 _ID = struct.Struct(">I")
+_FRAME_HEAD = struct.Struct(">BHBBI")  # length (24 bits), type, flags, stream id
 _SETTING = struct.Struct(">HI")
 _GOAWAY = struct.Struct(">II")
 HTTP1_ANSWER = (
@@ -60,8 +61,7 @@ HTTP1_TEXT = b"this port speaks gRPC (HTTP/2); send HTTP/1.1 requests to the HTT
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     size = len(payload)
-    head = bytes((size >> 16, (size >> 8) & 0xFF, size & 0xFF, kind, flags))
-    return head + _ID.pack(stream_id) + payload
+    return _FRAME_HEAD.pack(size >> 16, size & 0xFFFF, kind, flags, stream_id) + payload
 
 
 class StreamHandler(Protocol):
@@ -137,8 +137,9 @@ class H2Connection(asyncio.Protocol):
         )
         self._frames.append(frame(SETTINGS, 0, 0, settings))
         opening = _ID.pack(CONNECTION_WINDOW - DEFAULT_WINDOW)
+        # Sent once the client's preface is seen (_flush): an HTTP/1.1 client must get
+        # its 400 answer alone, not after these frames.
         self._frames.append(frame(WINDOW_UPDATE, 0, 0, opening))
-        self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         streams, self.streams = self.streams, {}
@@ -178,6 +179,11 @@ class H2Connection(asyncio.Protocol):
         """Queue what the stream answers; ``trailers`` end it (END_STREAM)."""
         if stream.local_closed or self.transport is None:
             return
+        size = 0 if data is None else len(data)
+        room = min(self.send_window, stream.send_window, self.peer_frame_size)
+        if not stream.out and size <= room:  # the usual answer: all of it leaves now
+            self._send_now(stream, headers, data, trailers)
+            return
         out = stream.out
         if headers is not None:
             out.append((HEADERS, headers, False))
@@ -186,6 +192,21 @@ class H2Connection(asyncio.Protocol):
         if trailers is not None:
             out.append((HEADERS, trailers, True))
         self._send_queued(stream)
+        if not self._receiving:
+            self._flush()
+
+    def _send_now(
+        self, stream: Stream, headers: bytes | None, data: bytes | None, trailers: bytes | None
+    ) -> None:
+        if headers is not None:
+            self._emit_headers(stream.id, headers, False)
+        if data is not None:
+            self._frames.append(frame(DATA, 0, stream.id, data))
+            self.send_window -= len(data)
+            stream.send_window -= len(data)
+        if trailers is not None:
+            self._emit_headers(stream.id, trailers, True)
+            self._ended_locally(stream)
         if not self._receiving:
             self._flush()
 
@@ -246,7 +267,7 @@ class H2Connection(asyncio.Protocol):
             self.transport.close()
 
     def _flush(self) -> None:
-        if self._frames and self.transport is not None:
+        if self._frames and self.transport is not None and self._preface_seen:
             frames, self._frames = self._frames, []
             self.transport.write(b"".join(frames))
 

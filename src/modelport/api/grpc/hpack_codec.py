@@ -16,6 +16,7 @@ so the answers need no state and the fixed ones are built once.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
@@ -27,6 +28,17 @@ STATIC_COUNT = len(STATIC)
 ENTRY_OVERHEAD = 32  # bytes an entry counts for beside its name and value (RFC 7541 4.1)
 DEFAULT_TABLE_SIZE = 4096
 REMEMBERED_BLOCKS = 256
+
+
+class HeaderList(list[Header]):
+    """A decoded block. The same block decodes to the same list while the table stays
+    as it is, so what a reader derives from it may be kept on it (``head``)."""
+
+    __slots__ = ("head",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head: Any = None
 
 
 class HpackError(ValueError):
@@ -41,9 +53,9 @@ class HeaderDecoder:
         self.max_size = max_table_size  # what the encoder chose, at most max_allowed
         self.size = 0
         self.table: deque[Header] = deque()  # newest first
-        self.known: dict[bytes, list[Header]] = {}
+        self.known: dict[bytes, HeaderList] = {}
 
-    def decode(self, block: bytes) -> list[Header]:
+    def decode(self, block: bytes) -> HeaderList:
         """The header list of ``block`` (names and values as bytes), in order."""
         known = self.known.get(block)
         if known is not None:
@@ -55,8 +67,8 @@ class HeaderDecoder:
             self.known[block] = headers
         return headers
 
-    def _decode(self, block: bytes) -> tuple[bool, list[Header]]:
-        headers: list[Header] = []
+    def _decode(self, block: bytes) -> tuple[bool, HeaderList]:
+        headers = HeaderList()
         changed = False
         pos, end = 0, len(block)
         while pos < end:

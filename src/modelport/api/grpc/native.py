@@ -26,13 +26,16 @@ import base64
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, NamedTuple
 
 import grpc
 
+from modelport.access import Grant
+from modelport.api.grpc.errors import RETRY_AFTER, STATUS
 from modelport.api.grpc.h2 import H2Connection, Stream
-from modelport.api.grpc.hpack_codec import encode_literal, encode_status
+from modelport.api.grpc.hpack_codec import HeaderList, encode_literal, encode_status
+from modelport.errors import ModelportError, Overloaded, TooManyRequests
 
 log = logging.getLogger("modelport.grpc")
 
@@ -101,13 +104,27 @@ class CallContext:
         return self._call.ended
 
 
-class NativeGrpcServer:
-    """The method table, the limits, and the connections of one gRPC port."""
+FastDone = Callable[[bytes | BaseException], None]
+# A unary method answered without a task: given the request's bytes and the context, it
+# calls ``done`` with the serialized answer or the error, now or from a callback.
+FastUnary = Callable[[bytes, Any, FastDone], None]
+Admit = Callable[[Metadata], Grant]
 
-    def __init__(self, max_message_bytes: int, max_concurrent_rpcs: int = 0) -> None:
+
+class NativeGrpcServer:
+    """The method table, the limits, and the connections of one gRPC port.
+
+    ``fast`` methods skip the interceptors, so ``admit`` checks their API key.
+    """
+
+    def __init__(
+        self, max_message_bytes: int, max_concurrent_rpcs: int = 0, admit: Admit | None = None
+    ) -> None:
         self.max_message_bytes = max_message_bytes
         self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.admit = admit
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.fast: dict[str, FastUnary] = {}
         self.connections: set[H2Connection] = set()
         self.calls: set[Call] = set()
         self.servers: list[asyncio.Server] = []
@@ -172,6 +189,58 @@ class _Details(grpc.HandlerCallDetails):  # type: ignore[misc]
         self.invocation_metadata = invocation_metadata
 
 
+class CallHead(NamedTuple):
+    """What a call's header block says, read once per distinct block."""
+
+    path: str
+    metadata: Metadata
+    timeout: str
+    encoding: str
+    problem: tuple[grpc.StatusCode, str] | None
+
+
+def read_head(headers: list[tuple[bytes, bytes]]) -> CallHead:
+    path = method = content_type = timeout = encoding = ""
+    metadata: list[tuple[str, str | bytes]] = []
+    for raw_name, raw_value in headers:
+        name = raw_name.decode("latin-1")
+        if name[:1] == ":":
+            if name == ":path":
+                path = raw_value.decode("latin-1")
+            elif name == ":method":
+                method = raw_value.decode("latin-1")
+            continue
+        if name in RESERVED:
+            if name == "content-type":
+                content_type = raw_value.decode("latin-1")
+            elif name == "grpc-timeout":
+                timeout = raw_value.decode("latin-1")
+            elif name == "grpc-encoding":
+                encoding = raw_value.decode("latin-1")
+            continue
+        if name.endswith("-bin"):
+            try:
+                metadata.append((name, base64.b64decode(raw_value + b"==")))
+            except ValueError:
+                metadata.append((name, b""))  # undecodable: seen as empty, as by grpc
+        else:
+            metadata.append((name, raw_value.decode("latin-1")))
+    problem = None
+    if method != "POST":
+        problem = (grpc.StatusCode.UNIMPLEMENTED, f"gRPC calls are POST, not {method}")
+    elif not content_type.startswith("application/grpc"):
+        problem = (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"content-type {content_type!r} is not application/grpc",
+        )
+    elif encoding not in ("", "identity", "gzip", "deflate"):
+        problem = (
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"grpc-encoding {encoding!r} is not supported (identity, gzip, deflate)",
+        )
+    return CallHead(path, tuple(metadata), timeout, encoding, problem)
+
+
 class Call:
     """One gRPC call on one HTTP/2 stream: the h2 side's :class:`StreamHandler`."""
 
@@ -182,8 +251,10 @@ class Call:
         "context",
         "encoding",
         "ended",
+        "grant",
         "handler",
         "messages",
+        "path",
         "pending",
         "queue",
         "sent_headers",
@@ -204,10 +275,18 @@ class Call:
         self.pending = 0  # bytes of messages queued for a streamed handler, not yet taken
         self.encoding = ""
         self.handler: grpc.RpcMethodHandler | None = None
-        path, metadata, deadline, problem = self._read_headers(headers)
-        self.context = CallContext(metadata, deadline, conn.peer, self)
-        if problem is not None:
-            self.finish(*problem)
+        self.grant: Grant | None = None
+        head = getattr(headers, "head", None)
+        if head is None:
+            head = read_head(headers)
+            if isinstance(headers, HeaderList):
+                headers.head = head  # the same block decodes to this same list again
+        path = self.path = head.path
+        self.encoding = head.encoding
+        deadline = None if not head.timeout else _deadline(head.timeout)
+        self.context = CallContext(head.metadata, deadline, conn.peer, self)
+        if head.problem is not None:
+            self.finish(*head.problem)
             return
         self.handler = server.handlers.get(path)
         if self.handler is None:
@@ -224,47 +303,6 @@ class Call:
         if self.handler.request_streaming:
             self.queue = asyncio.Queue()
             self.task = asyncio.ensure_future(self._run(self._requests()))
-
-    def _read_headers(
-        self, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[str, Metadata, float | None, tuple[grpc.StatusCode, str] | None]:
-        path = method = content_type = ""
-        deadline: float | None = None
-        metadata: list[tuple[str, str | bytes]] = []
-        for raw_name, raw_value in headers:
-            name = raw_name.decode("latin-1")
-            if name[0] == ":":
-                if name == ":path":
-                    path = raw_value.decode("latin-1")
-                elif name == ":method":
-                    method = raw_value.decode("latin-1")
-                continue
-            if name == "content-type":
-                content_type = raw_value.decode("latin-1")
-            elif name == "grpc-timeout":
-                deadline = _deadline(raw_value.decode("latin-1"))
-            elif name == "grpc-encoding":
-                self.encoding = raw_value.decode("latin-1")
-            if name in RESERVED:
-                continue
-            if name.endswith("-bin"):
-                metadata.append((name, base64.b64decode(raw_value + b"==")))
-            else:
-                metadata.append((name, raw_value.decode("latin-1")))
-        problem = None
-        if method != "POST":
-            problem = (grpc.StatusCode.UNIMPLEMENTED, f"gRPC calls are POST, not {method}")
-        elif not content_type.startswith("application/grpc"):
-            problem = (
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"content-type {content_type!r} is not application/grpc",
-            )
-        elif self.encoding not in ("", "identity", "gzip", "deflate"):
-            problem = (
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"grpc-encoding {self.encoding!r} is not supported (identity, gzip, deflate)",
-            )
-        return path, tuple(metadata), deadline, problem
 
     # -- from the connection ---------------------------------------------------------------
 
@@ -285,6 +323,8 @@ class Call:
                     f"a unary call takes one whole request message, not {len(self.messages)}"
                     + (" and a partial one" if self.buffer else ""),
                 )
+            elif self.path in self.server.fast:
+                self._start_fast(self.server.fast[self.path], self.messages[0])
             else:
                 self.task = asyncio.ensure_future(self._run(self.messages[0]))
 
@@ -336,6 +376,8 @@ class Call:
         self.cancelled = True
         self.ended = True
         self.server.calls.discard(self)
+        if self.grant is not None:
+            self.grant.release()
         if self.task is not None and not self.task.done():
             self.task.cancel()
         if self.queue is not None:
@@ -374,10 +416,32 @@ class Call:
             if not self.cancelled:
                 raise
         except Exception as exc:
-            log.exception("gRPC %s failed", self.stream.id)
+            log.exception("gRPC %s failed", self.path)
             self.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
         finally:
             self.server.calls.discard(self)
+
+    def _start_fast(self, method: FastUnary, message: bytes) -> None:
+        try:
+            if self.server.admit is not None:
+                self.grant = self.server.admit(self.context.invocation_metadata())
+            method(message, self.context, self._fast_done)
+        except Exception as exc:
+            self._fast_done(exc)
+
+    def _fast_done(self, answer: bytes | BaseException) -> None:
+        if self.grant is not None:
+            self.grant.release()
+        if isinstance(answer, bytes):
+            self.reply(answer)
+        elif isinstance(answer, ModelportError):
+            if isinstance(answer, Overloaded | TooManyRequests):
+                retry = str(max(1, round(answer.retry_after)))
+                self.context.set_trailing_metadata(((RETRY_AFTER, retry),))
+            self.finish(STATUS[answer.kind], answer.message)
+        else:
+            log.error("gRPC %s failed", self.path, exc_info=answer)
+            self.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(answer)}: {answer}")
 
     # -- answering -------------------------------------------------------------------------
 

@@ -23,21 +23,23 @@ server bind it too, ``processes`` > 1).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from modelport.access import Guard
+from modelport.api.grpc.auth import AuthInterceptor, admit_call
 from modelport.api.grpc.health import HealthServicer
 from modelport.api.grpc.malformed import RefuseMalformed
 from modelport.api.grpc.native import NativeGrpcServer
 from modelport.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
-from modelport.api.grpc.servicer import InferenceServicer
+from modelport.api.grpc.servicer import MODEL_INFER, InferenceServicer
 from modelport.api.grpc.tfserving import add_tfserving_services
 from modelport.core.service import InferenceService
 from modelport.tls import TlsFiles
@@ -104,7 +106,7 @@ async def start_grpc_server(
     max_message_bytes: int,
     max_concurrent_rpcs: int = 0,
     listeners: int = DEFAULT_LISTENERS,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    guard: Guard | None = None,
     tls: TlsFiles | None = None,
     shared_port: bool = False,
     transport: Transport = "native",
@@ -116,7 +118,7 @@ async def start_grpc_server(
     new call fails at once with RESOURCE_EXHAUSTED. ``listeners``: grpcio servers
     sharing the port (see the module's docstring); with a ``max_concurrent_rpcs`` limit
     there is one, as grpc.aio counts calls per server and the limit must hold for the
-    port. ``interceptors`` see every call (API keys: api/grpc/auth.py); with ``tls``
+    port. ``guard`` checks every call's API key (api/grpc/auth.py); with ``tls``
     the port speaks TLS only. ``shared_port``: other server processes of this server
     bind the same port (``processes`` > 1), so it is neither probed nor exclusive.
     """
@@ -126,9 +128,10 @@ async def start_grpc_server(
             probe_port(host, port)
         except OSError as exc:
             raise _listen_error(address, exc) from None
+    interceptors = [AuthInterceptor(guard)] if guard is not None else []
     if transport == "native":
         return await _start_native(
-            service, host, port, max_message_bytes, max_concurrent_rpcs, interceptors, tls,
+            service, host, port, max_message_bytes, max_concurrent_rpcs, guard, tls,
             shared_port,
         )  # fmt: skip
     if max_concurrent_rpcs:
@@ -172,15 +175,20 @@ async def _start_native(
     port: int,
     max_message_bytes: int,
     max_concurrent_rpcs: int,
-    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    guard: Guard | None,
     tls: TlsFiles | None,
     shared_port: bool,
 ) -> NativeServer:
-    native = NativeGrpcServer(max_message_bytes, max_concurrent_rpcs)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), native)
+    admit = None if guard is None else functools.partial(admit_call, guard, "infer")
+    native = NativeGrpcServer(max_message_bytes, max_concurrent_rpcs, admit)
+    servicer = InferenceServicer(service)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, native)
     add_tfserving_services(service, native)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), native)
+    interceptors = [AuthInterceptor(guard)] if guard is not None else []
     await native.intercept((*interceptors, RefuseMalformed()))
+    # ModelInfer, the hot call, answers from the batch's callback: no task per call.
+    native.fast[MODEL_INFER] = servicer.start_infer
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(

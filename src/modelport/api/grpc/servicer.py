@@ -29,15 +29,17 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from modelport.api.grpc import convert
 from modelport.api.grpc.errors import abort
 from modelport.api.grpc.protos import grpc_service_pb2 as pb
 from modelport.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from modelport.core.service import InferenceService
-from modelport.errors import ModelNotFound, ModelportError, Unsupported
+from modelport.errors import InvalidInput, ModelNotFound, ModelportError, Unsupported
 
 MODEL_ID = "model-id"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 EXTENSIONS = ["model_repository", "statistics", "model_configuration", "parameters"]
 # Requests of one stream in flight at once; past it, the stream is read no further
 # until the oldest is answered (HTTP/2 flow control then holds the client back).
@@ -142,6 +144,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         response = await self.service.infer(decoded.request)
         return convert.encode_response(response, decoded.typed_output)
+
+    def start_infer(
+        self, raw: bytes, context: Context, done: Callable[[bytes | BaseException], None]
+    ) -> None:
+        """ModelInfer in two halves for the native transport: parse, check and queue
+        now, and call ``done`` with the serialized answer (or the error) from the batch's
+        callback, with no task per call. The same steps as :meth:`ModelInfer`."""
+        try:
+            request = pb.ModelInferRequest.FromString(raw)
+        except DecodeError as exc:
+            done(InvalidInput(f"{MODEL_INFER}: the request is not a valid protobuf message: {exc}"))
+            return
+        try:
+            name = routed_model(request.model_name, context)
+            decoded = convert.decode_request(request, name, self.service.max_tensor_elements)
+            started = self.service.start(decoded.request)
+        except ModelportError as exc:
+            done(exc)
+            return
+
+        def finished(_: object) -> None:
+            try:
+                response = self.service.finish(started)
+                answer = convert.encode_response(response, decoded.typed_output)
+                done(answer.SerializeToString())
+            except Exception as exc:  # a ModelportError, or a fault the transport logs
+                done(exc)
+
+        started.future.add_done_callback(finished)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
