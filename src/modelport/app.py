@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry
 
 from modelport import __version__
 from modelport.access import AccessPolicy, Guard
-from modelport.api.grpc.auth import AuthInterceptor
 from modelport.api.grpc.server import STOP_GRACE_S, start_grpc_server
 from modelport.api.http.app import create_app
 from modelport.api.http.auth import AuthMiddleware
@@ -274,7 +273,7 @@ async def serve(
             settings.grpc_max_message_bytes,
             settings.grpc_max_concurrent_rpcs,
             settings.grpc_listeners,
-            [AuthInterceptor(guard)] if guard is not None else [],
+            guard,
             tls,
             shared_port=process is not None,
             transport=settings.grpc_transport,
