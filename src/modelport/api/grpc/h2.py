@@ -75,7 +75,9 @@ class StreamHandler(Protocol):
 
 
 class Stream:
-    __slots__ = ("handler", "id", "local_closed", "out", "remote_closed", "send_window")
+    __slots__ = (
+        "handler", "id", "local_closed", "out", "recv_window", "remote_closed", "send_window"
+    )  # fmt: skip
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
@@ -83,6 +85,7 @@ class Stream:
         self.remote_closed = False
         self.local_closed = False
         self.send_window = send_window
+        self.recv_window = STREAM_WINDOW  # what the client may still send
         # Waiting for window: [kind, payload, end]; headers only wait behind data.
         self.out: deque[tuple[int, bytes, bool]] = deque()
 
@@ -240,6 +243,7 @@ class H2Connection(asyncio.Protocol):
         unacked = self._unacked.get(stream.id, 0) + size
         if unacked >= STREAM_WINDOW // 2:
             self._frames.append(frame(WINDOW_UPDATE, 0, stream.id, _ID.pack(unacked)))
+            stream.recv_window += unacked
             unacked = 0
             if not self._receiving:
                 self._flush()
@@ -405,14 +409,20 @@ class H2Connection(asyncio.Protocol):
         if self.received_unacked >= CONNECTION_WINDOW // 2:
             self._frames.append(frame(WINDOW_UPDATE, 0, 0, _ID.pack(self.received_unacked)))
             self.received_unacked = 0
-        padding = 0
-        if flags & PADDED:
-            payload, padding = _unpad(payload)
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed:
             if stream_id > self.last_stream:
                 raise ConnectionError_(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
             return  # a stream already answered or reset: its late data is dropped
+        stream.recv_window -= len(payload)
+        if stream.recv_window < 0:  # sent past its window: its handler is not keeping up
+            self.reset(stream, FLOW_CONTROL_ERROR)
+            if stream.handler is not None:
+                stream.handler.reset()
+            return
+        padding = 0
+        if flags & PADDED:
+            payload, padding = _unpad(payload)
         end = bool(flags & END_STREAM)
         if padding:
             self.consumed(stream, padding + 1)

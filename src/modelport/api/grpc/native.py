@@ -255,7 +255,6 @@ class Call:
         "handler",
         "messages",
         "path",
-        "pending",
         "queue",
         "sent_headers",
         "server",
@@ -269,10 +268,10 @@ class Call:
         self.server, self.conn, self.stream = server, conn, stream
         self.buffer = bytearray()
         self.messages: list[bytes] = []
-        self.queue: asyncio.Queue[bytes | None] | None = None
+        # A streamed call's messages, each with its size on the wire; None: no more.
+        self.queue: asyncio.Queue[tuple[bytes, int] | None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.cancelled = self.ended = self.sent_headers = False
-        self.pending = 0  # bytes of messages queued for a streamed handler, not yet taken
         self.encoding = ""
         self.handler: grpc.RpcMethodHandler | None = None
         self.grant: Grant | None = None
@@ -351,8 +350,7 @@ class Call:
                     self.finish(grpc.StatusCode.INTERNAL, str(exc))
                     return
             if self.queue is not None:
-                self.pending += 5 + size
-                self.queue.put_nowait(message)
+                self.queue.put_nowait((message, 5 + size))
             else:
                 self.messages.append(message)
 
@@ -388,9 +386,9 @@ class Call:
     async def _requests(self) -> AsyncIterator[Any]:
         assert self.queue is not None and self.handler is not None
         decode = self.handler.request_deserializer
-        while (message := await self.queue.get()) is not None:
-            self.pending -= 5 + len(message)
-            self.conn.consumed(self.stream, 5 + len(message))
+        while (item := await self.queue.get()) is not None:
+            message, wire_size = item
+            self.conn.consumed(self.stream, wire_size)
             yield decode(message) if decode is not None else message
         if self.cancelled:
             raise asyncio.CancelledError
