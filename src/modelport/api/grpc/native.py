@@ -49,6 +49,10 @@ RESERVED = frozenset(
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
+class InflatedTooLarge(ValueError):
+    """A compressed message that inflates past ``max_message_bytes``."""
+
+
 class AbortCall(Exception):
     """Raised by :meth:`CallContext.abort`: ends the call with this status."""
 
@@ -347,7 +351,10 @@ class Call:
                 try:
                     message = self._inflate(message)
                 except ValueError as exc:
-                    self.finish(grpc.StatusCode.INTERNAL, str(exc))
+                    code = grpc.StatusCode.INTERNAL
+                    if isinstance(exc, InflatedTooLarge):  # as grpcio answers
+                        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                    self.finish(code, str(exc))
                     return
             if self.queue is not None:
                 self.queue.put_nowait((message, 5 + size))
@@ -364,7 +371,12 @@ class Call:
         except zlib.error as exc:
             raise ValueError(f"the {self.encoding} message does not decompress: {exc}") from None
         if len(out) > self.server.max_message_bytes:
-            raise ValueError("the decompressed message is over grpc_max_message_bytes")
+            raise InflatedTooLarge(
+                "the decompressed message is larger than max "
+                f"({self.server.max_message_bytes}; grpc_max_message_bytes)"
+            )
+        if not inflater.eof:
+            raise ValueError(f"the {self.encoding} message is cut short")
         return out
 
     def reset(self) -> None:
@@ -508,6 +520,8 @@ def _percent(text: str) -> bytes:
 
 def _deadline(value: str) -> float | None:
     unit = TIMEOUT_UNITS.get(value[-1:]) if value else None
-    if unit is None or not value[:-1].isdigit():
+    digits = value[:-1]
+    # At most 8 ASCII digits (PROTOCOL-HTTP2); str.isdigit alone takes '²' and any length.
+    if unit is None or not (digits.isascii() and digits.isdigit()) or len(digits) > 8:
         return None
-    return time.monotonic() + int(value[:-1]) * unit
+    return time.monotonic() + int(digits) * unit
