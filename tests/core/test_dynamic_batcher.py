@@ -346,3 +346,47 @@ async def test_onnx_results_are_identical_batched_or_alone(repo: Path, serve: St
     for x, a, b in zip(inputs, alone, together, strict=True):
         assert a.shape == b.shape == (len(x), 10)
         assert np.array_equal(a, b), f"max difference {np.abs(a - b).max()}"
+
+
+async def test_done_is_called_once_each_future_is_resolved(repo: Path, serve: Start) -> None:
+    """``start(request, done)``: the HTTP fast path answers from ``done``, which the
+    batcher calls right after resolving the future; one that raises does not keep the
+    others of its batch from being called."""
+    service = await _fake(repo, serve, max_batch_size=8)
+    first = await _occupy(service, [_runtime(service)])
+    errors: list[object] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+    calls: list[tuple[int, bool]] = []
+    started = []
+    for i in range(3):
+
+        def done(i: int = i) -> None:
+            calls.append((i, started[i].future.done()))
+            if i == 1:
+                raise RuntimeError("a broken callback")
+
+        x = _rows(i + 1)
+        started.append(service.start(InferenceRequest("m", (Tensor("x", "FP32", x),)), done))
+    await first
+    await _until(lambda: len(calls) == 3)
+    assert sorted(calls) == [(0, True), (1, True), (2, True)]
+    for i, s in enumerate(started):
+        assert np.array_equal(service.finish(s).outputs[0].data, _rows(i + 1))
+    assert _runtime(service).batches == [1, 3]
+    assert [str(e["exception"]) for e in errors] == ["a broken callback"]  # type: ignore[index]
+
+
+async def test_done_is_called_for_a_request_that_never_ran(repo: Path, serve: Start) -> None:
+    service = await _fake(repo, serve, delay_ms=400)
+    loaded = service.get_version("m")
+    first = await _occupy(service, [_runtime(service)])
+    calls: list[bool] = []
+    waiting = service.start(
+        InferenceRequest("m", (Tensor("x", "FP32", _rows(1)),)),
+        lambda: calls.append(waiting.future.done()),
+    )
+    await loaded.batcher.close(drain_seconds=0.05)
+    assert calls == [True]
+    with pytest.raises(ModelUnavailable, match="unloaded before it ran"):
+        service.finish(waiting)
+    assert (await first).shape[0] == 1

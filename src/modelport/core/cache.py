@@ -97,10 +97,14 @@ def files_size(folder: Path, versions: Iterable[int]) -> int:
 
 
 class Submitter(Protocol):
-    """The part of a batcher the service uses: queue a request, get a future."""
+    """The part of a batcher the service uses: queue a request, get a future (and a call
+    to ``done`` once it is resolved)."""
 
     def submit(
-        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
+        self,
+        inputs: dict[str, np.ndarray],
+        parameters: Mapping[str, Any],
+        done: Callable[[], None] | None = None,
     ) -> asyncio.Future[BatchResult]: ...
 
 
@@ -131,9 +135,14 @@ class OnDemandBatcher:
         return await self.submit(inputs, parameters)
 
     def submit(
-        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
+        self,
+        inputs: dict[str, np.ndarray],
+        parameters: Mapping[str, Any],
+        done: Callable[[], None] | None = None,
     ) -> asyncio.Future[BatchResult]:
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        if done is not None:
+            future.add_done_callback(lambda _: done())
         task = asyncio.create_task(self._run(inputs, parameters, future))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -129,8 +129,11 @@ class InferenceService:
             await started.future
         return self.finish(started)
 
-    def start(self, request: InferenceRequest) -> StartedInference:
-        """Validate a request and queue it; :meth:`finish` once ``future`` is done.
+    def start(
+        self, request: InferenceRequest, done: Callable[[], None] | None = None
+    ) -> StartedInference:
+        """Validate a request and queue it; :meth:`finish` once ``future`` is done, which
+        is when ``done`` is called (never before ``start`` has returned).
 
         The two halves let the HTTP fast path answer from a callback, with no task per
         request; :meth:`infer` is the same two halves with an ``await`` between them.
@@ -140,7 +143,7 @@ class InferenceService:
         try:
             inputs = _check_inputs(loaded, request.inputs, self.max_tensor_elements)
             names = _check_outputs(loaded, request.outputs)
-            future = loaded.batcher.submit(inputs, request.parameters)
+            future = loaded.batcher.submit(inputs, request.parameters, done)
         except ModelportError as exc:
             loaded.stats.record_request(False, time.perf_counter_ns() - begun, 0, exc.kind.value)
             raise

@@ -156,15 +156,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except DecodeError as exc:
             done(InvalidInput(f"{MODEL_INFER}: the request is not a valid protobuf message: {exc}"))
             return
-        try:
-            name = routed_model(request.model_name, context)
-            decoded = convert.decode_request(request, name, self.service.max_tensor_elements)
-            started = self.service.start(decoded.request)
-        except ModelportError as exc:
-            done(exc)
-            return
 
-        def finished(_: object) -> None:
+        def finished() -> None:  # the batcher calls it once the request's future is done
             try:
                 response = self.service.finish(started)
                 answer = convert.encode_response(response, decoded.typed_output)
@@ -172,7 +165,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except Exception as exc:  # a ModelportError, or a fault the transport logs
                 done(exc)
 
-        started.future.add_done_callback(finished)
+        try:
+            name = routed_model(request.model_name, context)
+            decoded = convert.decode_request(request, name, self.service.max_tensor_elements)
+            started = self.service.start(decoded.request, finished)
+        except ModelportError as exc:
+            done(exc)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context

@@ -222,7 +222,8 @@ class _FastInferProtocol(HttpToolsProtocol):
         """Parse, validate and queue the request now; answer from the batch's callback.
 
         No task per request: the core's two halves (``start``/``finish``) run here and in
-        ``_complete``, which the batcher's future calls when the batch is done.
+        ``_complete``, which the batcher calls as soon as the batch is done (in the same
+        loop iteration: a future's done-callback would wait for the next one).
         """
         if cycle.fast_started:  # type: ignore[attr-defined]
             return
@@ -230,19 +231,18 @@ class _FastInferProtocol(HttpToolsProtocol):
         model, version = cycle.fast_target  # type: ignore[attr-defined]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in cycle.scope["headers"]}
         rid = headers.get("x-request-id") or new_request_id()
+
+        def done() -> None:  # called by the batcher once the future is resolved
+            self._complete(cycle, rid, headers, decoded, started)
+
         try:
             decoded = self.infer.parse(model, version, bytes(cycle.body), headers)
-            started = self.infer.service.start(decoded.request)
+            started = self.infer.service.start(decoded.request, done)
         except ModelportError as exc:
             self._answer(cycle, rid, model, *error_parts(exc))
-            return
         except Exception:
             log.exception("infer %s crashed", model)
             self._answer(cycle, rid, model, *_CRASHED)
-            return
-        started.future.add_done_callback(
-            lambda _: self._complete(cycle, rid, headers, decoded, started)
-        )
 
     def _complete(
         self,
