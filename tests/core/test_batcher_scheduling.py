@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.core.batcher import DynamicBatcher
+from modelport.core.batcher import QUIET_S, DynamicBatcher
 from modelport.core.instances import Instance
 from modelport.core.runtime import Signature
 from modelport.core.stats import ModelStats
@@ -123,4 +123,37 @@ async def test_runtimes_that_call_back_never_run_inline() -> None:
     for i in range(3):
         await batcher.infer(_row(i), {})
     assert threading.get_ident() not in runtime.threads
+    await batcher.close()
+
+
+class LoneRecorder(Recorder):
+    """A runtime with a lone path of its own (as ONNX Runtime's spinning session)."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0.0, inline=True)
+        self.lone: list[int] = []
+
+    def infer_inline(
+        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        self.lone.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+
+async def test_lone_requests_take_the_lone_path_only_while_the_model_is_quiet() -> None:
+    runtime = LoneRecorder()
+    batcher = _batcher(runtime)
+    await batcher.infer(_row(1), {})  # compute unknown yet: the instance thread
+    result = await batcher.infer(_row(2), {})  # small and quiet: the lone path
+    assert runtime.lone == [1]
+    assert float(result.outputs["y"][0, 0]) == 4.0
+    # A batch of several: busy for QUIET_S, so a lone request right after it runs inline
+    # through the usual infer (no spinning threads while others want the CPU).
+    await asyncio.gather(*(batcher.infer(_row(i), {}) for i in range(4)))
+    await batcher.infer(_row(5), {})
+    assert runtime.lone == [1]
+    assert runtime.threads[-1] == threading.get_ident()
+    await asyncio.sleep(QUIET_S + 0.1)
+    await batcher.infer(_row(6), {})
+    assert runtime.lone == [1, 1]
     await batcher.close()

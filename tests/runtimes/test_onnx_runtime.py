@@ -204,3 +204,53 @@ async def test_unserved_tensor_type(repo: Path, serve: Start) -> None:
     )
     service = await serve()
     assert "tensor 'x' has type tensor(bfloat16), not served" in _row(service, "m")[2]
+
+
+def _runtime(service: InferenceService, name: str) -> OnnxRuntime:
+    runtime = service.get_version(name).instances[0].runtime
+    assert isinstance(runtime, OnnxRuntime)
+    return runtime
+
+
+async def test_lone_requests_get_a_spinning_session_of_their_own(repo: Path, serve: Start) -> None:
+    # Two threads asked for explicitly, so the test does not depend on this machine's cores.
+    write_model(
+        repo, "lone", "runtime: onnx\nmax_batch_size: 8\nparameters:\n  lone_request_threads: 2\n"
+    )
+    write_model(
+        repo, "plain", "runtime: onnx\nmax_batch_size: 8\nparameters:\n  lone_request_threads: 0\n"
+    )
+    for name in ("lone", "plain"):
+        mlp_onnx(repo / name / "1" / "model.onnx", sizes=(8, 4))
+    service = await serve()
+    lone, plain = _runtime(service, "lone"), _runtime(service, "plain")
+    assert plain.lone_session is None
+    options = lone.lone_session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    # The batches' session never spins (it would take the CPU from the event loop).
+    main = lone.session.get_session_options()
+    assert main.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    x = np.random.default_rng(3).random((1, 8), dtype=np.float32)
+    (name,) = [i.name for i in lone.session.get_inputs()]
+    by_batch = lone.infer({name: x}, {})
+    by_lone = lone.infer_inline({name: x}, {})
+    assert by_batch.keys() == by_lone.keys()
+    for key in by_batch:
+        np.testing.assert_allclose(by_lone[key], by_batch[key], rtol=1e-5)
+    # Served: a lone request's answer is the same whichever session ran it.
+    request = InferenceRequest("lone", (Tensor(name, "FP32", x),))
+    served = await service.infer(request)
+    np.testing.assert_allclose(served.outputs[0].data, next(iter(by_batch.values())), rtol=1e-5)
+
+
+async def test_lone_request_threads_must_be_a_count(repo: Path, serve: Start) -> None:
+    folder = write_model(
+        repo, "m", "runtime: onnx\nmax_batch_size: 8\nparameters:\n  lone_request_threads: many\n"
+    )
+    mlp_onnx(repo / "m" / "1" / "model.onnx", sizes=(8, 4))
+    service = await serve()
+    _, state, reason = _row(service, "m")
+    assert state == "UNAVAILABLE"
+    assert reason.startswith(f"{folder / 'model.yaml'}: field 'parameters.lone_request_threads'")
+    assert "'many' is not a whole number >= 0" in reason

@@ -39,6 +39,11 @@ one-request compute is under ``inline_budget_ns`` (0.5 ms: the longest other req
 may wait for it), the request runs on the loop's thread instead. Under load there is always company
 waiting or a batch running, so batches still go to the instance threads.
 
+A lone request on a quiet model (no batch of two or more requests in the last
+``QUIET_S``) goes to the runtime's ``infer_inline`` (``Instance.infer_inline``): ONNX
+Runtime's has threads that spin, halving a small model's row, which pays only while
+nothing else wants the CPU. Otherwise it runs inline through the usual ``infer``.
+
 ``submit``'s ``done``: called straight after the request's future is resolved, in the same
 loop callback. A done-callback of the future itself waits for the next loop iteration
 (asyncio schedules it with ``call_soon``): a few tens of µs for a request that ran inline.
@@ -63,6 +68,7 @@ from modelport.spec import BatchingSpec
 
 INLINE_BUDGET_NS = 500_000
 ECHO_FRACTION = 0.25
+QUIET_S = 0.1  # after a multi-request batch, lone requests skip the runtime's lone path
 ECHO_CAP_S = 0.010
 
 
@@ -132,6 +138,7 @@ class DynamicBatcher:
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0
         self._echo_until = 0.0
+        self._busy_until = 0.0  # lone requests use the lone path from then on
         self._echo_rows = 0
         self._closed = False
         self._single_ns = -1.0  # moving average of a one-request compute; -1 = unknown
@@ -268,7 +275,7 @@ class DynamicBatcher:
 
     # -- execution --------------------------------------------------------------------------
 
-    def _work(self, instance: Instance, batch: list[_Pending]) -> _Ran:
+    def _work(self, instance: Instance, batch: list[_Pending], lone: bool = False) -> _Ran:
         """Runs on the instance's thread (or inline): merge, infer, split."""
         start = time.perf_counter_ns()
         if len(batch) == 1:
@@ -278,7 +285,8 @@ class DynamicBatcher:
                 name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
             }
         t_in = time.perf_counter_ns()
-        outputs = instance.runtime.infer(inputs, batch[0].parameters)
+        run = instance.infer_inline if lone else instance.runtime.infer
+        outputs = run(inputs, batch[0].parameters)
         t_run = time.perf_counter_ns()
         results = self._split(outputs, batch)
         return _Ran(results, t_in - start, t_run - t_in, time.perf_counter_ns() - t_run)
@@ -293,7 +301,8 @@ class DynamicBatcher:
         assert self._loop is not None
         future: asyncio.Future[_Ran] = self._loop.create_future()
         try:
-            future.set_result(self._work(instance, batch))
+            lone = self._loop.time() >= self._busy_until
+            future.set_result(self._work(instance, batch, lone))
         except Exception as exc:
             future.set_exception(exc)
         self._finished(instance, batch, started, future)
@@ -319,6 +328,7 @@ class DynamicBatcher:
                 # a quarter of this batch's compute time to catch the next batch.
                 window = min(ECHO_FRACTION * compute / 1e9, self.echo_cap_s)
                 self._echo_until, self._echo_rows = self._loop.time() + window, size
+                self._busy_until = self._loop.time() + QUIET_S
             else:
                 avg = self._single_ns
                 self._single_ns = compute if avg < 0 else 0.8 * avg + 0.2 * compute

@@ -26,13 +26,18 @@ class Instance:
 
     ``inline`` is true when the runtime says a call may run on the event loop's own
     thread (``runs_inline = True``: it never calls back into the server); the batcher
-    uses that for a lone request whose measured compute is shorter than a thread hop.
+    uses that for a lone request whose measured compute is shorter than a thread hop,
+    through ``infer_inline`` (the runtime's own, when it has a faster way for one
+    request: runtimes/onnx.py, else its ``infer``).
     """
 
     def __init__(self, runtime: Runtime, name: str) -> None:
         self.runtime = runtime
         self.name = name
         self.inline = bool(getattr(runtime, "runs_inline", False))
+        self.infer_inline: Callable[
+            [dict[str, np.ndarray], Mapping[str, Any]], dict[str, np.ndarray]
+        ] = getattr(runtime, "infer_inline", runtime.infer)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     def call(self, work: Callable[[], T]) -> asyncio.Future[T]:

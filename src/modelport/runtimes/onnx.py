@@ -4,6 +4,15 @@ The model file is ``<version>/model.onnx``. Its inputs and outputs are read from
 file, so ``runtime: onnx`` and ``max_batch_size`` are all model.yaml needs; when the
 model batches, the file's first dimension is the batch dimension.
 
+A lone request (the batcher runs one on the event loop's thread when the model is idle
+and fast: core/batcher.py) goes to a second session of the same model tuned for
+latency: ``parameters.lone_request_threads`` intra-op threads (default: the cores this
+process may use, at most 4) that spin while waiting for work instead of sleeping.
+Waking a sleeping thread costs about what a small model's row does, so this halves a
+lone row's compute; batches keep the main session, whose threads never spin (spinning
+threads would take the CPU from the event loop under load). Only CPU models of at most
+64 MiB get one (0 turns it off); it costs one more copy of the weights.
+
 In place of ``model.onnx`` the folder may hold ``model.onnx.enc`` (``modelport
 encrypt``): it is decrypted in memory with the key from the runtime's ``model_key``
 provider and the session is built from those bytes, so the plain model never touches the
@@ -14,6 +23,7 @@ there, the plain one is served.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +41,9 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 log = logging.getLogger("modelport.onnx")
+
+LONE_THREADS_MAX = 4
+LONE_MODEL_BYTES_MAX = 64 * 1024 * 1024
 
 _ONNX_TYPES = {
     "tensor(bool)": "BOOL",
@@ -60,6 +73,7 @@ class OnnxRuntime:
         self.context = context
         self.model_key = model_key
         self.session: Any = None
+        self.lone_session: Any = None  # for lone requests on the loop's thread (see above)
         self._outputs: list[str] = []
         self._strings: set[str] = set()
 
@@ -78,22 +92,38 @@ class OnnxRuntime:
             spec.name, self.context.device, spec.instances.device, ort.get_available_providers()
         )
         threads = spec.threads
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads.intra_op
-        options.inter_op_num_threads = threads.inter_op
         # Spinning threads would steal the CPU from the event loop between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.log_severity_level = 3
+        options = _options(ort, threads.intra_op, threads.inter_op, spin=False)
+        lone = self._lone_threads(path, choice)
         try:
             self.session = ort.InferenceSession(
                 model, options, providers=choice.names, provider_options=choice.options
             )
+            if lone:
+                self.lone_session = ort.InferenceSession(
+                    model, _options(ort, lone, 1, spin=True), providers=[CPU]
+                )
         except Exception as exc:
             raise SpecError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
         self._check_cuda_started(choice)
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._strings = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
+
+    def _lone_threads(self, path: Path, choice: ProviderChoice) -> int:
+        """Threads of the lone-request session; 0: none (see the module's docstring)."""
+        spec = self.context.spec
+        value = spec.parameters.get("lone_request_threads")
+        if value is None:
+            small = path.stat().st_size <= LONE_MODEL_BYTES_MAX
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            value = min(LONE_THREADS_MAX, cores) if small and choice.names == [CPU] else 0
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SpecError(
+                f"{self.context.model_dir / 'model.yaml'}: field "
+                f"'parameters.lone_request_threads': {value!r} is not a whole number >= 0 "
+                "(0: no session of its own for lone requests)"
+            )
+        return value if value >= 2 else 0  # one thread: the main session does the same
 
     def _check_cuda_started(self, choice: ProviderChoice) -> None:
         # ONNX Runtime falls back to the CPU, with only a log line, when its CUDA provider
@@ -153,8 +183,30 @@ class OnnxRuntime:
         results = self.session.run(self._outputs, inputs)
         return dict(zip(self._outputs, results, strict=True))
 
+    def infer_inline(
+        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """A lone request, on the event loop's thread: the lone session when there is one."""
+        session = self.lone_session
+        if session is None:
+            return self.infer(inputs, parameters)
+        if self._strings:
+            inputs = {n: (_to_str(a) if n in self._strings else a) for n, a in inputs.items()}
+        return dict(zip(self._outputs, session.run(self._outputs, inputs), strict=True))
+
     def unload(self) -> None:
         self.session = None
+        self.lone_session = None
+
+
+def _options(ort: Any, intra_op: int, inter_op: int, spin: bool) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op
+    options.inter_op_num_threads = inter_op
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
 
 
 @dataclass(frozen=True, slots=True)
