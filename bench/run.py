@@ -52,6 +52,14 @@ done = function(summary, latency, requests)
 end
 """
 
+# The same with Triton's binary tensor data (what tritonclient.http sends by default):
+# a JSON header of BENCH_JSON_LENGTH bytes, then the raw tensor; raw outputs back.
+WRK_BINARY_SCRIPT = WRK_SCRIPT.replace(
+    'wrk.headers["Content-Type"] = "application/json"',
+    'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    'wrk.headers["Inference-Header-Content-Length"] = os.getenv("BENCH_JSON_LENGTH")',
+)
+
 
 @dataclass(frozen=True, slots=True)
 class HttpRun:
@@ -293,6 +301,19 @@ def request_body(width: int) -> bytes:
     return json.dumps(doc).encode()
 
 
+def binary_request_body(width: int) -> tuple[bytes, int]:
+    """The row of :func:`request_body` in binary form, and its JSON header's length."""
+    data = np.random.default_rng(2).standard_normal(width).astype(np.float32)
+    head = json.dumps({
+        "inputs": [{
+            "name": "INPUT0", "datatype": "FP32", "shape": [1, width],
+            "parameters": {"binary_data_size": data.nbytes},
+        }],
+        "parameters": {"binary_data_output": True},
+    }).encode()  # fmt: skip
+    return head + data.tobytes(), len(head)
+
+
 def check_answer(base: str, model: str, body: bytes, width_out: int) -> None:
     status, out = http(f"{base}/v2/models/{model}/infer", body, timeout=30.0)
     if status != 200:
@@ -310,13 +331,14 @@ def wrk(
     threads: int,
     seconds: float,
     server_pid: int | None = None,
+    json_length: int | None = None,
 ) -> HttpRun:
     threads = max(1, min(threads, connections))
     cmd = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s",
         "--latency", "-s", str(script), url,
     ]  # fmt: skip
-    env = {**os.environ, "BENCH_BODY": str(body_path)}
+    env = {**os.environ, "BENCH_BODY": str(body_path), "BENCH_JSON_LENGTH": str(json_length)}
     with CpuMeter(server_pid) as meter:
         done = subprocess.run(
             cmd, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False
@@ -332,6 +354,31 @@ def wrk(
         int(status_errors) + int(socket_errors),
         meter.other,
     )
+
+
+def serve_heavy(
+    url: str,
+    body: Path,
+    script: Path,
+    json_length: int | None,
+    args: argparse.Namespace,
+    pid: int,
+    best_ort: float | None,
+    log: Callable[[str], None],
+) -> float:
+    """wrk at c=64 on the heavy model; prints rows/s and the share of in-process best."""
+    wrk(url, body, script, 64, args.wrk_threads, 2.0, json_length=json_length)  # warm-up
+    runs = [
+        wrk(url, body, script, 64, args.wrk_threads, args.duration, pid, json_length)
+        for _ in range(args.repeats)
+    ]
+    m = median_run(runs)
+    log(f"  c=64: {m.requests_per_s:,.0f} rows/s, p50 {m.p50_ms:.2f} ms, "
+        f"p99 {m.p99_ms:.2f} ms, errors {m.errors}, other cpu {m.other_cpu:.2f}")  # fmt: skip
+    if best_ort:
+        share = m.requests_per_s / best_ort
+        log(f"  served / best in-process batched: {share:.1%} (target > 85%)")
+    return m.requests_per_s
 
 
 @contextmanager
@@ -371,6 +418,7 @@ def main() -> None:
     parser.add_argument("--max-queue-delay-us", type=int, default=0, help="mlp batching")
     parser.add_argument("--heavy-instances", type=int, default=1)
     parser.add_argument("--heavy-intra-op", type=int, default=2)
+    parser.add_argument("--heavy-max-batch", type=int, default=64, help="heavy max_batch_size")
     parser.add_argument("--no-heavy", action="store_true", help="skip the heavy model")
     parser.add_argument("--no-inprocess", action="store_true", help="skip in-process ORT")
     parser.add_argument("--profile", type=Path, help="py-spy record the server at max c here")
@@ -394,7 +442,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="modelport-bench-"))
     repo = tmp / "models"
     mlp = ServingSettings(64, args.instances, args.intra_op, args.max_queue_delay_us)
-    heavy = ServingSettings(64, args.heavy_instances, args.heavy_intra_op)
+    heavy = ServingSettings(args.heavy_max_batch, args.heavy_instances, args.heavy_intra_op)
     build(repo, mlp, None if args.no_heavy else heavy)
     log(f"mlp: instances={args.instances} intra_op={args.intra_op} "
         f"max_queue_delay_us={args.max_queue_delay_us}; heavy: instances="
@@ -448,21 +496,21 @@ def main() -> None:
                 log(f"  {c:>4} {m.requests_per_s:>10,.0f} {m.p50_ms:>8.3f} {m.p99_ms:>8.2f} "
                     f"{m.errors:>7} {m.other_cpu:>9.2f}   (req/s per run: {each})")  # fmt: skip
             if not args.no_heavy:
-                log("\n== served heavy: POST /v2/models/heavy/infer, one row per request ==")
+                binary_script = tmp / "post_binary.lua"
+                binary_script.write_text(WRK_BINARY_SCRIPT)
+                binary_body, json_length = binary_request_body(HEAVY_SIZES[0])
+                heavy_binary = tmp / "heavy.bin"
+                heavy_binary.write_bytes(binary_body)
                 check_answer(base, "heavy", heavy_body.read_bytes(), HEAVY_SIZES[-1])
-                url = f"{base}/v2/models/heavy/infer"
-                wrk(url, heavy_body, script, 64, args.wrk_threads, 2.0)  # warm-up
-                runs = [
-                    wrk(url, heavy_body, script, 64, args.wrk_threads, args.duration, pid)
-                    for _ in range(args.repeats)
-                ]
-                m = median_run(runs)
-                log(f"  c=64: {m.requests_per_s:,.0f} rows/s, p50 {m.p50_ms:.2f} ms, "
-                    f"p99 {m.p99_ms:.2f} ms, errors {m.errors}, "
-                    f"other cpu {m.other_cpu:.2f}")  # fmt: skip
-                if "heavy_ort" in results:
-                    share = m.requests_per_s / results["heavy_ort"]
-                    log(f"  served / best in-process batched: {share:.1%} (target > 85%)")
+                for label, body, lua, length in (
+                    ("v2 JSON", heavy_body, script, None),
+                    ("binary tensor data", heavy_binary, binary_script, json_length),
+                ):
+                    log(f"\n== served heavy ({label}): POST /v2/models/heavy/infer, one row ==")
+                    results[f"heavy {label}"] = serve_heavy(
+                        f"{base}/v2/models/heavy/infer", body, lua, length, args, pid,
+                        results.get("heavy_ort"), log,
+                    )  # fmt: skip
         if args.profile:
             log(f"\nprofile of the server at c={max(levels)}: {args.profile}")
     finally:
