@@ -45,14 +45,20 @@ const KEY_STORE = "modelport.apiKey";
 const keyAsk = { pending: null, declined: false };
 
 async function apiFetch(url, options = {}) {
+  let used = null; // the key this call was sent with
   const send = () => {
     const headers = new Headers(options.headers || {});
-    const key = localStorage.getItem(KEY_STORE);
-    if (key) headers.set("Authorization", `Bearer ${key}`);
+    used = localStorage.getItem(KEY_STORE);
+    if (used) headers.set("Authorization", `Bearer ${used}`);
     return fetch(url, { ...options, headers });
   };
   let response = await send();
-  if (response.status === 401 && (await askForKey(response))) response = await send();
+  if (response.status === 401) {
+    // A call sent before the user gave a key (several start at once) just goes again
+    // with it; only a refusal of the key now kept asks the user.
+    const kept = localStorage.getItem(KEY_STORE);
+    if ((kept && kept !== used) || (await askForKey(response))) response = await send();
+  }
   return response;
 }
 
