@@ -434,6 +434,8 @@ class H2Connection(asyncio.Protocol):
             self.streams.pop(stream_id, None)
 
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if len(payload) > MAX_HEADER_BLOCK:
+            raise ConnectionError_(ENHANCE_YOUR_CALM, "a header block over 64 KiB")
         if flags & PADDED:
             payload, _ = _unpad(payload)
         if flags & PRIORITY_FLAG:
