@@ -22,7 +22,20 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from raw_h2 import CANCEL, DATA, RST_STREAM, RawH2, frame, grpc_message
+from raw_h2 import (
+    CANCEL,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    GOAWAY,
+    HEADERS,
+    RST_STREAM,
+    RawH2,
+    frame,
+    grpc_message,
+)  # fmt: skip
+
+ENHANCE_YOUR_CALM = 11  # HTTP/2 error code
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -231,4 +244,26 @@ def test_h2load_calls_all_succeed(server: Any, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "200 succeeded, 0 failed, 0 errored" in done.stdout, done.stdout
     assert add_sub_successes(server.url) - before == 200
+    assert_serving(server)
+
+
+@pytest.mark.parametrize("continued", [False, True], ids=["one frame", "continuation"])
+def test_a_header_block_over_64_kib_closes_the_connection(server: Any, continued: bool) -> None:
+    """Metadata past 64 KiB (one HEADERS frame, or HEADERS + CONTINUATION) ends that
+    connection with GOAWAY ENHANCE_YOUR_CALM; other clients are served as before."""
+    with RawH2(server.target) as conn:
+        conn.start()
+        block = conn.request_headers(padding="x" * 150_000)  # ~90 KiB once Huffman-coded
+        assert len(block) > 64 * 1024
+        if continued:
+            half = len(block) // 2
+            first, rest = block[:half], block[half:]
+            conn.send(frame(HEADERS, 0, 1, first) + frame(CONTINUATION, END_HEADERS, 1, rest))
+        else:
+            conn.send(frame(HEADERS, END_HEADERS, 1, block))
+        frames = conn.frames(quiet=2.0)
+        assert conn.closed
+    (goaway,) = [f for f in frames if f.kind == GOAWAY]
+    assert int.from_bytes(goaway.payload[4:8], "big") == ENHANCE_YOUR_CALM
+    assert b"64 KiB" in goaway.payload[8:]
     assert_serving(server)
