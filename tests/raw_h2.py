@@ -45,6 +45,7 @@ class Answer:
     headers: list[dict[str, str]] = field(default_factory=list)
     data: bytes = b""
     reset: bool = False
+    reset_code: int = -1  # the RST_STREAM's error code
 
     @property
     def status(self) -> int:
@@ -149,6 +150,7 @@ class RawH2:
                 answer.data += got.payload
             elif got.kind == RST_STREAM:
                 answer.reset = True
+                answer.reset_code = int.from_bytes(got.payload[:4], "big")
                 return answer
             if got.kind in (HEADERS, DATA) and got.flags & END_STREAM:
                 return answer

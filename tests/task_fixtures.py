@@ -128,11 +128,10 @@ def import_busybox_image() -> str:
         (base / "etc" / "passwd").write_text(
             "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"
         )
-        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-        done = subprocess.run(
-            ["docker", "import", "-", IMAGE], stdin=tar.stdout, capture_output=True, text=True
-        )
-        tar.wait()
+        with subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE) as tar:
+            done = subprocess.run(
+                ["docker", "import", "-", IMAGE], stdin=tar.stdout, capture_output=True, text=True
+            )
     if done.returncode != 0:
         raise RuntimeError(f"docker import failed: {done.stderr}")
     return IMAGE

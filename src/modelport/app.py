@@ -277,6 +277,7 @@ async def serve(
             tls,
             shared_port=process is not None,
             transport=settings.grpc_transport,
+            max_idle_s=settings.grpc_max_idle_s,
         )
     # Several processes: each binds the port with SO_REUSEPORT, and answers its peers on
     # a Unix socket of its own (processes.py).

@@ -84,6 +84,12 @@ class Settings(BaseModel):
     grpc_max_concurrent_rpcs: int = Field(
         default=0, ge=0, description="gRPC calls running at once (0: no limit)"
     )
+    grpc_max_idle_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="close a gRPC connection with no call for this long (GOAWAY; clients "
+        "connect again when they next call). 0: never. Native transport only",
+    )
     grpc_transport: Literal["native", "grpcio"] = Field(
         default="native",
         description="what speaks gRPC: 'native' (modelport's own HTTP/2 on the event "

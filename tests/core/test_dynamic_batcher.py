@@ -390,3 +390,29 @@ async def test_done_is_called_for_a_request_that_never_ran(repo: Path, serve: St
     with pytest.raises(ModelUnavailable, match="unloaded before it ran"):
         service.finish(waiting)
     assert (await first).shape[0] == 1
+
+
+async def test_requests_cancelled_before_they_run_are_dropped(repo: Path, serve: Start) -> None:
+    """A client that gives up (its request's future cancelled, as the native gRPC
+    transport does on RST_STREAM) takes its request out of the batch: the model never
+    computes it, its ``done`` still runs, and the others are answered as usual."""
+    service = await _fake(repo, serve, delay_ms=200, max_batch_size=8)
+    runtime = _runtime(service)
+    first = await _occupy(service, [runtime])
+    calls: list[int] = []
+    started = [
+        service.start(
+            InferenceRequest("m", (Tensor("x", "FP32", _rows(i)),)), lambda i=i: calls.append(i)
+        )
+        for i in range(1, 6)
+    ]
+    for i in (0, 2, 4):  # requests 1, 3 and 5 give up while the first one runs
+        started[i].future.cancel()
+    await first
+    await _until(lambda: len(calls) == 5)
+    assert runtime.batches == [1, 2]  # 2 and 4 ran together; 1, 3 and 5 never ran
+    assert np.array_equal(service.finish(started[1]).outputs[0].data, _rows(2))
+    assert np.array_equal(service.finish(started[3]).outputs[0].data, _rows(4))
+    with pytest.raises(ModelUnavailable, match="cancelled before it was answered"):
+        service.finish(started[0])
+    assert service.get_version("m").batcher.queue_depth == 0

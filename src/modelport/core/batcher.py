@@ -24,10 +24,12 @@ a model whose cost is mostly fixed per batch (weights streamed from memory) alte
 a batch of 1 with a batch of 63 at c=64 and serves half the rows it could. A lone
 request on an idle model is never held back: the rule follows a multi-request batch only.
 
-A request's rows are never split across batches; requests whose non-batch shapes or
-parameters differ are never mixed. When a merged batch fails, each of its requests is
-run again alone, so an error reaches only the request that caused it (unless the error
-is the model's: unavailable or overloaded, which fails the whole batch at once).
+A request whose future was cancelled before it ran (its client gave up) is dropped
+from the queue, not computed. A request's rows are never split across batches;
+requests whose non-batch shapes or parameters differ are never mixed. When a merged
+batch fails, each of its requests is run again alone, so an error reaches only the
+request that caused it (unless the error is the model's: unavailable or overloaded,
+which fails the whole batch at once).
 
 ``max_queue_size`` bounds the waiting requests: past it, ``submit`` raises
 :class:`Overloaded` at once.
@@ -198,6 +200,8 @@ class DynamicBatcher:
         while self._free and self._pending:
             idle = len(self._free) == len(self.instances)
             batch = self._take()
+            if not batch:  # only requests their clients gave up on were waiting
+                continue
             if self._should_wait(batch):
                 self._pending.extendleft(reversed(batch))
                 return
@@ -240,19 +244,27 @@ class DynamicBatcher:
 
     def _take(self) -> list[_Pending]:
         """Pop the next batch: compatible requests in arrival order, cut to a good size."""
-        first = self._pending.popleft()
+        pending = self._pending
+        first = pending.popleft()
+        while first.future.cancelled():
+            self._notify(first)
+            if not pending:
+                return []
+            first = pending.popleft()
         if self.max_batch_size == 0 or first.solo:
             return [first]
         batch, rows, key = [first], first.rows, first.key
         skipped: list[_Pending] = []
-        while self._pending and rows < self.max_batch_size:
-            item = self._pending.popleft()
-            if item.key == key and not item.solo and rows + item.rows <= self.max_batch_size:
+        while pending and rows < self.max_batch_size:
+            item = pending.popleft()
+            if item.future.cancelled():
+                self._notify(item)
+            elif item.key == key and not item.solo and rows + item.rows <= self.max_batch_size:
                 batch.append(item)
                 rows += item.rows
             else:
                 skipped.append(item)
-        self._pending.extendleft(reversed(skipped))
+        pending.extendleft(reversed(skipped))
         return self._cut_to_preferred(batch, rows)
 
     def _cut_to_preferred(self, batch: list[_Pending], rows: int) -> list[_Pending]:

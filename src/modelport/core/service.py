@@ -154,7 +154,10 @@ class InferenceService:
         loaded, request = started.loaded, started.request
         try:
             if started.future.cancelled():
-                raise ModelUnavailable(f"model '{loaded.name}' stopped before answering")
+                raise ModelUnavailable(
+                    f"the request to model '{loaded.name}' was cancelled before it was "
+                    "answered (its client gave up)"
+                )
             error = started.future.exception()
             if error is not None:
                 raise error

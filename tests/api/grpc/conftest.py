@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,11 +39,12 @@ def free_grpc_port() -> int:
 
 @pytest.fixture(scope="session")
 def grpc_server_factory(server_factory: Any) -> StartGrpcServer:
-    """``start(env=...)``: a server with gRPC on a free port, ready to serve."""
+    """``start(env=..., repo=...)``: a server with gRPC on a free port, ready to serve."""
 
-    def start(env: dict[str, str] | None = None) -> GrpcServer:
+    def start(env: dict[str, str] | None = None, repo: Path | None = None) -> GrpcServer:
         port = free_grpc_port()
-        return GrpcServer(server_factory(env=env, grpc_port=port), f"127.0.0.1:{port}")
+        started = server_factory(env=env, grpc_port=port, repo=repo)
+        return GrpcServer(started, f"127.0.0.1:{port}")
 
     return start
 

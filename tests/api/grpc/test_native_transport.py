@@ -1,8 +1,10 @@
 """The native gRPC transport (``api/grpc/h2.py``, ``native.py``) against a real server
 process: what a plain HTTP/1.1 client gets, large messages through HTTP/2 flow
 control, compressed requests, more calls at once than the streams one connection may
-open, calls cancelled mid-flight, raw frames no gRPC client writes, and h2load. After
-each test the server still answers and its log has no traceback."""
+open, calls cancelled mid-flight, raw frames no gRPC client writes, h2load, calls
+reset as fast as they open (never computed), and idle connections closed (clients
+connect again). After each test the server still answers and its log has no
+traceback."""
 
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from builders import write_model
 from raw_h2 import (
     CANCEL,
     CONTINUATION,
     DATA,
     END_HEADERS,
+    END_STREAM,
     GOAWAY,
     HEADERS,
     RST_STREAM,
@@ -267,3 +271,83 @@ def test_a_header_block_over_64_kib_closes_the_connection(server: Any, continued
     assert int.from_bytes(goaway.payload[4:8], "big") == ENHANCE_YOUR_CALM
     assert b"64 KiB" in goaway.payload[8:]
     assert_serving(server)
+
+
+@pytest.fixture(scope="module")
+def patient_server(grpc_server_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A server whose ``patient`` model takes 100 ms a request and queues up to 1,000,
+    and which closes gRPC connections idle for half a second."""
+    repo = tmp_path_factory.mktemp("patient-repo")
+    write_model(
+        repo,
+        "patient",
+        """\
+        runtime: fake
+        max_batch_size: 1
+        inputs: [{name: INPUT0, datatype: FP32, shape: [2]}]
+        outputs: [{name: OUTPUT0, datatype: FP32, shape: [2]}]
+        batching: {max_queue_size: 1000}
+        parameters: {delay_ms: 100}
+        """,
+        {"1/README": "the fake runtime needs no files"},
+    )
+    started = grpc_server_factory(env={"MODELPORT_GRPC_MAX_IDLE_S": "0.5"}, repo=repo)
+    yield started
+    started.process.stop()
+
+
+def patient_request() -> bytes:
+    request = service_pb2.ModelInferRequest(model_name="patient")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 2])
+    request.raw_input_contents.append(np.ones((1, 2), np.float32).tobytes())
+    return bytes(request.SerializeToString())
+
+
+def test_calls_reset_at_once_are_never_computed(patient_server: Any) -> None:
+    """Rapid reset: 200 calls opened and reset in one burst would queue 20 s of work on
+    the patient model; the server drops each from the queue as its stream is reset, so
+    the model computes at most the one it had started, and the connection and the
+    model go on serving."""
+    with RawH2(patient_server.target) as conn:
+        conn.start()
+        body = grpc_message(patient_request())
+        burst = b""
+        for stream in range(1, 401, 2):
+            burst += frame(HEADERS, END_HEADERS, stream, conn.request_headers())
+            burst += frame(DATA, END_STREAM, stream, body)
+            burst += frame(RST_STREAM, 0, stream, CANCEL.to_bytes(4, "big"))
+        conn.next_stream = 401
+        conn.send(burst)
+        answer = conn.call(patient_request())  # the same connection takes calls at once
+        assert answer.status == 0, answer.headers
+    time.sleep(1.0)  # ten requests' worth of time: had they been kept, some would run
+    with triton.InferenceServerClient(patient_server.target) as client:
+        (stats,) = client.get_inference_statistics("patient").model_stats
+        assert stats.inference_count <= 2, stats  # the call above, and one begun at most
+        assert stats.inference_stats.fail.count >= 199, stats  # cancelled, and counted
+    assert "Traceback" not in patient_server.process.log()
+
+
+def grpc_connections(port: int) -> int:
+    """Client sockets connected to ``port`` on this machine (ss, from iproute2)."""
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return len(out.splitlines())
+
+
+def test_idle_connections_are_closed_and_clients_connect_again(patient_server: Any) -> None:
+    """With grpc_max_idle_s = 0.5, tritonclient's connection is closed after a quiet
+    second (GOAWAY), and the same client object's next call connects again and works."""
+    port = int(patient_server.target.rsplit(":", 1)[1])
+    row = np.ones((1, 2), np.float32)
+    with triton.InferenceServerClient(patient_server.target) as client:
+        assert client.infer("patient", [tensor("INPUT0", row, "FP32")])
+        assert grpc_connections(port) == 1
+        deadline = time.monotonic() + 10
+        while grpc_connections(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert grpc_connections(port) == 0
+        answer = client.infer("patient", [tensor("INPUT0", row, "FP32")])
+        np.testing.assert_array_equal(answer.as_numpy("OUTPUT0"), row)

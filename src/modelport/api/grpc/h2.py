@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -47,6 +48,8 @@ CONNECTION_WINDOW = 1 << 24
 MAX_FRAME_SIZE = 1 << 20
 MAX_STREAMS = 256  # streams open at once on one connection
 MAX_HEADER_BLOCK = 64 * 1024
+# Past WRITE_HIGH bytes not yet taken by the peer, the connection stops reading it.
+WRITE_HIGH, WRITE_LOW = 4 << 20, 1 << 20
 
 _ID = struct.Struct(">I")
 _FRAME_HEAD = struct.Struct(">BHBBI")  # length (24 bits), type, flags, stream id
@@ -69,9 +72,12 @@ class StreamHandler(Protocol):
 
     def data(self, payload: bytes, end: bool) -> None: ...
 
-    def reset(self) -> None:
-        """The stream ended without an answer: reset by the client, or the connection
-        is gone. Nothing more can be sent on it."""
+    def reset(self) -> bool:
+        """The stream ended without an answer: reset (by the client, or for breaking
+        flow control), or the connection is gone. Nothing more can be sent on it.
+
+        True if work it started still runs: it then calls
+        :meth:`H2Connection.orphan_done` once that work has stopped."""
 
 
 class Stream:
@@ -114,18 +120,25 @@ class H2Connection(asyncio.Protocol):
         self.going_away = False
         self.peer = ""
         self._buffer = bytearray()
-        self._preface_seen = False
+        self.preface_seen = False
         self._continuing: tuple[int, bytearray, bool] | None = None
         self._frames: list[bytes] = []
         self._receiving = False
         self._blocked: dict[int, Stream] = {}
         self._drained: dict[int, asyncio.Future[None]] = {}
         self._unacked: dict[int, int] = {}
+        # Streams reset before their handler finished, whose work still runs. They count
+        # against MAX_STREAMS until it stops, so resetting streams as fast as they are
+        # opened (CVE-2023-44487, "rapid reset") cannot start unbounded work.
+        self.orphans = 0
+        self.paused = False  # reading stopped: the peer is not reading what we send
+        self.opened_at = self.idle_since = time.monotonic()
 
     # -- asyncio ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"ipv{6 if ':' in str(peer[0]) else 4}:{peer[0]}:{peer[1]}"
@@ -156,12 +169,24 @@ class H2Connection(asyncio.Protocol):
         self.transport = None
         self.on_close(self)
 
+    def pause_writing(self) -> None:
+        # The peer leaves what we send unread (a flood of PINGs or SETTINGS whose answers
+        # it never reads, or a slow reader): stop reading it until it catches up.
+        if self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
         self._receiving = True
         try:
-            if not self._preface_seen and not self._read_preface():
+            if not self.preface_seen and not self._read_preface():
                 return
             self._read_frames()
         except ConnectionError_ as exc:
@@ -271,7 +296,7 @@ class H2Connection(asyncio.Protocol):
             self.transport.close()
 
     def _flush(self) -> None:
-        if self._frames and self.transport is not None and self._preface_seen:
+        if self._frames and self.transport is not None and self.preface_seen:
             frames, self._frames = self._frames, []
             self.transport.write(b"".join(frames))
 
@@ -324,9 +349,21 @@ class H2Connection(asyncio.Protocol):
             self._frames.append(frame(RST_STREAM, 0, stream.id, _ID.pack(NO_ERROR)))
         self.streams.pop(stream.id, None)
         self._forget(stream)
+        if not self.streams:
+            self.idle_since = time.monotonic()
         if self.going_away and not self.streams and self.transport is not None:
             self._flush()
             self.transport.close()
+
+    def _abandon(self, stream: Stream) -> None:
+        if stream.handler is not None and stream.handler.reset():
+            self.orphans += 1
+        if not self.streams:
+            self.idle_since = time.monotonic()
+
+    def orphan_done(self) -> None:
+        """A reset stream's handler has stopped its work (see :meth:`StreamHandler.reset`)."""
+        self.orphans = max(0, self.orphans - 1)
 
     def _forget(self, stream: Stream) -> None:
         self._blocked.pop(stream.id, None)
@@ -347,7 +384,7 @@ class H2Connection(asyncio.Protocol):
             self._not_http2()
             return False
         del buffer[: len(PREFACE)]
-        self._preface_seen = True
+        self.preface_seen = True
         return True
 
     def _not_http2(self) -> None:
@@ -417,8 +454,7 @@ class H2Connection(asyncio.Protocol):
         stream.recv_window -= len(payload)
         if stream.recv_window < 0:  # sent past its window: its handler is not keeping up
             self.reset(stream, FLOW_CONTROL_ERROR)
-            if stream.handler is not None:
-                stream.handler.reset()
+            self._abandon(stream)
             return
         padding = 0
         if flags & PADDED:
@@ -473,7 +509,7 @@ class H2Connection(asyncio.Protocol):
         if stream_id % 2 == 0 or stream_id <= self.last_stream:
             raise ConnectionError_(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
         self.last_stream = stream_id
-        if self.going_away or len(self.streams) >= MAX_STREAMS:
+        if self.going_away or len(self.streams) + self.orphans >= MAX_STREAMS:
             self._frames.append(frame(RST_STREAM, 0, stream_id, _ID.pack(REFUSED_STREAM)))
             return
         stream = Stream(stream_id, self.peer_stream_window)
@@ -501,8 +537,7 @@ class H2Connection(asyncio.Protocol):
             return  # a closed stream's late update
         if increment == 0 or stream.send_window + increment > MAX_WINDOW:
             self.reset(stream, PROTOCOL_ERROR if increment == 0 else FLOW_CONTROL_ERROR)
-            if stream.handler is not None:
-                stream.handler.reset()
+            self._abandon(stream)
             return
         stream.send_window += increment
         if stream.out:
@@ -543,8 +578,7 @@ class H2Connection(asyncio.Protocol):
         stream.local_closed = stream.remote_closed = True
         stream.out.clear()
         self._forget(stream)
-        if stream.handler is not None:
-            stream.handler.reset()
+        self._abandon(stream)
         if self.going_away and not self.streams and self.transport is not None:
             self.transport.close()
 

@@ -33,7 +33,7 @@ import grpc
 
 from modelport.access import Grant
 from modelport.api.grpc.errors import RETRY_AFTER, STATUS
-from modelport.api.grpc.h2 import H2Connection, Stream
+from modelport.api.grpc.h2 import PROTOCOL_ERROR, H2Connection, Stream
 from modelport.api.grpc.hpack_codec import HeaderList, encode_literal, encode_status
 from modelport.errors import ModelportError, Overloaded, TooManyRequests
 
@@ -46,6 +46,7 @@ OK_TRAILERS = encode_literal(b"grpc-status", b"0")
 RESERVED = frozenset(
     {"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"}
 )
+PREFACE_S = 10.0  # a connection must start speaking HTTP/2 within this
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -110,8 +111,9 @@ class CallContext:
 
 FastDone = Callable[[bytes | BaseException], None]
 # A unary method answered without a task: given the request's bytes and the context, it
-# calls ``done`` with the serialized answer or the error, now or from a callback.
-FastUnary = Callable[[bytes, Any, FastDone], None]
+# calls ``done`` with the serialized answer or the error, now or from a callback. It
+# returns the future of the work it queued (cancelled if the client gives up), or None.
+FastUnary = Callable[[bytes, Any, FastDone], "asyncio.Future[Any] | None"]
 Admit = Callable[[Metadata], Grant]
 
 
@@ -122,11 +124,17 @@ class NativeGrpcServer:
     """
 
     def __init__(
-        self, max_message_bytes: int, max_concurrent_rpcs: int = 0, admit: Admit | None = None
+        self,
+        max_message_bytes: int,
+        max_concurrent_rpcs: int = 0,
+        admit: Admit | None = None,
+        max_idle_s: float = 0.0,
     ) -> None:
         self.max_message_bytes = max_message_bytes
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.admit = admit
+        self.max_idle_s = max_idle_s
+        self._sweeper: asyncio.Task[None] | None = None
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}
         self.fast: dict[str, FastUnary] = {}
         self.connections: set[H2Connection] = set()
@@ -152,12 +160,36 @@ class NativeGrpcServer:
         """The protocol factory to give ``loop.create_server``."""
         conn = H2Connection(self.open, self.connections.discard)
         self.connections.add(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
         return conn
+
+    async def _sweep(self) -> None:
+        """Close connections that hold a socket for nothing: no HTTP/2 preface within
+        PREFACE_S of connecting, or no call for ``max_idle_s`` (GOAWAY, NO_ERROR: gRPC
+        clients connect again when they next call)."""
+        every = min(1.0, self.max_idle_s / 4) if self.max_idle_s else 1.0
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if not conn.preface_seen:
+                    if now - conn.opened_at > PREFACE_S:
+                        conn.close(PROTOCOL_ERROR, "no HTTP/2 preface")
+                elif (
+                    self.max_idle_s
+                    and not conn.streams
+                    and not conn.orphans
+                    and now - conn.idle_since > self.max_idle_s
+                ):
+                    conn.go_away()
 
     def open(self, conn: H2Connection, stream: Stream, headers: list[tuple[bytes, bytes]]) -> Call:
         return Call(self, conn, stream, headers)
 
     async def stop(self, grace: float | None) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
@@ -258,7 +290,9 @@ class Call:
         "grant",
         "handler",
         "messages",
+        "orphaned",
         "path",
+        "pending",
         "queue",
         "sent_headers",
         "server",
@@ -275,7 +309,8 @@ class Call:
         # A streamed call's messages, each with its size on the wire; None: no more.
         self.queue: asyncio.Queue[tuple[bytes, int] | None] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.cancelled = self.ended = self.sent_headers = False
+        self.cancelled = self.ended = self.sent_headers = self.orphaned = False
+        self.pending: asyncio.Future[Any] | None = None  # a fast call's queued work
         self.encoding = ""
         self.handler: grpc.RpcMethodHandler | None = None
         self.grant: Grant | None = None
@@ -379,14 +414,31 @@ class Call:
             raise ValueError(f"the {self.encoding} message is cut short")
         return out
 
-    def reset(self) -> None:
+    def reset(self) -> bool:
+        """The stream is gone: stop, and say whether work it started still runs."""
         self.cancel()
+        if self.orphaned:
+            return False
+        task, pending = self.task, self.pending
+        if pending is not None:  # the batcher skips it if it has not run yet
+            pending.cancel()
+        elif task is not None and not task.done():
+            task.add_done_callback(lambda _: self._work_stopped())
+        else:
+            return False
+        self.orphaned = True
+        return True
+
+    def _work_stopped(self) -> None:
+        if self.orphaned:
+            self.orphaned = False
+            self.conn.orphan_done()
 
     def cancel(self) -> None:
         self.cancelled = True
         self.ended = True
         self.server.calls.discard(self)
-        if self.grant is not None:
+        if self.grant is not None and self.pending is None:  # else once the work stops
             self.grant.release()
         if self.task is not None and not self.task.done():
             self.task.cancel()
@@ -435,11 +487,16 @@ class Call:
         try:
             if self.server.admit is not None:
                 self.grant = self.server.admit(self.context.invocation_metadata())
-            method(message, self.context, self._fast_done)
+            pending = method(message, self.context, self._fast_done)
+            if not self.ended:
+                self.pending = pending
         except Exception as exc:
             self._fast_done(exc)
 
     def _fast_done(self, answer: bytes | BaseException) -> None:
+        self.pending = None
+        if self.orphaned:
+            self._work_stopped()
         if self.grant is not None:
             self.grant.release()
         if isinstance(answer, bytes):

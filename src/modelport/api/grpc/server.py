@@ -110,6 +110,7 @@ async def start_grpc_server(
     tls: TlsFiles | None = None,
     shared_port: bool = False,
     transport: Transport = "native",
+    max_idle_s: float = 0.0,
 ) -> GrpcServer:
     """Bind and start the server; GrpcListenError if the port cannot be had.
 
@@ -121,6 +122,8 @@ async def start_grpc_server(
     port. ``guard`` checks every call's API key (api/grpc/auth.py); with ``tls``
     the port speaks TLS only. ``shared_port``: other server processes of this server
     bind the same port (``processes`` > 1), so it is neither probed nor exclusive.
+    ``max_idle_s`` (native transport): a connection with no call for this long is
+    closed (0: never).
     """
     address = listen_address(host, port)
     if not shared_port:
@@ -132,7 +135,7 @@ async def start_grpc_server(
     if transport == "native":
         return await _start_native(
             service, host, port, max_message_bytes, max_concurrent_rpcs, guard, tls,
-            shared_port,
+            shared_port, max_idle_s,
         )  # fmt: skip
     if max_concurrent_rpcs:
         listeners = 1
@@ -178,9 +181,10 @@ async def _start_native(
     guard: Guard | None,
     tls: TlsFiles | None,
     shared_port: bool,
+    max_idle_s: float,
 ) -> NativeServer:
     admit = None if guard is None else functools.partial(admit_call, guard, "infer")
-    native = NativeGrpcServer(max_message_bytes, max_concurrent_rpcs, admit)
+    native = NativeGrpcServer(max_message_bytes, max_concurrent_rpcs, admit, max_idle_s)
     servicer = InferenceServicer(service)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, native)
     add_tfserving_services(service, native)

@@ -147,15 +147,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def start_infer(
         self, raw: bytes, context: Context, done: Callable[[bytes | BaseException], None]
-    ) -> None:
+    ) -> asyncio.Future[Any] | None:
         """ModelInfer in two halves for the native transport: parse, check and queue
         now, and call ``done`` with the serialized answer (or the error) from the batch's
-        callback, with no task per call. The same steps as :meth:`ModelInfer`."""
+        callback, with no task per call. The same steps as :meth:`ModelInfer`. Returns
+        the queued request's future (cancelling it drops the request if it has not run),
+        or None if ``done`` was called already."""
         try:
             request = pb.ModelInferRequest.FromString(raw)
         except DecodeError as exc:
             done(InvalidInput(f"{MODEL_INFER}: the request is not a valid protobuf message: {exc}"))
-            return
+            return None
 
         def finished() -> None:  # the batcher calls it once the request's future is done
             try:
@@ -171,6 +173,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             started = self.service.start(decoded.request, finished)
         except ModelportError as exc:
             done(exc)
+            return None
+        return started.future
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
