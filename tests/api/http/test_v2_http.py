@@ -351,6 +351,45 @@ async def test_overload_is_503_with_retry_after(client: httpx.AsyncClient) -> No
     assert value(metrics, "modelport_requests_total", outcome="success", **slow) >= accepted + 1
 
 
+async def test_a_request_whose_client_left_is_not_computed(server: str) -> None:
+    """A client that disconnects while its request waits in the queue: the request is
+    dropped, never computed (counted as failed), and the model goes on serving."""
+
+    def slow_request(i: int) -> bytes:
+        body = json.dumps({"inputs": [tensor("INPUT0", [1, 2], "FP32", [i, i])]}).encode()
+        return (
+            b"POST /v2/models/slow/infer HTTP/1.1\r\nhost: test\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    async def stats() -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=server, timeout=10) as c:
+            (found,) = (await c.get("/v2/models/slow/stats")).json()["model_stats"]
+            return dict(found)
+
+    host, port = server.removeprefix("http://").rsplit(":", 1)
+    before = await stats()
+    _, first = await asyncio.open_connection(host, int(port))  # runs for 150 ms
+    first.write(slow_request(1))
+    await first.drain()
+    await asyncio.sleep(0.03)
+    _, leaving = await asyncio.open_connection(host, int(port))  # waits behind it
+    leaving.write(slow_request(2))
+    await leaving.drain()
+    await asyncio.sleep(0.03)
+    leaving.close()  # gone while its request waits
+    await leaving.wait_closed()
+    await asyncio.sleep(0.6)  # both would have run by now
+    after = await stats()
+    first.close()
+    await first.wait_closed()
+    assert after["inference_count"] - before["inference_count"] == 1, (before, after)
+    failed = after["inference_stats"]["fail"]["count"] - before["inference_stats"]["fail"]["count"]
+    assert failed == 1
+    async with httpx.AsyncClient(base_url=server, timeout=10) as c:
+        assert [r.status_code for r in await burst(c, 1)] == [200]
+
+
 async def test_request_over_max_request_bytes_is_413(
     server_factory: Any, inproc_factory: Any
 ) -> None:

@@ -200,12 +200,19 @@ class _FastInferProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is None or cycle.response_complete:
+            return
         # A request cut off before its body was complete never reaches _finish: give its
         # place under the key's limit back here (a started one is released when answered).
-        if cycle is not None and not getattr(cycle, "fast_started", True):
+        if not getattr(cycle, "fast_started", True):
             grant = getattr(cycle, "fast_grant", None)
             if grant is not None:
                 grant.release()
+        # A queued request whose client is gone is dropped before it runs (the batcher
+        # skips cancelled requests); its callback still comes, and writes nothing.
+        future = getattr(cycle, "fast_future", None)
+        if future is not None:
+            future.cancel()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -238,6 +245,7 @@ class _FastInferProtocol(HttpToolsProtocol):
         try:
             decoded = self.infer.parse(model, version, bytes(cycle.body), headers)
             started = self.infer.service.start(decoded.request, done)
+            cycle.fast_future = started.future  # type: ignore[attr-defined]
         except ModelportError as exc:
             self._answer(cycle, rid, model, *error_parts(exc))
         except Exception:
