@@ -20,6 +20,8 @@ Exception tree::
     │                                     API key without the scope a call needs
     ├── Unauthenticated      UNAUTHENTICATED  no API key, or one that is not valid
     ├── TooManyRequests      TOO_MANY_REQUESTS  an API key's limit of calls in progress
+    ├── Cancelled            CANCELLED    the client gave up (disconnected, cancelled the
+    │                                     call) before its request ran; nobody reads it
     └── InferenceFailed      INTERNAL     the runtime raised while running a batch
 """
 
@@ -40,6 +42,7 @@ class ErrorKind(Enum):
     FORBIDDEN = "forbidden"
     UNAUTHENTICATED = "unauthenticated"
     TOO_MANY_REQUESTS = "too_many_requests"
+    CANCELLED = "cancelled"
     INTERNAL = "internal"
 
 
@@ -118,3 +121,10 @@ class TooManyRequests(ModelportError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Cancelled(ModelportError):
+    """The client gave up on a request before it ran (an HTTP connection closed, a gRPC
+    call cancelled): it was dropped from the queue. Counted, never answered."""
+
+    kind = ErrorKind.CANCELLED

@@ -15,7 +15,7 @@ import pytest
 from builders import mlp_onnx, write_model
 from modelport.core.registry import LoadedVersion
 from modelport.core.service import InferenceService
-from modelport.errors import ErrorKind, InferenceFailed, ModelUnavailable, Overloaded
+from modelport.errors import Cancelled, ErrorKind, InferenceFailed, ModelUnavailable, Overloaded
 from modelport.runtimes.fake import FakeRuntime
 from modelport.tensors import InferenceRequest, Tensor
 
@@ -413,6 +413,8 @@ async def test_requests_cancelled_before_they_run_are_dropped(repo: Path, serve:
     assert runtime.batches == [1, 2]  # 2 and 4 ran together; 1, 3 and 5 never ran
     assert np.array_equal(service.finish(started[1]).outputs[0].data, _rows(2))
     assert np.array_equal(service.finish(started[3]).outputs[0].data, _rows(4))
-    with pytest.raises(ModelUnavailable, match="cancelled before it was answered"):
-        service.finish(started[0])
+    for i in (0, 2, 4):
+        with pytest.raises(Cancelled, match="cancelled before it was answered"):
+            service.finish(started[i])
     assert service.get_version("m").batcher.queue_depth == 0
+    assert service.get_version("m").stats.failures_by_reason == {"cancelled": 3}

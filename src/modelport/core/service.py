@@ -20,6 +20,7 @@ from modelport.core.batcher import BatchResult
 from modelport.core.registry import IndexRow, LoadedVersion, ModelRegistry, ModelState
 from modelport.core.stats import ModelStats
 from modelport.errors import (
+    Cancelled,
     Forbidden,
     InferenceFailed,
     InvalidInput,
@@ -154,7 +155,7 @@ class InferenceService:
         loaded, request = started.loaded, started.request
         try:
             if started.future.cancelled():
-                raise ModelUnavailable(
+                raise Cancelled(
                     f"the request to model '{loaded.name}' was cancelled before it was "
                     "answered (its client gave up)"
                 )

@@ -367,8 +367,14 @@ async def test_a_request_whose_client_left_is_not_computed(server: str) -> None:
             (found,) = (await c.get("/v2/models/slow/stats")).json()["model_stats"]
             return dict(found)
 
+    async def cancelled() -> float:
+        async with httpx.AsyncClient(base_url=server, timeout=10) as c:
+            samples = await scrape(c)
+        labels = {"model": "slow", "version": "1", "outcome": "cancelled"}
+        return value(samples, "modelport_requests_total", 0, **labels)
+
     host, port = server.removeprefix("http://").rsplit(":", 1)
-    before = await stats()
+    before, cancelled_before = await stats(), await cancelled()
     _, first = await asyncio.open_connection(host, int(port))  # runs for 150 ms
     first.write(slow_request(1))
     await first.drain()
@@ -386,6 +392,7 @@ async def test_a_request_whose_client_left_is_not_computed(server: str) -> None:
     assert after["inference_count"] - before["inference_count"] == 1, (before, after)
     failed = after["inference_stats"]["fail"]["count"] - before["inference_stats"]["fail"]["count"]
     assert failed == 1
+    assert await cancelled() - cancelled_before == 1
     async with httpx.AsyncClient(base_url=server, timeout=10) as c:
         assert [r.status_code for r in await burst(c, 1)] == [200]
 

@@ -19,6 +19,7 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.FORBIDDEN: 403,
     ErrorKind.UNAUTHENTICATED: 401,
     ErrorKind.TOO_MANY_REQUESTS: 429,
+    ErrorKind.CANCELLED: 499,  # nginx's "client closed request": nobody reads it
     ErrorKind.INTERNAL: 500,
 }
 
