@@ -351,3 +351,23 @@ def test_idle_connections_are_closed_and_clients_connect_again(patient_server: A
         assert grpc_connections(port) == 0
         answer = client.infer("patient", [tensor("INPUT0", row, "FP32")])
         np.testing.assert_array_equal(answer.as_numpy("OUTPUT0"), row)
+
+
+def test_a_call_past_its_grpc_timeout_ends_and_is_not_computed(patient_server: Any) -> None:
+    """A call whose grpc-timeout passes while it waits behind another ends with
+    DEADLINE_EXCEEDED (as grpcio's server ends it) even if its client never resets it,
+    and its request is dropped from the queue."""
+    with triton.InferenceServerClient(patient_server.target) as client:
+        (before,) = client.get_inference_statistics("patient").model_stats
+    with RawH2(patient_server.target) as conn:
+        conn.start()
+        first = conn.open()  # no timeout: runs for 100 ms
+        conn.send(frame(DATA, END_STREAM, first, grpc_message(patient_request())))
+        late = conn.call(patient_request(), grpc_timeout="30m")
+        assert late.status == 4, late.headers  # DEADLINE_EXCEEDED
+        assert late.headers[-1]["grpc-message"] == "Deadline Exceeded"
+        assert conn.answer(first).status == 0
+    time.sleep(0.3)
+    with triton.InferenceServerClient(patient_server.target) as client:
+        (after,) = client.get_inference_statistics("patient").model_stats
+    assert after.inference_count - before.inference_count == 1

@@ -298,6 +298,7 @@ class Call:
         "server",
         "stream",
         "task",
+        "timer",
     )  # fmt: skip
 
     def __init__(
@@ -309,6 +310,7 @@ class Call:
         # A streamed call's messages, each with its size on the wire; None: no more.
         self.queue: asyncio.Queue[tuple[bytes, int] | None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the call's grpc-timeout
         self.cancelled = self.ended = self.sent_headers = self.orphaned = False
         self.pending: asyncio.Future[Any] | None = None  # a fast call's queued work
         self.encoding = ""
@@ -338,6 +340,9 @@ class Call:
             )
             return
         server.calls.add(self)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            self.timer = asyncio.get_running_loop().call_later(left, self._expired)
         if self.handler.request_streaming:
             self.queue = asyncio.Queue()
             self.task = asyncio.ensure_future(self._run(self._requests()))
@@ -429,6 +434,16 @@ class Call:
         self.orphaned = True
         return True
 
+    def _expired(self) -> None:
+        """The call's grpc-timeout has passed: end it as grpcio's server does, and drop
+        its request if it has not run yet."""
+        self.timer = None
+        if self.ended:
+            return
+        if self.pending is not None:
+            self.pending.cancel()
+        self.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
     def _work_stopped(self) -> None:
         if self.orphaned:
             self.orphaned = False
@@ -437,6 +452,8 @@ class Call:
     def cancel(self) -> None:
         self.cancelled = True
         self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
         self.server.calls.discard(self)
         if self.grant is not None and self.pending is None:  # else once the work stops
             self.grant.release()
@@ -525,6 +542,8 @@ class Call:
             return
         self.ended = True
         self.server.calls.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
         framed = b"\x00" + len(message).to_bytes(4, "big") + message
         trailers = OK_TRAILERS + _metadata_block(self.context.trailing)
         self.conn.send(self.stream, HEAD, framed, trailers)
@@ -545,6 +564,8 @@ class Call:
             return
         self.ended = True
         self.server.calls.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
         block = encode_literal(b"grpc-status", str(code.value[0]).encode())
