@@ -240,6 +240,7 @@ async def serve(
     peers = Peers(process) if process is not None else None
     if peers is not None:
         service.after_admin = peers.broadcast
+        service.statistics_elsewhere = peers.statistics
     _, asgi = create_app(
         service, metrics, settings.max_request_bytes, task_routes(settings, tasks, cluster),
         functools.partial(peers.metrics, metrics) if peers is not None else None,

@@ -11,8 +11,9 @@ requests. What must stay one server across them:
   mode 0600, no API keys: only this user can reach them); the call answers once every
   process has done it.
 - **/metrics**: any process answers with every process's samples, labelled
-  ``process="<i>"`` (Prometheus sums them); Triton's statistics extension stays per
-  process.
+  ``process="<i>"`` (Prometheus sums them).
+- **Triton's statistics extension** (HTTP and gRPC): any process answers with every
+  process's counters added up (``InferenceService.gather_statistics``).
 - **tasks**: process 0 alone recovers and runs them; tasks submitted to another process
   are stored and taken up by process 0 within a second (``TaskUpkeep.reconcile``).
 
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -140,6 +142,23 @@ class Peers:
                 + "; ".join(problems)
             )
 
+    async def statistics(self, model: str, version: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """The other processes' counters of ``model`` (every model if ""), for
+        ``InferenceService.gather_statistics``; a process restarting is left out."""
+
+        async def one(index: int) -> list[tuple[str, str, dict[str, Any]]]:
+            path = f"/peer/stats?model={quote(model)}&version={quote(version)}"
+            try:
+                answer = await self._call(index, "GET", path)
+            except httpx.HTTPError:
+                return []
+            if answer.status_code != 200:
+                return []
+            return [(e["name"], e["version"], e["counters"]) for e in answer.json()]
+
+        found = await asyncio.gather(*map(one, self._others()))
+        return [entry for entries in found for entry in entries]
+
     async def metrics(self, local: CollectorRegistry) -> bytes:
         """Every process's metrics, each sample labelled with its process."""
         texts = [(self.me.index, generate_latest(local).decode())]
@@ -192,10 +211,22 @@ def peer_app(service: InferenceService, metrics: CollectorRegistry) -> Starlette
     async def ready(request: Request) -> Response:
         return JSONResponse({"ready": service.ready()}, status_code=200 if service.ready() else 503)
 
+    async def stats(request: Request) -> Response:
+        model = request.query_params.get("model", "")
+        version = request.query_params.get("version", "")
+        try:
+            found = service.statistics(model, version)
+        except ModelportError as exc:
+            return JSONResponse({"error": exc.message}, status_code=404)
+        return JSONResponse(
+            [{"name": s.name, "version": s.version, "counters": s.stats.counters()} for s in found]
+        )
+
     return Starlette(routes=[
         Route("/peer/load/{model}", load, methods=["POST"]),
         Route("/peer/unload/{model}", unload, methods=["POST"]),
         Route("/peer/metrics", local_metrics),
+        Route("/peer/stats", stats),
         Route("/peer/ready", ready),
     ])  # fmt: skip
 

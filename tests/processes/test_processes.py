@@ -1,7 +1,8 @@
 """Several server processes on one port (``modelport serve --processes N``): real
 processes, real clients. The kernel spreads connections over the processes; load and
-unload reach all of them; /metrics shows all of them; tasks submitted to any process
-run; a process killed with ``kill -9`` is started again; SIGTERM stops them all."""
+unload reach all of them; /metrics shows all of them, and so do the statistics; tasks
+submitted to any process run; a process killed with ``kill -9`` is started again;
+SIGTERM stops them all."""
 
 from __future__ import annotations
 
@@ -158,3 +159,34 @@ def test_peer_sockets_fit_a_unix_socket_path_however_deep_the_data_dir(tmp_path:
     assert len(paths) == 2 and all(len(str(p)) < 108 for p in paths)
     # Every process computes the same path for a peer.
     assert ProcessInfo(1, 2, deep.run_dir).socket_path(0) == deep.socket_path(0)
+
+
+def test_statistics_from_any_process_count_every_process(two_processes: Any) -> None:
+    """Requests spread over both processes; the statistics extension, asked over HTTP
+    (a new connection each: either process answers) and over gRPC, counts all of them,
+    as /metrics does."""
+    url = two_processes.url
+
+    def http_count() -> int:
+        answer = httpx.get(f"{url}/v2/models/add_sub/stats", timeout=10)
+        assert answer.status_code == 200, answer.text
+        (stats,) = answer.json()["model_stats"]
+        return int(stats["inference_stats"]["success"]["count"])
+
+    before = http_count()
+    for _ in range(40):
+        answer = httpx.post(f"{url}/v2/models/add_sub/infer", json=BODY, timeout=10)
+        assert answer.status_code == 200, answer.text
+    counts = success_by_process(url, "add_sub")
+    assert all(v > 0 for v in counts.values()) and len(counts) == 2, counts
+    assert {http_count() for _ in range(10)} == {before + 40}
+    for _ in range(4):
+        with triton_grpc.InferenceServerClient(f"127.0.0.1:{two_processes.grpc_port}") as client:
+            (stats,) = client.get_inference_statistics("add_sub").model_stats
+            assert stats.inference_stats.success.count == before + 40
+            assert stats.inference_count == before + 40
+    everything = httpx.get(f"{url}/v2/models/stats", timeout=10).json()["model_stats"]
+    (add_sub,) = [s for s in everything if s["name"] == "add_sub"]
+    assert add_sub["inference_stats"]["success"]["count"] == before + 40
+    batches = sum(b["compute_infer"]["count"] for b in add_sub["batch_stats"])
+    assert batches == add_sub["execution_count"]

@@ -103,6 +103,11 @@ class InferenceService:
         self.admin_refusal = admin_refusal
         # With several server processes: applies a load or unload in the others too.
         self.after_admin: Callable[[str, str], Awaitable[None]] | None = None
+        # With several server processes: the others' statistics (processes.py), as
+        # (model, version, ModelStats.counters()) for gather_statistics to add up.
+        self.statistics_elsewhere: (
+            Callable[[str, str], Awaitable[list[tuple[str, str, dict[str, Any]]]]] | None
+        ) = None
 
     # -- health ---------------------------------------------------------------------------
 
@@ -242,7 +247,25 @@ class InferenceService:
         if self.admin_refusal:
             raise Forbidden(self.admin_refusal)
 
+    async def gather_statistics(self, name: str = "", version: str = "") -> list[VersionStats]:
+        """:meth:`statistics`, added up over every server process (with one process,
+        the same). What the statistics extension answers over HTTP and gRPC."""
+        found = self.statistics(name, version)
+        if self.statistics_elsewhere is None:
+            return found
+        elsewhere = await self.statistics_elsewhere(name, version)
+        merged = []
+        for entry in found:
+            total = ModelStats()
+            total.add_counters(entry.stats.counters())
+            for other_name, other_version, counters in elsewhere:
+                if (other_name, other_version) == (entry.name, entry.version):
+                    total.add_counters(counters)
+            merged.append(VersionStats(entry.name, entry.version, total))
+        return merged
+
     def statistics(self, name: str = "", version: str = "") -> list[VersionStats]:
+        """This process's own counters (see :meth:`gather_statistics`)."""
         if not name:
             return [
                 VersionStats(e.name, str(v), lv.stats)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from typing import Any
 
 # Latency buckets in seconds, shared by every histogram modelport exports.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -13,6 +14,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+BATCH_DURATIONS = ("compute_input", "compute_infer", "compute_output")
 
 
 @dataclass(slots=True)
@@ -109,3 +112,37 @@ class ModelStats:
         else:
             self.fail.add(total_ns)
             self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
+
+    # -- several server processes (processes.py) -------------------------------------------
+
+    def counters(self) -> dict[str, Any]:
+        """What the statistics extension reports, as JSON data, for :meth:`add_counters`
+        in another process (the histograms stay per process: /metrics labels them)."""
+        return {
+            "durations": {name: [d.count, d.ns] for name in DURATIONS
+                          for d in (getattr(self, name),)},
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "last_inference_ms": self.last_inference_ms,
+            "warmup_ns": self.warmup_ns,
+            "failures_by_reason": dict(self.failures_by_reason),
+            "batches": {str(size): [[getattr(b, n).count, getattr(b, n).ns]
+                                    for n in BATCH_DURATIONS]
+                        for size, b in self.batches.items()},
+        }  # fmt: skip
+
+    def add_counters(self, counters: dict[str, Any]) -> None:
+        """Add another process's :meth:`counters` to these (the latest inference wins;
+        warm-up: the longest)."""
+        for name, (count, ns) in counters["durations"].items():
+            getattr(self, name).add(ns, count)
+        self.inference_count += counters["inference_count"]
+        self.execution_count += counters["execution_count"]
+        self.last_inference_ms = max(self.last_inference_ms, counters["last_inference_ms"])
+        self.warmup_ns = max(self.warmup_ns, counters["warmup_ns"])
+        for reason, count in counters["failures_by_reason"].items():
+            self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + count
+        for size, durations in counters["batches"].items():
+            entry = self.batches.setdefault(int(size), BatchStats())
+            for name, (count, ns) in zip(BATCH_DURATIONS, durations, strict=True):
+                getattr(entry, name).add(ns, count)

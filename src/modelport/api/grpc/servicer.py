@@ -128,7 +128,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
-        found = self.service.statistics(routed_model(request.name, context), request.version)
+        name = routed_model(request.name, context)
+        found = await self.service.gather_statistics(name, request.version)
         return convert.statistics_response(found)
 
     # -- inference ------------------------------------------------------------------------

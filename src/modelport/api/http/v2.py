@@ -162,7 +162,7 @@ def build_router(service: InferenceService) -> APIRouter:
     @router.get("/v2/models/stats", summary="Statistics of every model")
     async def all_stats() -> Response:
         return _json({"model_stats": [stats_json(s.name, s.version, s.stats)
-                                      for s in service.statistics()]})  # fmt: skip
+                                      for s in await service.gather_statistics()]})  # fmt: skip
 
     @router.post("/v2/repository/index", summary="Every model in the repository and its state")
     async def repository_index(request: Request) -> Response:
@@ -270,7 +270,7 @@ def _model_routes(
     @router.get(prefix + "/stats", summary="Model statistics (Triton's extension)")
     async def stats(model: str, version: str = "") -> Response:
         try:
-            found = service.statistics(model, version)
+            found = await service.gather_statistics(model, version)
         except ModelportError as exc:
             return error_response(exc)
         return _json({"model_stats": [stats_json(s.name, s.version, s.stats) for s in found]})
