@@ -255,7 +255,9 @@ async def serve(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=http_protocol(handler, settings.max_request_bytes, admit),
+        http=http_protocol(
+            handler, settings.max_request_bytes, admit, settings.request_header_timeout_s
+        ),
         lifespan="off",
         access_log=False,
         log_level="warning",

@@ -63,6 +63,12 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="largest HTTP body (413 above)"
     )
+    request_header_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="an HTTP request's headers must arrive within this (408, then the "
+        "connection closes); a connection that sends nothing closes after 5 s",
+    )
     max_tensor_elements: int = Field(
         default=64 * 1024 * 1024,
         ge=1,

@@ -159,6 +159,54 @@ class _FastInferProtocol(HttpToolsProtocol):
     # API keys (api/http/auth.py): admits an infer request or raises a ModelportError;
     # None when keys are off. Other requests are checked by the ASGI app's middleware.
     admit: Callable[[Scope], Grant] | None
+    header_timeout_s: float
+    _header_watch: asyncio.TimerHandle | None  # the class's sweep of slow headers
+    header_since: float | None = None  # when the headers of the request being read began
+
+    # -- slow clients: uvicorn times out a connection idle between requests; these two
+    # cover the rest (a connection that never sends, headers that trickle in).
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # Sending nothing at all gets the same timeout as idling after a response.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+        cls = type(self)
+        if cls._header_watch is None:
+            cls._header_watch = self.loop.call_later(1.0, cls._sweep, self.connections, self.loop)
+
+    def on_message_begin(self) -> None:
+        self.header_since = self.loop.time()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self.header_since = None
+        super().on_headers_complete()
+
+    @classmethod
+    def _sweep(cls, connections: set[Any], loop: asyncio.AbstractEventLoop) -> None:
+        """Once a second while there are connections: 408 and close those whose request
+        headers began over ``header_timeout_s`` ago and are not complete."""
+        cls._header_watch = None
+        now = loop.time()
+        for conn in list(connections):
+            since = conn.header_since
+            if since is not None and now - since > cls.header_timeout_s:
+                conn.header_since = None
+                conn._headers_too_slow()
+        if connections:
+            cls._header_watch = loop.call_later(1.0, cls._sweep, connections, loop)
+
+    def _headers_too_slow(self) -> None:
+        if self.transport.is_closing():
+            return
+        body = orjson.dumps({
+            "error": f"the request's headers did not arrive within {self.header_timeout_s:g} s "
+            "(request_header_timeout_s); send them at once"
+        })  # fmt: skip
+        self.transport.write(_response_bytes(408, body, [], keep_alive=False))
+        self.transport.close()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         scope = cycle.scope
@@ -313,8 +361,15 @@ class _FastInferProtocol(HttpToolsProtocol):
 
 
 def http_protocol(
-    infer: InferHandler, max_body: int, admit: Callable[[Scope], Grant] | None = None
+    infer: InferHandler,
+    max_body: int,
+    admit: Callable[[Scope], Grant] | None = None,
+    header_timeout_s: float = 30.0,
 ) -> type[asyncio.Protocol]:
-    """The protocol class to give ``uvicorn.Config(http=...)``; ``admit`` checks API keys."""
-    attributes = {"infer": infer, "max_body": max_body, "admit": admit}
+    """The protocol class to give ``uvicorn.Config(http=...)``; ``admit`` checks API keys;
+    a request's headers must arrive within ``header_timeout_s``."""
+    attributes = {
+        "infer": infer, "max_body": max_body, "admit": admit,
+        "header_timeout_s": header_timeout_s, "_header_watch": None,
+    }  # fmt: skip
     return type("InferHttpProtocol", (_FastInferProtocol,), attributes)
