@@ -51,7 +51,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelport.core.service import InferenceService
+from modelport.core.service import InferenceService, VersionStats
+from modelport.core.stats import ModelStats
 from modelport.errors import ModelportError, ModelUnavailable
 from modelport.settings import Settings
 
@@ -142,11 +143,11 @@ class Peers:
                 + "; ".join(problems)
             )
 
-    async def statistics(self, model: str, version: str) -> list[tuple[str, str, dict[str, Any]]]:
+    async def statistics(self, model: str, version: str) -> list[VersionStats]:
         """The other processes' counters of ``model`` (every model if ""), for
         ``InferenceService.gather_statistics``; a process restarting is left out."""
 
-        async def one(index: int) -> list[tuple[str, str, dict[str, Any]]]:
+        async def one(index: int) -> list[VersionStats]:
             path = f"/peer/stats?model={quote(model)}&version={quote(version)}"
             try:
                 answer = await self._call(index, "GET", path)
@@ -154,7 +155,12 @@ class Peers:
                 return []
             if answer.status_code != 200:
                 return []
-            return [(e["name"], e["version"], e["counters"]) for e in answer.json()]
+            found = []
+            for entry in answer.json():
+                stats = ModelStats()
+                stats.add_counters(entry["counters"])
+                found.append(VersionStats(entry["name"], entry["version"], stats))
+            return found
 
         found = await asyncio.gather(*map(one, self._others()))
         return [entry for entries in found for entry in entries]

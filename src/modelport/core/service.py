@@ -103,11 +103,9 @@ class InferenceService:
         self.admin_refusal = admin_refusal
         # With several server processes: applies a load or unload in the others too.
         self.after_admin: Callable[[str, str], Awaitable[None]] | None = None
-        # With several server processes: the others' statistics (processes.py), as
-        # (model, version, ModelStats.counters()) for gather_statistics to add up.
-        self.statistics_elsewhere: (
-            Callable[[str, str], Awaitable[list[tuple[str, str, dict[str, Any]]]]] | None
-        ) = None
+        # With several server processes: the others' statistics (processes.py), for
+        # gather_statistics to add up.
+        self.statistics_elsewhere: Callable[[str, str], Awaitable[list[VersionStats]]] | None = None
 
     # -- health ---------------------------------------------------------------------------
 
@@ -258,9 +256,9 @@ class InferenceService:
         for entry in found:
             total = ModelStats()
             total.add_counters(entry.stats.counters())
-            for other_name, other_version, counters in elsewhere:
-                if (other_name, other_version) == (entry.name, entry.version):
-                    total.add_counters(counters)
+            for other in elsewhere:
+                if (other.name, other.version) == (entry.name, entry.version):
+                    total.add_counters(other.stats.counters())
             merged.append(VersionStats(entry.name, entry.version, total))
         return merged
 
