@@ -256,7 +256,11 @@ async def serve(
         port=settings.port,
         loop="uvloop",
         http=http_protocol(
-            handler, settings.max_request_bytes, admit, settings.request_header_timeout_s
+            handler,
+            settings.max_request_bytes,
+            admit,
+            settings.request_header_timeout_s,
+            settings.request_body_timeout_s,
         ),
         lifespan="off",
         access_log=False,

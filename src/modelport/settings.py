@@ -69,6 +69,12 @@ class Settings(BaseModel):
         description="an HTTP request's headers must arrive within this (408, then the "
         "connection closes); a connection that sends nothing closes after 5 s",
     )
+    request_body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="an HTTP request body with no new byte for this long gets 408, then "
+        "the connection closes",
+    )
     max_tensor_elements: int = Field(
         default=64 * 1024 * 1024,
         ge=1,

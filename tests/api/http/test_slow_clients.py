@@ -1,8 +1,9 @@
 """Clients that hold an HTTP connection without sending a request, against a server
-process with ``request_header_timeout_s = 1``: a connection that sends nothing is
-closed (after uvicorn's 5 s keep-alive timeout), headers trickled in byte by byte get
-408 and a closed connection, and a client that is merely slow within the limit is
-served. The server serves others throughout."""
+process with ``request_header_timeout_s = 1`` and ``request_body_timeout_s = 1``: a
+connection that sends nothing is closed (after uvicorn's 5 s keep-alive timeout),
+headers trickled in byte by byte get 408 and a closed connection, so does a body that
+stops halfway, and a client that is merely slow within the limits is served. The server
+serves others throughout."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ REQUEST = (
 
 @pytest.fixture(scope="module")
 def server(server_factory: Any) -> Iterator[Any]:
-    started = server_factory(env={"MODELPORT_REQUEST_HEADER_TIMEOUT_S": "1"})
+    started = server_factory(
+        env={"MODELPORT_REQUEST_HEADER_TIMEOUT_S": "1", "MODELPORT_REQUEST_BODY_TIMEOUT_S": "1"}
+    )
     yield started
     started.stop()
 
@@ -76,5 +79,32 @@ def test_a_client_slow_within_the_limit_is_served(server: Any) -> None:
         sock.sendall(REQUEST[:30])
         time.sleep(0.5)
         sock.sendall(REQUEST[30:])
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+def test_a_body_that_stops_halfway_gets_408(server: Any) -> None:
+    head = REQUEST.index(b"\r\n\r\n") + 4
+    with connect(server) as sock:
+        sock.sendall(REQUEST[: head + 20])  # the headers and 20 bytes of the body
+        started = time.monotonic()
+        answer = read_all(sock)
+        assert time.monotonic() - started < 10
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"request_body_timeout_s" in answer
+    assert_serving(server)
+
+
+def test_a_body_that_keeps_moving_is_served_however_long_it_takes(server: Any) -> None:
+    """The limit is on a pause, not on the whole body: four parts 0.6 s apart (2.4 s
+    in all, past the 1 s limit) are answered."""
+    head = REQUEST.index(b"\r\n\r\n") + 4
+    body = REQUEST[head:]
+    quarter = len(body) // 4
+    with connect(server) as sock:
+        sock.sendall(REQUEST[:head])
+        for start in range(0, len(body), quarter):
+            time.sleep(0.6)
+            sock.sendall(body[start : start + quarter])
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200 "), answer

@@ -160,11 +160,13 @@ class _FastInferProtocol(HttpToolsProtocol):
     # None when keys are off. Other requests are checked by the ASGI app's middleware.
     admit: Callable[[Scope], Grant] | None
     header_timeout_s: float
-    _header_watch: asyncio.TimerHandle | None  # the class's sweep of slow headers
+    body_timeout_s: float
+    _header_watch: asyncio.TimerHandle | None  # the class's sweep of slow requests
     header_since: float | None = None  # when the headers of the request being read began
+    body_since: float | None = None  # when its body last moved, while one is expected
 
-    # -- slow clients: uvicorn times out a connection idle between requests; these two
-    # cover the rest (a connection that never sends, headers that trickle in).
+    # -- slow clients: uvicorn times out a connection idle between requests; these
+    # cover the rest (a connection that never sends, headers or a body that trickle in).
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -182,30 +184,45 @@ class _FastInferProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.header_since = None
+        self.body_since = self.loop.time()  # until on_message_complete, a body is due
         super().on_headers_complete()
 
     @classmethod
     def _sweep(cls, connections: set[Any], loop: asyncio.AbstractEventLoop) -> None:
         """Once a second while there are connections: 408 and close those whose request
-        headers began over ``header_timeout_s`` ago and are not complete."""
+        headers began over ``header_timeout_s`` ago and are not complete, or whose body
+        has not moved for ``body_timeout_s``."""
         cls._header_watch = None
         now = loop.time()
         for conn in list(connections):
             since = conn.header_since
             if since is not None and now - since > cls.header_timeout_s:
                 conn.header_since = None
-                conn._headers_too_slow()
+                conn._timed_out(
+                    f"the request's headers did not arrive within {cls.header_timeout_s:g} s "
+                    "(request_header_timeout_s); send them at once"
+                )
+            body = conn.body_since
+            if body is None:
+                continue
+            cycle = conn.cycle
+            if conn.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+                conn.body_since = now  # waiting on us, not on the client
+            elif now - body > cls.body_timeout_s:
+                conn.body_since = None
+                conn._timed_out(
+                    f"the request's body stopped for {cls.body_timeout_s:g} s "
+                    "(request_body_timeout_s)"
+                )
         if connections:
             cls._header_watch = loop.call_later(1.0, cls._sweep, connections, loop)
 
-    def _headers_too_slow(self) -> None:
+    def _timed_out(self, message: str) -> None:
         if self.transport.is_closing():
             return
-        body = orjson.dumps({
-            "error": f"the request's headers did not arrive within {self.header_timeout_s:g} s "
-            "(request_header_timeout_s); send them at once"
-        })  # fmt: skip
-        self.transport.write(_response_bytes(408, body, [], keep_alive=False))
+        if self.cycle is None or not self.cycle.response_complete:
+            body = orjson.dumps({"error": message})
+            self.transport.write(_response_bytes(408, body, [], keep_alive=False))
         self.transport.close()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
@@ -235,6 +252,7 @@ class _FastInferProtocol(HttpToolsProtocol):
             self._start_fast(cycle)
 
     def on_body(self, body: bytes) -> None:
+        self.body_since = self.loop.time()
         cycle = self.cycle
         if getattr(cycle, "fast_target", None) is None:
             super().on_body(body)
@@ -263,6 +281,7 @@ class _FastInferProtocol(HttpToolsProtocol):
             future.cancel()
 
     def on_message_complete(self) -> None:
+        self.body_since = None
         super().on_message_complete()
         cycle = self.cycle
         if getattr(cycle, "fast_target", None) is None:
@@ -365,11 +384,14 @@ def http_protocol(
     max_body: int,
     admit: Callable[[Scope], Grant] | None = None,
     header_timeout_s: float = 30.0,
+    body_timeout_s: float = 60.0,
 ) -> type[asyncio.Protocol]:
     """The protocol class to give ``uvicorn.Config(http=...)``; ``admit`` checks API keys;
-    a request's headers must arrive within ``header_timeout_s``."""
+    a request's headers must arrive within ``header_timeout_s``, and its body may pause
+    at most ``body_timeout_s``."""
     attributes = {
         "infer": infer, "max_body": max_body, "admit": admit,
-        "header_timeout_s": header_timeout_s, "_header_watch": None,
+        "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
+        "_header_watch": None,
     }  # fmt: skip
     return type("InferHttpProtocol", (_FastInferProtocol,), attributes)
