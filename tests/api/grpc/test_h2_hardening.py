@@ -6,7 +6,8 @@ can be read) and a raw HTTP/2 client (``raw_h2.py``) on a thread:
   among the connection's 256 until the work they started has stopped;
 - a PING flood whose answers are never read: the server stops reading at its
   high-water mark, and answers every PING once the client reads;
-- a connection that never sends the HTTP/2 preface, and one left idle, are closed.
+- a connection that never sends the HTTP/2 preface, and one left idle, are closed;
+- TCP keepalive is on, so a client that vanished with a stream open is found out.
 
 ``tests/api/grpc/test_native_transport.py`` covers the same with a server process and
 real clients: cancelled requests never computed, clients connecting again after an
@@ -15,7 +16,9 @@ idle close."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ import grpc
 import pytest
 
 from modelport.api.grpc import native
-from modelport.api.grpc.h2 import MAX_STREAMS, WRITE_HIGH, H2Connection
+from modelport.api.grpc.h2 import KEEPALIVE_IDLE_S, MAX_STREAMS, WRITE_HIGH, H2Connection
 from modelport.api.grpc.native import NativeGrpcServer
 from modelport.errors import ModelUnavailable
 from raw_h2 import (
@@ -218,3 +221,19 @@ async def test_an_idle_connection_gets_goaway_and_a_busy_one_does_not() -> None:
             assert busy.closed
     finally:
         await served.server.stop(0)
+
+
+async def test_connections_have_tcp_keepalive(served: Served) -> None:
+    """The kernel's keepalive timer runs on the server's side of a connection (ss shows
+    it), at KEEPALIVE_IDLE_S: a silent peer is probed, and dropped when it never answers."""
+    port = int(served.target.rsplit(":", 1)[1])
+    with RawH2(served.target) as conn:
+        await asyncio.to_thread(conn.start)
+        await _until(lambda: bool(served.server.connections) and served.connection().preface_seen)
+        shown = subprocess.run(
+            ["ss", "-Htno", "state", "established", f"( sport = :{port} )"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    assert "timer:(keepalive," in shown, shown
+    left = shown.split("timer:(keepalive,", 1)[1].split(",", 1)[0]  # "1min" or "59sec"
+    assert KEEPALIVE_IDLE_S == 60 and re.fullmatch(r"1min|[45]\dsec", left), shown

@@ -19,7 +19,9 @@ plain HTTP/1.1 request is answered 400 naming the port's protocol), CONNECT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import struct
 import time
 from collections import deque
@@ -50,6 +52,10 @@ MAX_STREAMS = 256  # streams open at once on one connection
 MAX_HEADER_BLOCK = 64 * 1024
 # Past WRITE_HIGH bytes not yet taken by the peer, the connection stops reading it.
 WRITE_HIGH, WRITE_LOW = 4 << 20, 1 << 20
+# TCP keepalive: a peer silent for KEEPALIVE_IDLE_S is probed every KEEPALIVE_INTERVAL_S,
+# and after KEEPALIVE_PROBES unanswered probes the kernel ends the connection: a client
+# that vanished (power cut, network gone) with a stream open does not hold it forever.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 60, 10, 6
 
 _ID = struct.Struct(">I")
 _FRAME_HEAD = struct.Struct(">BHBBI")  # length (24 bits), type, flags, stream id
@@ -139,6 +145,7 @@ class H2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
+        _keep_alive(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"ipv{6 if ':' in str(peer[0]) else 4}:{peer[0]}:{peer[1]}"
@@ -588,3 +595,13 @@ def _unpad(payload: bytes) -> tuple[bytes, int]:
         raise ConnectionError_(PROTOCOL_ERROR, "padding longer than the frame")
     padding = payload[0]
     return payload[1 : len(payload) - padding], padding
+
+
+def _keep_alive(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # the TCP_KEEP* options are Linux's
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
