@@ -9,11 +9,8 @@ handlers with :class:`NativeGrpcServer` as with a ``grpc.aio.Server``, intercept
 (API keys, malformed requests) wrap them once at start, and each call gets a
 :class:`CallContext` with the part of ``grpc.aio.ServicerContext`` the servicers use.
 
-The gRPC side of the wire (see PROTOCOL-HTTP2 of grpc/grpc): a request is HEADERS
-(``:path`` = ``/package.Service/Method``, ``content-type: application/grpc``,
-``grpc-timeout``, ``grpc-encoding``, metadata) then length-prefixed messages; the
-answer is HEADERS, messages, and trailers carrying ``grpc-status`` and
-``grpc-message``, or trailers alone for an error before any message.
+What a call's headers say and how its messages and trailers are written is
+``wire.py``.
 
 ``grpc_transport = "grpcio"`` in the settings serves the same services with
 grpcio's server instead (``server.py``).
@@ -22,36 +19,34 @@ grpcio's server instead (``server.py``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 
 from modelport.access import Grant
 from modelport.api.grpc.errors import RETRY_AFTER, STATUS
 from modelport.api.grpc.h2 import PROTOCOL_ERROR, H2Connection, Stream
-from modelport.api.grpc.hpack_codec import HeaderList, encode_literal, encode_status
+from modelport.api.grpc.hpack_codec import HeaderList, encode_literal
+from modelport.api.grpc.wire import (
+    BARE_HEAD,
+    HEAD,
+    OK_TRAILERS,
+    InflatedTooLarge,
+    Metadata,
+    deadline_of,
+    inflate,
+    metadata_block,
+    percent_encoded,
+    read_head,
+)
 from modelport.errors import ModelportError, Overloaded, TooManyRequests
 
 log = logging.getLogger("modelport.grpc")
 
-Metadata = tuple[tuple[str, str | bytes], ...]
-_HEAD = encode_status(200) + encode_literal(b"content-type", b"application/grpc")
-HEAD = _HEAD + encode_literal(b"grpc-accept-encoding", b"identity,deflate,gzip")
-OK_TRAILERS = encode_literal(b"grpc-status", b"0")
-RESERVED = frozenset(
-    {"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"}
-)
 PREFACE_S = 10.0  # a connection must start speaking HTTP/2 within this
-TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-
-
-class InflatedTooLarge(ValueError):
-    """A compressed message that inflates past ``max_message_bytes``."""
 
 
 class AbortCall(Exception):
@@ -225,58 +220,6 @@ class _Details(grpc.HandlerCallDetails):  # type: ignore[misc]
         self.invocation_metadata = invocation_metadata
 
 
-class CallHead(NamedTuple):
-    """What a call's header block says, read once per distinct block."""
-
-    path: str
-    metadata: Metadata
-    timeout: str
-    encoding: str
-    problem: tuple[grpc.StatusCode, str] | None
-
-
-def read_head(headers: list[tuple[bytes, bytes]]) -> CallHead:
-    path = method = content_type = timeout = encoding = ""
-    metadata: list[tuple[str, str | bytes]] = []
-    for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1")
-        if name[:1] == ":":
-            if name == ":path":
-                path = raw_value.decode("latin-1")
-            elif name == ":method":
-                method = raw_value.decode("latin-1")
-            continue
-        if name in RESERVED:
-            if name == "content-type":
-                content_type = raw_value.decode("latin-1")
-            elif name == "grpc-timeout":
-                timeout = raw_value.decode("latin-1")
-            elif name == "grpc-encoding":
-                encoding = raw_value.decode("latin-1")
-            continue
-        if name.endswith("-bin"):
-            try:
-                metadata.append((name, base64.b64decode(raw_value + b"==")))
-            except ValueError:
-                metadata.append((name, b""))  # undecodable: seen as empty, as by grpc
-        else:
-            metadata.append((name, raw_value.decode("latin-1")))
-    problem = None
-    if method != "POST":
-        problem = (grpc.StatusCode.UNIMPLEMENTED, f"gRPC calls are POST, not {method}")
-    elif not content_type.startswith("application/grpc"):
-        problem = (
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"content-type {content_type!r} is not application/grpc",
-        )
-    elif encoding not in ("", "identity", "gzip", "deflate"):
-        problem = (
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"grpc-encoding {encoding!r} is not supported (identity, gzip, deflate)",
-        )
-    return CallHead(path, tuple(metadata), timeout, encoding, problem)
-
-
 class Call:
     """One gRPC call on one HTTP/2 stream: the h2 side's :class:`StreamHandler`."""
 
@@ -323,7 +266,7 @@ class Call:
                 headers.head = head  # the same block decodes to this same list again
         path = self.path = head.path
         self.encoding = head.encoding
-        deadline = None if not head.timeout else _deadline(head.timeout)
+        deadline = None if not head.timeout else deadline_of(head.timeout)
         self.context = CallContext(head.metadata, deadline, conn.peer, self)
         if head.problem is not None:
             self.finish(*head.problem)
@@ -389,7 +332,7 @@ class Call:
             del buffer[: 5 + size]
             if flag:
                 try:
-                    message = self._inflate(message)
+                    message = inflate(message, self.encoding, self.server.max_message_bytes)
                 except ValueError as exc:
                     code = grpc.StatusCode.INTERNAL
                     if isinstance(exc, InflatedTooLarge):  # as grpcio answers
@@ -400,24 +343,6 @@ class Call:
                 self.queue.put_nowait((message, 5 + size))
             else:
                 self.messages.append(message)
-
-    def _inflate(self, message: bytes) -> bytes:
-        if self.encoding in ("", "identity"):
-            raise ValueError("a compressed message without grpc-encoding")
-        wbits = 16 + zlib.MAX_WBITS if self.encoding == "gzip" else zlib.MAX_WBITS
-        inflater = zlib.decompressobj(wbits)
-        try:
-            out = inflater.decompress(message, self.server.max_message_bytes + 1)
-        except zlib.error as exc:
-            raise ValueError(f"the {self.encoding} message does not decompress: {exc}") from None
-        if len(out) > self.server.max_message_bytes:
-            raise InflatedTooLarge(
-                "the decompressed message is larger than max "
-                f"({self.server.max_message_bytes}; grpc_max_message_bytes)"
-            )
-        if not inflater.eof:
-            raise ValueError(f"the {self.encoding} message is cut short")
-        return out
 
     def reset(self) -> bool:
         """The stream is gone: stop, and say whether work it started still runs."""
@@ -545,7 +470,7 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
         framed = b"\x00" + len(message).to_bytes(4, "big") + message
-        trailers = OK_TRAILERS + _metadata_block(self.context.trailing)
+        trailers = OK_TRAILERS + metadata_block(self.context.trailing)
         self.conn.send(self.stream, HEAD, framed, trailers)
 
     async def send_message(self, message: bytes) -> None:
@@ -570,36 +495,10 @@ class Call:
             self.task.cancel()
         block = encode_literal(b"grpc-status", str(code.value[0]).encode())
         if details:
-            block += encode_literal(b"grpc-message", _percent(details))
-        block += _metadata_block(self.context.trailing)
+            block += encode_literal(b"grpc-message", percent_encoded(details))
+        block += metadata_block(self.context.trailing)
         if not self.sent_headers:
-            block = _HEAD + block
+            block = BARE_HEAD + block
         if self.queue is not None:
             self.queue.put_nowait(None)
         self.conn.send(self.stream, None, None, block)
-
-
-def _metadata_block(metadata: Metadata) -> bytes:
-    fields = []
-    for key, value in metadata:
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).rstrip(b"=").decode()
-        fields.append(encode_literal(key.lower().encode("latin-1"), value.encode("latin-1")))
-    return b"".join(fields)
-
-
-def _percent(text: str) -> bytes:
-    """grpc-message: UTF-8, with '%' and bytes outside printable ASCII percent-encoded."""
-    return b"".join(
-        bytes((byte,)) if 0x20 <= byte <= 0x7E and byte != 0x25 else b"%%%02X" % byte
-        for byte in text.encode("utf-8")
-    )
-
-
-def _deadline(value: str) -> float | None:
-    unit = TIMEOUT_UNITS.get(value[-1:]) if value else None
-    digits = value[:-1]
-    # At most 8 ASCII digits (PROTOCOL-HTTP2); str.isdigit alone takes '²' and any length.
-    if unit is None or not (digits.isascii() and digits.isdigit()) or len(digits) > 8:
-        return None
-    return time.monotonic() + int(digits) * unit
