@@ -100,3 +100,21 @@ def write_model(
         else:
             target.write_text(textwrap.dedent(content))
     return folder
+
+
+def write_slow_model(repo: Path, name: str, delay_ms: int, max_queue_size: int) -> Path:
+    """A ``fake``-runtime model that answers its input (INPUT0 -> OUTPUT0, FP32 [2]) one
+    request at a time, taking ``delay_ms`` each, with at most ``max_queue_size`` waiting."""
+    return write_model(
+        repo,
+        name,
+        f"""\
+        runtime: fake
+        max_batch_size: 1
+        inputs: [{{name: INPUT0, datatype: FP32, shape: [2]}}]
+        outputs: [{{name: OUTPUT0, datatype: FP32, shape: [2]}}]
+        batching: {{max_queue_size: {max_queue_size}}}
+        parameters: {{delay_ms: {delay_ms}}}
+        """,
+        {"1/README": "the fake runtime needs no files"},
+    )

@@ -28,7 +28,14 @@ from typing import Any
 import httpx
 import pytest
 
-from builders import ONNX_TYPES, add_sub_onnx, identity_onnx, mlp_onnx, write_model
+from builders import (
+    ONNX_TYPES,
+    add_sub_onnx,
+    identity_onnx,
+    mlp_onnx,
+    write_model,
+    write_slow_model,
+)
 from s3_fixtures import s3  # noqa: F401 (moto's S3 server, a fixture for any test)
 
 READY_TIMEOUT_S = 30.0
@@ -56,19 +63,7 @@ def build_repository(root: Path) -> Path:
     for datatype, name in IDENTITY_MODELS.items():
         folder = write_model(root, name, "runtime: onnx\nmax_batch_size: 8\n")
         identity_onnx(folder / "1" / "model.onnx", datatype)
-    write_model(
-        root,
-        "slow",
-        f"""\
-        runtime: fake
-        max_batch_size: 1
-        inputs: [{{name: INPUT0, datatype: FP32, shape: [2]}}]
-        outputs: [{{name: OUTPUT0, datatype: FP32, shape: [2]}}]
-        batching: {{max_queue_size: {SLOW_QUEUE}}}
-        parameters: {{delay_ms: {SLOW_DELAY_MS}}}
-        """,
-        {"1/README": "the fake runtime needs no files"},
-    )
+    write_slow_model(root, "slow", SLOW_DELAY_MS, SLOW_QUEUE)
     write_model(root, "broken", BROKEN_YAML, {"1/README": "never loads"})
     return root
 

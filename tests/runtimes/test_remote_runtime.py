@@ -25,7 +25,7 @@ import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from builders import add_sub_onnx, mlp_onnx, write_model
+from builders import add_sub_onnx, mlp_onnx, write_model, write_slow_model
 from modelport.errors import SpecError
 from modelport.spec import parse_spec
 
@@ -58,19 +58,7 @@ def build_remote_repository(root: Path) -> Path:
         write_model(root, "mlp", "runtime: onnx\nmax_batch_size: 8\n") / "1/model.onnx",
         sizes=(16, 32, 10),
     )
-    write_model(
-        root,
-        "slow",
-        """\
-        runtime: fake
-        max_batch_size: 1
-        inputs: [{name: INPUT0, datatype: FP32, shape: [2]}]
-        outputs: [{name: OUTPUT0, datatype: FP32, shape: [2]}]
-        batching: {max_queue_size: 1}
-        parameters: {delay_ms: 200}
-        """,
-        NO_FILES,
-    )
+    write_slow_model(root, "slow", delay_ms=200, max_queue_size=1)
     return root
 
 

@@ -24,7 +24,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from builders import write_model
+from builders import write_slow_model
 from raw_h2 import (
     CANCEL,
     CONTINUATION,
@@ -278,19 +278,7 @@ def patient_server(grpc_server_factory: Any, tmp_path_factory: pytest.TempPathFa
     """A server whose ``patient`` model takes 100 ms a request and queues up to 1,000,
     and which closes gRPC connections idle for half a second."""
     repo = tmp_path_factory.mktemp("patient-repo")
-    write_model(
-        repo,
-        "patient",
-        """\
-        runtime: fake
-        max_batch_size: 1
-        inputs: [{name: INPUT0, datatype: FP32, shape: [2]}]
-        outputs: [{name: OUTPUT0, datatype: FP32, shape: [2]}]
-        batching: {max_queue_size: 1000}
-        parameters: {delay_ms: 100}
-        """,
-        {"1/README": "the fake runtime needs no files"},
-    )
+    write_slow_model(repo, "patient", delay_ms=100, max_queue_size=1000)
     started = grpc_server_factory(env={"MODELPORT_GRPC_MAX_IDLE_S": "0.5"}, repo=repo)
     yield started
     started.process.stop()
