@@ -356,8 +356,6 @@ class H2Connection(asyncio.Protocol):
             self._frames.append(frame(RST_STREAM, 0, stream.id, _ID.pack(NO_ERROR)))
         self.streams.pop(stream.id, None)
         self._forget(stream)
-        if not self.streams:
-            self.idle_since = time.monotonic()
         if self.going_away and not self.streams and self.transport is not None:
             self._flush()
             self.transport.close()
@@ -365,14 +363,15 @@ class H2Connection(asyncio.Protocol):
     def _abandon(self, stream: Stream) -> None:
         if stream.handler is not None and stream.handler.reset():
             self.orphans += 1
-        if not self.streams:
-            self.idle_since = time.monotonic()
 
     def orphan_done(self) -> None:
         """A reset stream's handler has stopped its work (see :meth:`StreamHandler.reset`)."""
         self.orphans = max(0, self.orphans - 1)
 
     def _forget(self, stream: Stream) -> None:
+        """``stream`` has left ``streams``: drop what was kept for it."""
+        if not self.streams:
+            self.idle_since = time.monotonic()
         self._blocked.pop(stream.id, None)
         self._unacked.pop(stream.id, None)
         waiter = self._drained.pop(stream.id, None)

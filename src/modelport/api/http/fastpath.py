@@ -161,7 +161,7 @@ class _FastInferProtocol(HttpToolsProtocol):
     admit: Callable[[Scope], Grant] | None
     header_timeout_s: float
     body_timeout_s: float
-    _header_watch: asyncio.TimerHandle | None  # the class's sweep of slow requests
+    _slow_watch: asyncio.TimerHandle | None  # the class's sweep of slow requests
     header_since: float | None = None  # when the headers of the request being read began
     body_since: float | None = None  # when its body last moved, while one is expected
 
@@ -175,8 +175,8 @@ class _FastInferProtocol(HttpToolsProtocol):
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
         cls = type(self)
-        if cls._header_watch is None:
-            cls._header_watch = self.loop.call_later(1.0, cls._sweep, self.connections, self.loop)
+        if cls._slow_watch is None:
+            cls._slow_watch = self.loop.call_later(1.0, cls._sweep, self.connections, self.loop)
 
     def on_message_begin(self) -> None:
         self.header_since = self.loop.time()
@@ -192,7 +192,7 @@ class _FastInferProtocol(HttpToolsProtocol):
         """Once a second while there are connections: 408 and close those whose request
         headers began over ``header_timeout_s`` ago and are not complete, or whose body
         has not moved for ``body_timeout_s``."""
-        cls._header_watch = None
+        cls._slow_watch = None
         now = loop.time()
         for conn in list(connections):
             since = conn.header_since
@@ -215,7 +215,7 @@ class _FastInferProtocol(HttpToolsProtocol):
                     "(request_body_timeout_s)"
                 )
         if connections:
-            cls._header_watch = loop.call_later(1.0, cls._sweep, connections, loop)
+            cls._slow_watch = loop.call_later(1.0, cls._sweep, connections, loop)
 
     def _timed_out(self, message: str) -> None:
         if self.transport.is_closing():
@@ -392,6 +392,6 @@ def http_protocol(
     attributes = {
         "infer": infer, "max_body": max_body, "admit": admit,
         "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
-        "_header_watch": None,
+        "_slow_watch": None,
     }  # fmt: skip
     return type("InferHttpProtocol", (_FastInferProtocol,), attributes)
