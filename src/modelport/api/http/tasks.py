@@ -11,17 +11,20 @@ container model or a bad zip, 409 no output (yet), 413 an upload over the limit.
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from modelport.api.http.errors import error_parts
 from modelport.api.http.uploads import read_form
 from modelport.api.http.workers import WorkerLister, build_workers_router
-from modelport.errors import InvalidInput, ModelportError
+from modelport.errors import Conflict, InvalidInput, ModelportError
 from modelport.sources import AllowList
 from modelport.tasks.records import TaskRecord, TaskStatus
 from modelport.tasks.service import TaskService
@@ -72,15 +75,29 @@ def parse_statuses(text: str | None) -> list[TaskStatus]:
 async def output_response(tasks: TaskService, task_id: str) -> Response:
     key, size = await tasks.output(task_id)
     name = f"{task_id}-output.zip"
+    headers = {"content-disposition": f'attachment; filename="{name}"'}
     local = tasks.blobs.local_path(key)
-    if local is not None:
-        return FileResponse(local, media_type="application/zip", filename=name)
-    headers = {
-        "content-length": str(size),
-        "content-disposition": f'attachment; filename="{name}"',
-    }
-    return StreamingResponse(tasks.blobs.read_chunks(key), headers=headers,
-                             media_type="application/zip")  # fmt: skip
+    if local is None:
+        headers["content-length"] = str(size)
+        return StreamingResponse(tasks.blobs.read_chunks(key), headers=headers,
+                                 media_type="application/zip")  # fmt: skip
+    # Opened before answering: the retention sweep may delete the file at any moment,
+    # and an open file stays readable, so the answer is whole or a clear error, never
+    # headers followed by a closed connection.
+    try:
+        handle = await asyncio.to_thread(open, local, "rb")
+    except FileNotFoundError:
+        raise Conflict(
+            f"task '{task_id}': its output was removed after the retention time"
+        ) from None
+    headers["content-length"] = str(os.fstat(handle.fileno()).st_size)
+    return StreamingResponse(_chunks(handle), headers=headers, media_type="application/zip")
+
+
+async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+    with handle:
+        while chunk := await asyncio.to_thread(handle.read, 1 << 20):
+            yield chunk
 
 
 def build_tasks_router(tasks: TaskService, max_upload_bytes: int) -> APIRouter:
