@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grpc_run import PATH, framed_request, h2load
 from run import HOST, CpuMeter, free_port, machine
 
-from modelport.api.grpc.protos import grpc_service_pb2 as pb
+from modelport.protos import grpc_service_pb2 as pb
 
 SERVICE, METHOD = PATH.strip("/").split("/")
 STARTUP_TIMEOUT_S = 30.0

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_models import build
 from run import HOST, CpuMeter, free_port, git_commit, http, machine, server
 
-from modelport.api.grpc.protos import grpc_service_pb2 as pb
+from modelport.protos import grpc_service_pb2 as pb
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 

@@ -40,7 +40,7 @@ def worker_alive(settings: Settings, broker: str, worker_id: str) -> str:
     import redis
 
     from modelport.cluster.keys import RedisKeys
-    from modelport.pull import redact
+    from modelport.supply.pull import redact
 
     key = RedisKeys(settings.redis_prefix).worker(worker_id)
     try:

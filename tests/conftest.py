@@ -1,6 +1,6 @@
 """Shared fixtures: a test model repository, real server processes, an in-process app.
 
-The repository is built once per session in code (``tests/builders.py``). ``server`` is
+The repository is built once per session in code (``tests/support/builders.py``). ``server`` is
 a real ``python -m modelport serve`` process on a free loopback port, shared by the
 tests that only read; tests that load, unload or change settings start their own with
 ``server_factory`` (or take ``own_server``). ``inproc`` is the same application driven
@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from builders import (
+from support.builders import (
     ONNX_TYPES,
     add_sub_onnx,
     identity_onnx,
@@ -36,7 +36,7 @@ from builders import (
     write_model,
     write_slow_model,
 )
-from s3_fixtures import s3  # noqa: F401 (moto's S3 server, a fixture for any test)
+from support.s3_fixtures import s3  # noqa: F401 (moto's S3 server, a fixture for any test)
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -253,8 +253,8 @@ async def inproc_client(
     repository: Path, max_request_bytes: int | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     from modelport.api.http.app import create_app
-    from modelport.app import build_service, start_service
-    from modelport.observability import metrics_registry
+    from modelport.observability.metrics import metrics_registry
+    from modelport.server.build import build_service, start_service
     from modelport.settings import Settings
 
     settings = Settings(repository=str(repository))

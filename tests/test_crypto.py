@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modelport.crypto import (
+from modelport.supply.encryption import (
     KEY_ENV,
     MAGIC,
     NONCE_BYTES,

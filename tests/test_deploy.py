@@ -26,10 +26,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-import cluster_fixtures
-from cluster_fixtures import RedisServer, StartWorker
-from modelport.cli import app
+from modelport.cli.main import app
 from modelport.settings import ENV_PREFIX, Settings
+from support import cluster_fixtures
+from support.cluster_fixtures import RedisServer, StartWorker
 
 # The cluster's fixtures (tests/cluster has them through its conftest.py).
 redis_server = cluster_fixtures.redis_server

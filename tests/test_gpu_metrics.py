@@ -1,7 +1,8 @@
 """GPU utilisation and memory on /metrics, read from NVML at scrape time.
 
 NVML cannot run without an NVIDIA GPU and driver, which the test machines lack: a fake
-``pynvml`` (tests/nvml_stub, through tests/nvml_fixtures.py) describes two GPUs in its
+``pynvml`` (tests/support/nvml_stub, through tests/support/nvml_fixtures.py) describes two
+GPUs in its
 place, in a real server process and in this one.
 """
 
@@ -15,13 +16,13 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from builders import write_model
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.service import InferenceService, LoopModelCaller
-from modelport.devices import Nvml
-from modelport.observability import metrics_registry
-from nvml_fixtures import NO_DRIVER, TWO_GPUS, fake_nvml_env, use_fake_nvml, without_nvml
+from modelport.observability.gpus import Nvml
+from modelport.observability.metrics import metrics_registry
+from support.builders import write_model
+from support.nvml_fixtures import NO_DRIVER, TWO_GPUS, fake_nvml_env, use_fake_nvml, without_nvml
 
 H100 = "NVIDIA H100 80GB HBM3"
 

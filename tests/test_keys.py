@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from modelport.access import AccessPolicy, Guard
 from modelport.errors import Forbidden, TooManyRequests, Unauthenticated
-from modelport.keys import KeyFileError, KeyStore, split_token
+from modelport.security.access import AccessPolicy, Guard
+from modelport.security.keys import KeyFileError, KeyStore, split_token
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from builders import add_sub_onnx, write_model
-from modelport.pull import MANIFEST
-from s3_fixtures import BUCKET, S3, _free_port
+from modelport.supply.pull import MANIFEST
+from support.builders import add_sub_onnx, write_model
+from support.s3_fixtures import BUCKET, S3, _free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auth_fixtures import add_sub_body, build_auth_repository, loopback_port, wait_until
+from support.auth_fixtures import add_sub_body, build_auth_repository, loopback_port, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

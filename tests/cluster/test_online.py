@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from builders import write_model
-from cluster_fixtures import RedisServer, StartWorker, wait_until
+from support.builders import write_model
+from support.cluster_fixtures import RedisServer, StartWorker, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

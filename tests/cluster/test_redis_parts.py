@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import redis.asyncio
 
-from cluster_fixtures import RedisServer
 from modelport.cluster import wire
 from modelport.cluster.directory import Directory, HostedModel, WorkerInfo
 from modelport.cluster.keys import RedisKeys
 from modelport.errors import InvalidInput
 from modelport.tasks.redis_broker import RedisBroker
+from support.cluster_fixtures import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from builders import write_model
-from cluster_fixtures import RedisServer, StartWorker, WorkerProcess, wait_until
-from s3_fixtures import BUCKET, S3
-from task_fixtures import submit_ok, wait_for
+from support.builders import write_model
+from support.cluster_fixtures import RedisServer, StartWorker, WorkerProcess, wait_until
+from support.s3_fixtures import BUCKET, S3
+from support.task_fixtures import submit_ok, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 

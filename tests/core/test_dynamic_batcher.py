@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders import mlp_onnx, write_model
 from modelport.core.registry import LoadedVersion
 from modelport.core.service import InferenceService
 from modelport.errors import Cancelled, ErrorKind, InferenceFailed, ModelUnavailable, Overloaded
 from modelport.runtimes.fake import FakeRuntime
 from modelport.tensors import InferenceRequest, Tensor
+from support.builders import mlp_onnx, write_model
 
 Start = Callable[..., Awaitable[InferenceService]]  # the serve fixture
 

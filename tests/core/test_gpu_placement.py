@@ -3,7 +3,7 @@ a model that needs a GPU the server lacks says.
 
 The test machines have no GPU. A declared device list (a :class:`Gpus`, or the ``gpus``
 setting) stands in for discovered GPUs; the fake runtime stands in for a framework that
-would run on them; a fake ``pynvml`` (tests/nvml_stub) stands in for NVML, which cannot
+would run on them; a fake ``pynvml`` (tests/support/nvml_stub) stands in for NVML, which cannot
 run without a GPU and its driver.
 """
 
@@ -18,20 +18,20 @@ import httpx
 import numpy as np
 import pytest
 
-from builders import mlp_onnx, write_model
 from modelport.core.instances import NO_GPUS, Gpus, devices_for
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeContext
 from modelport.core.service import InferenceService, LoopModelCaller
-from modelport.devices import Nvml, discover_gpus, parse_gpu_ids
 from modelport.errors import ModelUnavailable
+from modelport.observability.gpus import Nvml, discover_gpus, parse_gpu_ids
 from modelport.runtimes.fake import FakeRuntime
 from modelport.runtimes.onnx import OnnxRuntime, choose_providers
 from modelport.settings import Settings, SettingsError
 from modelport.spec import ModelSpec
 from modelport.tensors import InferenceRequest, Tensor
-from nvml_fixtures import NO_DRIVER, TWO_GPUS, fake_nvml_env, use_fake_nvml, without_nvml
+from support.builders import mlp_onnx, write_model
+from support.nvml_fixtures import NO_DRIVER, TWO_GPUS, fake_nvml_env, use_fake_nvml, without_nvml
 
 TWO = Gpus((0, 1), "declared by the test")
 FAKE_IO = (

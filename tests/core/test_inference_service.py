@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from builders import write_model
 from modelport.core.service import InferenceService
 from modelport.errors import ErrorKind, InvalidInput, ModelNotFound
 from modelport.tensors import InferenceRequest, RequestedOutput, Tensor
+from support.builders import write_model
 
 Start = Callable[..., Awaitable[InferenceService]]  # the serve fixture
 

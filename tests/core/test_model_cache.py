@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders import write_model
 from modelport.core.cache import MemoryLimits, Resident, make_room
 from modelport.core.service import InferenceService
 from modelport.errors import ModelUnavailable
 from modelport.tensors import InferenceRequest, Tensor
+from support.builders import write_model
 
 Start = Callable[..., Awaitable[InferenceService]]  # the serve fixture
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders import add_sub_onnx, mlp_onnx, write_model
 from modelport.core.registry import ModelState
 from modelport.core.service import InferenceService, LoopModelCaller
 from modelport.errors import InvalidInput, ModelNotFound, ModelUnavailable, SpecError
 from modelport.tensors import InferenceRequest, Tensor
+from support.builders import add_sub_onnx, mlp_onnx, write_model
 
 Start = Callable[..., Awaitable[InferenceService]]  # the serve fixture
 

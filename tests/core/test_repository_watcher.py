@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from builders import write_model
 from modelport.core.service import InferenceService
 from modelport.core.watcher import RepositoryWatcher
+from support.builders import write_model
 
 Start = Callable[..., Awaitable[InferenceService]]  # the serve fixture
 

@@ -33,8 +33,8 @@ def matches(found: list[dict], truth: list[dict]) -> list[float]:
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     from modelport.api.http.app import create_app
-    from modelport.app import build_service, start_service
-    from modelport.observability import metrics_registry
+    from modelport.observability.metrics import metrics_registry
+    from modelport.server.build import build_service, start_service
     from modelport.settings import Settings
 
     service, caller = build_service(Settings(repository=str(EXAMPLES)))

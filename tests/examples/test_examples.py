@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from modelport.app import build_service, start_service
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput
+from modelport.server.build import build_service, start_service
 from modelport.settings import EXAMPLES, Settings
 from modelport.tensors import InferenceRequest, Tensor
 

@@ -12,7 +12,7 @@ import pytest
 
 from modelport.errors import Forbidden
 from modelport.settings import Settings
-from modelport.sources import AllowList, url_allow_list
+from modelport.supply.allow_lists import AllowList, url_allow_list
 
 
 def test_url_patterns() -> None:

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelport.api.grpc.protos import grpc_service_pb2 as pb
-from modelport.api.grpc.protos.tensorflow.core.framework import tensor_pb2, types_pb2
-from modelport.api.grpc.protos.tensorflow_serving.apis import predict_pb2
+from modelport.protos import grpc_service_pb2 as pb
+from modelport.protos.tensorflow.core.framework import tensor_pb2, types_pb2
+from modelport.protos.tensorflow_serving.apis import predict_pb2
 
 V2_INFER = "/inference.GRPCInferenceService/ModelInfer"
 TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"

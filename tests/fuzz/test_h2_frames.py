@@ -19,7 +19,7 @@ import tritonclient.grpc as triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raw_h2 import (
+from support.raw_h2 import (
     CONTINUATION,
     DATA,
     GOAWAY,

@@ -15,8 +15,8 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from modelport.api.grpc.protos.tensorflow.core.framework import types_pb2
-from modelport.api.grpc.protos.tensorflow_serving.apis import predict_pb2
+from modelport.protos.tensorflow.core.framework import types_pb2
+from modelport.protos.tensorflow_serving.apis import predict_pb2
 
 TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
 LIMITS = {

@@ -1,6 +1,6 @@
 """Fixtures of the tasks tests (the Docker engine, the busybox image, the repository),
 for tasks submitted to a server of several processes."""
 
-from task_fixtures import docker_image, task_repository
+from support.task_fixtures import docker_image, task_repository
 
 __all__ = ["docker_image", "task_repository"]

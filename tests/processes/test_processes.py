@@ -18,8 +18,8 @@ import httpx
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from cluster_fixtures import free_port
-from task_fixtures import submit_ok, wait_for
+from support.cluster_fixtures import free_port
+from support.task_fixtures import submit_ok, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -150,7 +150,7 @@ def test_tasks_submitted_to_any_process_run(
 
 
 def test_peer_sockets_fit_a_unix_socket_path_however_deep_the_data_dir(tmp_path: Path) -> None:
-    from modelport.processes import ProcessInfo
+    from modelport.server.peers import ProcessInfo
 
     short = ProcessInfo(0, 2, tmp_path / "run")
     assert short.socket_path(1) == tmp_path / "run" / "process-1.sock"

@@ -16,12 +16,12 @@ import httpx
 import numpy as np
 import pytest
 
-from builders import add_sub_onnx, mlp_onnx, write_model
-from modelport.app import build_service, start_service
 from modelport.core.service import InferenceService
-from modelport.crypto import KEY_ENV, decrypt_bytes, encrypt_file, new_key, parse_key
+from modelport.server.build import build_service, start_service
 from modelport.settings import Settings
+from modelport.supply.encryption import KEY_ENV, decrypt_bytes, encrypt_file, new_key, parse_key
 from modelport.tensors import InferenceRequest, Tensor
+from support.builders import add_sub_onnx, mlp_onnx, write_model
 
 KEY = new_key()
 MLP = (16, 32, 10)

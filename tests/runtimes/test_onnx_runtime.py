@@ -12,11 +12,11 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
-from builders import ONNX_TYPES, add_sub_onnx, identity_onnx, mlp_onnx, write_model
 from modelport.core.instances import Gpus
 from modelport.core.service import InferenceService
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.tensors import DATATYPES, InferenceRequest, Tensor
+from support.builders import ONNX_TYPES, add_sub_onnx, identity_onnx, mlp_onnx, write_model
 
 Start = Callable[..., Awaitable[InferenceService]]  # the serve fixture
 

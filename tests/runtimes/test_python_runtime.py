@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders import add_sub_onnx, write_model
 from modelport.core.service import InferenceService
 from modelport.errors import InferenceFailed, ModelportError, ModelUnavailable
 from modelport.tensors import InferenceRequest, Tensor
+from support.builders import add_sub_onnx, write_model
 
 Start = Callable[..., Awaitable[InferenceService]]  # the serve fixture
 

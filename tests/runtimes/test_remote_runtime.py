@@ -1,6 +1,6 @@
 """The ``remote`` runtime against real servers.
 
-A second ``modelport serve`` process, with ONNX models built by ``tests/builders.py``,
+A second ``modelport serve`` process, with ONNX models built by ``tests/support/builders.py``,
 stands in for the remote fleet (Triton, TF Serving's v2 peers, another modelport). A
 front process serves ``runtime: remote`` models pointing at it over HTTP and over gRPC,
 and Triton's own ``tritonclient.http`` drives the front, as a client of the fleet would.
@@ -25,9 +25,9 @@ import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from builders import add_sub_onnx, mlp_onnx, write_model, write_slow_model
 from modelport.errors import SpecError
 from modelport.spec import parse_spec
+from support.builders import add_sub_onnx, mlp_onnx, write_model, write_slow_model
 
 pytestmark = pytest.mark.timeout(60)
 

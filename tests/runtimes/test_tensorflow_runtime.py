@@ -1,5 +1,5 @@
 """The ``tensorflow`` runtime: a SavedModel built by TensorFlow for the test
-(``tests/tf_builders.py``), served by a real ``modelport serve`` and called with the real
+(``tests/support/tf_builders.py``), served by a real ``modelport serve`` and called with the real
 Triton clients and over TF Serving's REST API; numbers checked against TensorFlow's own.
 
 The test process never imports TensorFlow (see tf_builders): the server does.
@@ -24,13 +24,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from builders import write_model
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.service import LoopModelCaller
 from modelport.errors import SpecError
 from modelport.runtimes.tensorflow import TensorflowRuntime
-from tf_builders import HALF, SIGNATURES, TEXT, B, W, X, build_saved_model
+from support.builders import write_model
+from support.tf_builders import HALF, SIGNATURES, TEXT, B, W, X, build_saved_model
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -258,7 +258,7 @@ def test_threads_are_process_wide_and_a_second_choice_is_reported(tf_server: TfS
 
 
 def test_importing_modelport_does_not_import_tensorflow() -> None:
-    code = "import sys, modelport.app; assert 'tensorflow' not in sys.modules"
+    code = "import sys, modelport.server.serve; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -20,14 +20,14 @@ import torch
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from builders import write_model
-from modelport.app import build_service, start_service
 from modelport.core.service import InferenceService
-from modelport.crypto import KEY_ENV, encrypt_file, new_key, parse_key
 from modelport.errors import InferenceFailed
 from modelport.runtimes.torch import PICKLE_REFUSED, TORCH_DTYPES, TorchRuntime
+from modelport.server.build import build_service, start_service
 from modelport.settings import Settings
+from modelport.supply.encryption import KEY_ENV, encrypt_file, new_key, parse_key
 from modelport.tensors import InferenceRequest, Tensor
+from support.builders import write_model
 
 WIDTH, CLASSES = 4, 3
 KEY = new_key()

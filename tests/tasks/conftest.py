@@ -1,8 +1,8 @@
-"""The tasks fixtures (tests/task_fixtures.py): Docker engine, busybox image, servers; and a
-real PostgreSQL for the task store (tests/postgres_fixtures.py)."""
+"""The tasks fixtures (tests/support/task_fixtures.py): Docker engine, busybox image, servers; and a
+real PostgreSQL for the task store (tests/support/postgres_fixtures.py)."""
 
-from postgres_fixtures import postgres_server, postgres_url
-from task_fixtures import docker_image, task_repository, task_server
+from support.postgres_fixtures import postgres_server, postgres_url
+from support.task_fixtures import docker_image, task_repository, task_server
 
 __all__ = [
     "docker_image",

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from task_fixtures import FINISHED, submit_ok, wait_for
+from support.task_fixtures import FINISHED, submit_ok, wait_for
 
 
 def modelport(*args: str, url: str) -> subprocess.CompletedProcess[str]:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from builders import write_model
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.errors import SpecError
 from modelport.spec import parse_spec
+from support.builders import write_model
 
 
 def test_a_container_section_is_parsed_and_checked() -> None:

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from task_fixtures import FINISHED, submit_ok, task, task_containers, wait_for
+from support.task_fixtures import FINISHED, submit_ok, task, task_containers, wait_for
 
 
 def _kill(proc) -> None:

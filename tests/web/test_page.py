@@ -1,4 +1,4 @@
-"""The built-in page in a real browser (tests/browser_fixtures.py) against a real
+"""The built-in page in a real browser (tests/support/browser_fixtures.py) against a real
 ``modelport serve`` of the bundled examples. Screenshots are saved under artifacts/web/
 for a person to look at."""
 
@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from browser_fixtures import ARTIFACTS
 from modelport.settings import EXAMPLES
+from support.browser_fixtures import ARTIFACTS
 
 SIGN = EXAMPLES / "text-detector" / "samples" / "sign.png"
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from auth_fixtures import build_auth_repository
-from browser_fixtures import ARTIFACTS
-from modelport.keys import KeyStore
+from modelport.security.keys import KeyStore
+from support.auth_fixtures import build_auth_repository
+from support.browser_fixtures import ARTIFACTS
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,6 +1,6 @@
-"""The page's tasks view in a real browser (tests/browser_fixtures.py), against a real
+"""The page's tasks view in a real browser (tests/support/browser_fixtures.py), against a real
 ``modelport serve`` whose container models run on the real Docker engine in the busybox
-test image (tests/task_fixtures.py): submit files, follow the task to the end, read its
+test image (tests/support/task_fixtures.py): submit files, follow the task to the end, read its
 log, download its output; cancel a task that would run forever."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from browser_fixtures import ARTIFACTS
-from builders import write_model
-from task_fixtures import FINISHED, submit_ok, task_containers, wait_for
+from support.browser_fixtures import ARTIFACTS
+from support.builders import write_model
+from support.task_fixtures import FINISHED, submit_ok, task_containers, wait_for
 
 # Upper-cases every input file into NAME.shout, with a pause at each step so that the
 # page shows the task running and its progress moving.

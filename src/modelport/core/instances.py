@@ -66,7 +66,7 @@ class Gpus:
 
     ``source`` ends the reason a GPU model is UNAVAILABLE with, so it says where the list
     came from ("declared by the gpus setting") or why it is empty ("nvidia-ml-py is not
-    installed"). ``modelport.devices`` discovers them; the core only places on them.
+    installed"). ``modelport.observability.gpus`` discovers them; the core only places on them.
     """
 
     ids: tuple[int, ...] = ()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -84,6 +84,16 @@ class VersionStats:
     stats: ModelStats
 
 
+class Peers(Protocol):
+    """The server's other processes (``--processes N``), as the core sees them."""
+
+    async def broadcast(self, action: str, model: str) -> None:
+        """Apply ``action`` ("load" or "unload") of ``model`` in every other process."""
+
+    async def statistics(self, model: str, version: str) -> list[VersionStats]:
+        """The other processes' counters of ``model`` (every model if "")."""
+
+
 class InferenceService:
     def __init__(
         self,
@@ -92,6 +102,7 @@ class InferenceService:
         version: str,
         admin_refusal: str = "",
         max_tensor_elements: int = 0,
+        peers: Peers | None = None,
     ) -> None:
         self.registry = registry
         self.name = name
@@ -101,11 +112,9 @@ class InferenceService:
         self.max_tensor_elements = max_tensor_elements
         # Why admin calls (load, unload) are refused on this server; "" allows them.
         self.admin_refusal = admin_refusal
-        # With several server processes: applies a load or unload in the others too.
-        self.after_admin: Callable[[str, str], Awaitable[None]] | None = None
-        # With several server processes: the others' statistics (processes.py), for
-        # gather_statistics to add up.
-        self.statistics_elsewhere: Callable[[str, str], Awaitable[list[VersionStats]]] | None = None
+        # With several server processes: the others, told of loads and unloads and asked
+        # for their statistics (gather_statistics adds them up).
+        self._peers = peers
 
     # -- health ---------------------------------------------------------------------------
 
@@ -232,14 +241,14 @@ class InferenceService:
     async def load(self, name: str) -> None:
         self._check_admin()
         await self.registry.load(name)
-        if self.after_admin is not None:
-            await self.after_admin("load", name)
+        if self._peers is not None:
+            await self._peers.broadcast("load", name)
 
     async def unload(self, name: str) -> None:
         self._check_admin()
         await self.registry.unload(name)
-        if self.after_admin is not None:
-            await self.after_admin("unload", name)
+        if self._peers is not None:
+            await self._peers.broadcast("unload", name)
 
     def _check_admin(self) -> None:
         if self.admin_refusal:
@@ -249,9 +258,9 @@ class InferenceService:
         """:meth:`statistics`, added up over every server process (with one process,
         the same). What the statistics extension answers over HTTP and gRPC."""
         found = self.statistics(name, version)
-        if self.statistics_elsewhere is None:
+        if self._peers is None:
             return found
-        elsewhere = await self.statistics_elsewhere(name, version)
+        elsewhere = await self._peers.statistics(name, version)
         merged = []
         for entry in found:
             total = ModelStats()

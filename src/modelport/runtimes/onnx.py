@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from modelport.core.runtime import RuntimeContext, Signature
-from modelport.crypto import CryptoError, KeyProvider, decrypt_bytes, encrypted_path
 from modelport.errors import ModelUnavailable, SpecError
 from modelport.spec import TensorSpec
+from modelport.supply.encryption import CryptoError, KeyProvider, decrypt_bytes, encrypted_path
 
 MODEL_FILE = "model.onnx"
 CUDA = "CUDAExecutionProvider"

@@ -21,8 +21,9 @@ the front batches). Over HTTP, tensors travel with Triton's binary data extensio
 persistent ``httpx.Client``; over gRPC, in ``raw_input_contents`` on a sync channel. Each
 instance owns its connection and uses it only from its own thread.
 
-The remote's URL must be allowed by the ``model_sources`` setting (``modelport.sources``);
-otherwise the model is UNAVAILABLE, with a reason naming the URL and the setting.
+The remote's URL must be allowed by the ``model_sources`` setting
+(``modelport.supply.allow_lists``); otherwise the model is UNAVAILABLE, with a reason
+naming the URL and the setting.
 
 Remote failures become modelport errors: a request the remote rejects (400,
 INVALID_ARGUMENT) is :class:`InvalidInput`; a remote that is down, refuses the
@@ -44,8 +45,8 @@ from modelport.errors import ModelUnavailable, SpecError
 from modelport.runtimes.remote_client import RemoteClient, RemoteTensor
 from modelport.runtimes.remote_tfserving import TfServingClient
 from modelport.runtimes.remote_v2 import GrpcV2Client, HttpV2Client
-from modelport.sources import AllowList
 from modelport.spec import SPEC_FILE, TensorSpec
+from modelport.supply.allow_lists import AllowList
 from modelport.tensors import DATATYPES, datatype_of
 
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from modelport.api.grpc.protos.tensorflow.core.framework import tensor_pb2, types_pb2
-from modelport.api.grpc.protos.tensorflow_serving.apis import (
+from modelport.codecs.v2_binary import decode_tensor, encode_tensor
+from modelport.errors import ModelportError
+from modelport.protos.tensorflow.core.framework import tensor_pb2, types_pb2
+from modelport.protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_pb2,
@@ -24,8 +26,6 @@ from modelport.api.grpc.protos.tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from modelport.codecs.v2_binary import decode_tensor, encode_tensor
-from modelport.errors import ModelportError
 from modelport.runtimes.remote_client import (
     GrpcChannel,
     RemoteErrors,

@@ -11,11 +11,11 @@ import httpx
 import numpy as np
 import orjson
 
-from modelport.api.grpc.protos import grpc_service_pb2 as pb
-from modelport.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
-from modelport.api.grpc.protos.parameters import set_parameters
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.errors import ModelportError
+from modelport.protos import grpc_service_pb2 as pb
+from modelport.protos import grpc_service_pb2_grpc as pb_grpc
+from modelport.protos.parameters import set_parameters
 from modelport.runtimes.remote_client import (
     GrpcChannel,
     RemoteErrors,

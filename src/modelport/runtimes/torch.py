@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from modelport.core.runtime import RuntimeContext, Signature
-from modelport.crypto import CryptoError, KeyProvider, decrypt_bytes, encrypted_path
 from modelport.errors import InferenceFailed, ModelUnavailable, SpecError
 from modelport.spec import TensorSpec
+from modelport.supply.encryption import CryptoError, KeyProvider, decrypt_bytes, encrypted_path
 
 log = logging.getLogger("modelport.torch")
 # torch.export.load keeps its deserializer in a module global and fails when two threads

@@ -17,8 +17,8 @@ from tfs_client.tensorflow.core.framework import tensor_pb2, types_pb2
 from tfs_client.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from auth_fixtures import Gate, build_auth_repository, loopback_port, wait_until
-from modelport.keys import KeyStore
+from modelport.security.keys import KeyStore
+from support.auth_fixtures import Gate, build_auth_repository, loopback_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

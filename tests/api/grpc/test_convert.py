@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from modelport.api.grpc.convert import decode_request, encode_response, parameters
-from modelport.api.grpc.protos import grpc_service_pb2 as pb
 from modelport.codecs.v2_binary import encode_tensor
 from modelport.errors import InvalidInput
+from modelport.protos import grpc_service_pb2 as pb
 from modelport.tensors import InferenceResponse, Tensor
 
 pytestmark = pytest.mark.timeout(10)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from raw_h2 import RawH2
+from support.raw_h2 import RawH2
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -31,7 +31,7 @@ from modelport.api.grpc import native
 from modelport.api.grpc.h2 import KEEPALIVE_IDLE_S, MAX_STREAMS, WRITE_HIGH, H2Connection
 from modelport.api.grpc.native import NativeGrpcServer
 from modelport.errors import ModelUnavailable
-from raw_h2 import (
+from support.raw_h2 import (
     ACK,
     CANCEL,
     DATA,

@@ -17,7 +17,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from builders import ONNX_TYPES
+from support.builders import ONNX_TYPES
 
 pytestmark = pytest.mark.timeout(30)
 

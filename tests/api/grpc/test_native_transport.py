@@ -24,8 +24,8 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from builders import write_slow_model
-from raw_h2 import (
+from support.builders import write_slow_model
+from support.raw_h2 import (
     CANCEL,
     CONTINUATION,
     DATA,

@@ -2,7 +2,7 @@
 no model.yaml, served unchanged through every API: KServe v2 over HTTP and gRPC (the
 Triton clients), TF Serving's REST API (httpx) and its gRPC API (the ``tfs_client``
 stubs, see test_tfserving_grpc.py). The SavedModel is built by TensorFlow in a child
-process (``tests/tf_builders.py``), whose outputs the answers are checked against.
+process (``tests/support/tf_builders.py``), whose outputs the answers are checked against.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tfs_client.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tf_builders import SIGNATURES, TEXT, B, W, X, build_saved_model
+from support.tf_builders import SIGNATURES, TEXT, B, W, X, build_saved_model
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -31,7 +31,7 @@ from tfs_client.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from builders import add_sub_onnx, write_model
+from support.builders import add_sub_onnx, write_model
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,7 +11,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FileDescripto
 from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton_service
 
-from modelport.api.grpc.protos import grpc_service_pb2, model_config_pb2
+from modelport.protos import grpc_service_pb2, model_config_pb2
 
 pytestmark = pytest.mark.timeout(20)
 

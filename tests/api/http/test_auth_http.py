@@ -19,8 +19,15 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from auth_fixtures import GATE_BODY, Gate, add_sub_body, bearer, build_auth_repository, wait_until
-from modelport.keys import KeyStore
+from modelport.security.keys import KeyStore
+from support.auth_fixtures import (
+    GATE_BODY,
+    Gate,
+    add_sub_body,
+    bearer,
+    build_auth_repository,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,11 +178,11 @@ def test_the_cli_sends_the_api_key(keyed: KeyedServer) -> None:
 @pytest.fixture
 async def inproc_keyed(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     """The app in process, behind the auth middleware, with one infer key."""
-    from modelport.access import AccessPolicy, Guard
     from modelport.api.http.app import create_app
     from modelport.api.http.auth import AuthMiddleware
-    from modelport.app import build_service, start_service
-    from modelport.observability import metrics_registry
+    from modelport.observability.metrics import metrics_registry
+    from modelport.security.access import AccessPolicy, Guard
+    from modelport.server.build import build_service, start_service
     from modelport.settings import Settings
 
     repo, _ = build_auth_repository(tmp_path)

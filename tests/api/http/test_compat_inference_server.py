@@ -9,7 +9,7 @@ import zipfile
 import httpx
 import yaml
 
-from task_fixtures import make_zip
+from support.task_fixtures import make_zip
 
 BASE = "/compat/inference-server"
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from builders import write_model
+from support.builders import write_model
 
 StartServer = Callable[..., Any]  # the server_factory fixture
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders import write_model
+from support.builders import write_model
 
 ECHO_IMAGE = """\
 runtime: python

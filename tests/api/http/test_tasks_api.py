@@ -8,7 +8,7 @@ import zipfile
 
 import httpx
 
-from task_fixtures import (
+from support.task_fixtures import (
     FINISHED,
     make_zip,
     submit,

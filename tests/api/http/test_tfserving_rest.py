@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from builders import add_sub_onnx, write_model
+from support.builders import add_sub_onnx, write_model
 
 pytestmark = pytest.mark.timeout(30)
 

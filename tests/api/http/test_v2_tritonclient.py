@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from builders import ONNX_TYPES
+from support.builders import ONNX_TYPES
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -15,9 +15,9 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from modelport.access import Grant, Guard, Need
 from modelport.api.grpc.errors import abort
 from modelport.errors import ModelportError
+from modelport.security.access import Grant, Guard, Need
 
 V2 = "/inference.GRPCInferenceService/"
 HEALTH_METHODS = frozenset({

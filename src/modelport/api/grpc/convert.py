@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from modelport.api.grpc.protos import grpc_service_pb2 as pb
-from modelport.api.grpc.protos import model_config_pb2 as config_pb
-from modelport.api.grpc.protos.parameters import set_parameters
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.core.registry import IndexRow, LoadedVersion
 from modelport.core.service import ModelMetadata, VersionStats
 from modelport.core.stats import Duration
 from modelport.errors import InvalidInput
+from modelport.protos import grpc_service_pb2 as pb
+from modelport.protos import model_config_pb2 as config_pb
+from modelport.protos.parameters import set_parameters
 from modelport.spec import TensorSpec
 from modelport.tensors import (
     DATATYPES,

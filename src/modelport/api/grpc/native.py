@@ -26,7 +26,6 @@ from typing import Any
 
 import grpc
 
-from modelport.access import Grant
 from modelport.api.grpc.errors import RETRY_AFTER, STATUS
 from modelport.api.grpc.h2 import PROTOCOL_ERROR, H2Connection, Stream
 from modelport.api.grpc.hpack_codec import HeaderList, encode_literal
@@ -43,6 +42,7 @@ from modelport.api.grpc.wire import (
     read_head,
 )
 from modelport.errors import ModelportError, Overloaded, TooManyRequests
+from modelport.security.access import Grant
 
 log = logging.getLogger("modelport.grpc")
 

@@ -33,16 +33,16 @@ from typing import Literal, Protocol
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from modelport.access import Guard
 from modelport.api.grpc.auth import AuthInterceptor, admit_call
 from modelport.api.grpc.health import HealthServicer
 from modelport.api.grpc.malformed import RefuseMalformed
 from modelport.api.grpc.native import NativeGrpcServer
-from modelport.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from modelport.api.grpc.servicer import MODEL_INFER, InferenceServicer
 from modelport.api.grpc.tfserving import add_tfserving_services
 from modelport.core.service import InferenceService
-from modelport.tls import TlsFiles
+from modelport.protos import grpc_service_pb2_grpc as pb_grpc
+from modelport.security.access import Guard
+from modelport.security.tls import TlsFiles
 
 log = logging.getLogger("modelport.grpc")
 

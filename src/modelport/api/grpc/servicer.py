@@ -33,10 +33,10 @@ from google.protobuf.message import DecodeError
 
 from modelport.api.grpc import convert
 from modelport.api.grpc.errors import abort
-from modelport.api.grpc.protos import grpc_service_pb2 as pb
-from modelport.api.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput, ModelNotFound, ModelportError, Unsupported
+from modelport.protos import grpc_service_pb2 as pb
+from modelport.protos import grpc_service_pb2_grpc as pb_grpc
 
 MODEL_ID = "model-id"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"

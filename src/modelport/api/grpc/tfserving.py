@@ -37,20 +37,6 @@ from typing import Any
 import grpc
 import numpy as np
 
-from modelport.api.grpc.protos.tensorflow.core.framework import (
-    tensor_pb2,
-    tensor_shape_pb2,
-    types_pb2,
-)
-from modelport.api.grpc.protos.tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-    status_pb2,
-)
 from modelport.api.grpc.servicer import Context, maps_errors, routed_model
 from modelport.codecs.tfserving_json import (
     DEFAULT_SIGNATURE,
@@ -63,6 +49,20 @@ from modelport.codecs.tfserving_json import (
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput
+from modelport.protos.tensorflow.core.framework import (
+    tensor_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
+from modelport.protos.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    status_pb2,
+)
 from modelport.spec import TensorSpec
 from modelport.tensors import (
     DATATYPES,

@@ -9,18 +9,20 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import ClientDisconnect
 
+from modelport.api.http.compat.inference_server import build_inference_server_router
 from modelport.api.http.compat.tfserving import build_tfserving_router
 from modelport.api.http.errors import error_response
 from modelport.api.http.fastpath import ASGIApp, InferFastPath, new_request_id
 from modelport.api.http.limits import BodyLimit
 from modelport.api.http.predict import build_predict_router
 from modelport.api.http.tasks import PREFIX as TASKS_PREFIX
-from modelport.api.http.tasks import TaskRoutes, include_task_routes
+from modelport.api.http.tasks import TaskRoutes, build_tasks_router
 from modelport.api.http.v2 import InferHandler, build_router
 from modelport.api.http.web import build_web_router
+from modelport.api.http.workers import build_workers_router
 from modelport.core.service import InferenceService
 from modelport.errors import ModelportError
-from modelport.observability import request_id
+from modelport.observability.metrics import request_id
 
 
 def create_app(
@@ -41,7 +43,7 @@ def create_app(
     app.include_router(build_router(service))
     app.include_router(build_tfserving_router(service))
     if tasks is not None:
-        include_task_routes(app, tasks)
+        _include_task_routes(app, tasks)
     app.include_router(build_predict_router(service, max_body))
     app.include_router(build_web_router())
 
@@ -76,3 +78,16 @@ def create_app(
         exempt = tuple(p for p in (TASKS_PREFIX, tasks.compat_prefix) if p)
     limited = BodyLimit(app, max_body, exempt)
     return app, InferFastPath(limited, InferHandler(service), max_body)
+
+
+def _include_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
+    """The tasks API, and the zip-task cluster server's API when it has a prefix."""
+    app.include_router(build_tasks_router(routes.service, routes.max_upload_bytes))
+    app.include_router(build_workers_router(routes.workers))
+    if routes.compat_prefix:
+        app.include_router(
+            build_inference_server_router(
+                routes.service, routes.compat_prefix, routes.allow_model_posting,
+                routes.max_upload_bytes, routes.model_images,
+            )
+        )  # fmt: skip

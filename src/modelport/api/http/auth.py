@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 
-from modelport.access import Grant, Guard, Need
 from modelport.api.http.errors import error_parts
 from modelport.api.http.fastpath import ASGIApp, Receive, Scope, Send
 from modelport.api.http.tasks import PREFIX as TASKS_PREFIX
 from modelport.errors import ModelportError
+from modelport.security.access import Grant, Guard, Need
 
 HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 PAGE_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico"})

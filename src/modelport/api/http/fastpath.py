@@ -28,13 +28,13 @@ from typing import Any, cast
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from modelport.access import Grant
 from modelport.api.http.errors import error_parts
 from modelport.api.http.v2 import InferHandler
 from modelport.codecs.v2_json import DecodedRequest
 from modelport.core.service import StartedInference
 from modelport.errors import ModelportError
-from modelport.observability import request_id
+from modelport.observability.metrics import request_id
+from modelport.security.access import Grant
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

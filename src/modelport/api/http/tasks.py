@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import orjson
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from modelport.api.http.errors import error_parts
+from modelport.api.http.errors import error_response
 from modelport.api.http.uploads import read_form
-from modelport.api.http.workers import WorkerLister, build_workers_router
+from modelport.api.http.workers import WorkerLister
 from modelport.errors import Conflict, InvalidInput, ModelportError
-from modelport.sources import AllowList
+from modelport.supply.allow_lists import AllowList
 from modelport.tasks.records import TaskRecord, TaskStatus
 from modelport.tasks.service import TaskService
 
@@ -35,12 +35,6 @@ NO_IMAGES = AllowList((), "model_images")
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status, headers, media_type="application/json")
-
-
-def error_response(exc: ModelportError) -> Response:
-    status, body, extra = error_parts(exc)
-    headers = {k.decode(): v.decode() for k, v in extra}
-    return Response(body, status, headers, media_type="application/json")
 
 
 def task_json(record: TaskRecord) -> dict[str, Any]:
@@ -185,18 +179,3 @@ class TaskRoutes:
     allow_model_posting: bool = False
     model_images: AllowList = NO_IMAGES
     workers: WorkerLister | None = None  # GET /api/workers, with a Redis broker
-
-
-def include_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
-    """The tasks API, and the zip-task cluster server's API when it has a prefix."""
-    from modelport.api.http.compat.inference_server import build_inference_server_router
-
-    app.include_router(build_tasks_router(routes.service, routes.max_upload_bytes))
-    app.include_router(build_workers_router(routes.workers))
-    if routes.compat_prefix:
-        app.include_router(
-            build_inference_server_router(
-                routes.service, routes.compat_prefix, routes.allow_model_posting,
-                routes.max_upload_bytes, routes.model_images,
-            )
-        )  # fmt: skip

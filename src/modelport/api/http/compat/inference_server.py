@@ -22,10 +22,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from modelport.api.http.tasks import error_response, output_response
+from modelport.api.http.errors import error_response
+from modelport.api.http.tasks import output_response
 from modelport.api.http.uploads import read_form
 from modelport.errors import ModelportError
-from modelport.sources import AllowList
+from modelport.supply.allow_lists import AllowList
 from modelport.tasks.records import TaskStatus
 from modelport.tasks.service import TaskNotFound, TaskService
 

@@ -1,0 +1,1 @@
+"""The ``modelport`` command (Typer) and its small HTTP client."""

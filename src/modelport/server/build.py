@@ -1,0 +1,261 @@
+"""Builders: modelport's parts made from Settings, wired but not started.
+
+``serve.py`` (``modelport serve``) and ``worker.py`` (``modelport worker``) build what
+they run from here, so a part is put together one way wherever it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from modelport import __version__
+from modelport.api.http.tasks import TaskRoutes
+from modelport.cluster.node import ClusterNode
+from modelport.core.cache import MemoryLimits
+from modelport.core.registry import ModelRegistry
+from modelport.core.repository import ModelRepository
+from modelport.core.runtime import RuntimeFactory
+from modelport.core.service import InferenceService, LoopModelCaller, Peers
+from modelport.observability.gpus import Nvml, discover_gpus
+from modelport.runtimes.container import ContainerRuntime
+from modelport.runtimes.fake import FakeRuntime
+from modelport.runtimes.onnx import OnnxRuntime
+from modelport.runtimes.python import PythonRuntime
+from modelport.runtimes.remote import RemoteRuntime
+from modelport.runtimes.tensorflow import TensorflowRuntime
+from modelport.runtimes.torch import TorchRuntime
+from modelport.security.access import AccessPolicy, Guard
+from modelport.security.keys import KeyStore
+from modelport.server.cluster import Cluster, task_models
+from modelport.settings import Settings, admin_refusal
+from modelport.supply.allow_lists import image_allow_list, url_allow_list
+from modelport.supply.encryption import key_provider
+from modelport.supply.pull import pull_in_thread
+from modelport.tasks.archives import ZipLimits
+from modelport.tasks.blobs import BlobStore
+from modelport.tasks.broker import Broker, MemoryBroker
+from modelport.tasks.service import TaskPolicy, TaskService
+from modelport.tasks.store import TaskStore, sqlite_url
+from modelport.tasks.worker import TaskWorker, make_slots
+
+RUNTIMES: dict[str, RuntimeFactory] = {
+    "onnx": OnnxRuntime,
+    "python": PythonRuntime,
+    "fake": FakeRuntime,
+    "remote": RemoteRuntime,
+    "tensorflow": TensorflowRuntime,
+    "torch": TorchRuntime,
+}
+
+log = logging.getLogger("modelport")
+# Instance threads need the GIL back the moment a batch finishes; Python's default 5 ms
+# switch interval would add up to 5 ms to every batch under load.
+GIL_SWITCH_SECONDS = 0.0005
+
+
+def build_service(
+    settings: Settings,
+    *,
+    nvml: Nvml | None = None,
+    repository: ModelRepository | None = None,
+    extra_runtimes: Mapping[str, RuntimeFactory] | None = None,
+    peers: Peers | None = None,
+) -> tuple[InferenceService, LoopModelCaller]:
+    """The core, wired but not started (models load in :func:`start_service`); GPU
+    models are placed on the ``gpus`` setting's ids, else on those ``nvml`` finds."""
+    caller = LoopModelCaller()
+    gpus = discover_gpus(settings.gpus, nvml or Nvml.open())
+    log.info("GPUs for models: %s (%s)", list(gpus.ids) or "none", gpus.source)
+    limits = MemoryLimits(
+        settings.max_loaded_models, settings.max_loaded_bytes, settings.load_timeout_seconds
+    )
+    # The runtimes that load from bytes are given the model key for encrypted files.
+    model_key = key_provider(settings.model_key_file)
+    onnx = functools.partial(OnnxRuntime, model_key=model_key)
+    torch = functools.partial(
+        TorchRuntime, model_key=model_key, allow_pickled=settings.allow_pickled_models
+    )
+    # A remote model's URL must be allowed (model_sources) before anything is sent to it.
+    sources = url_allow_list(settings.model_sources, (settings.repository,))
+    remote = functools.partial(RemoteRuntime, sources=sources)
+    runtimes: dict[str, RuntimeFactory] = {**RUNTIMES, "onnx": onnx, "torch": torch}
+    runtimes["remote"] = remote
+    runtimes.update(extra_runtimes or {})
+    repository = repository or ModelRepository(settings.repository_path)
+    registry = ModelRegistry(repository, runtimes, caller, limits, gpus)
+    service = InferenceService(
+        registry,
+        settings.server_name,
+        __version__,
+        admin_refusal=core_admin_refusal(settings),
+        max_tensor_elements=settings.max_tensor_elements,
+        peers=peers,
+    )
+    return service, caller
+
+
+async def start_service(service: InferenceService, caller: LoopModelCaller) -> None:
+    caller.bind(service, asyncio.get_running_loop())
+    await service.registry.load_all()
+
+
+def core_admin_refusal(settings: Settings) -> str:
+    """The admin refusal the core applies. Unless keys are off (auth = off), refusing
+    admin calls on a network address while no key is asked for is the guard's (it knows
+    whether keys are enforced now), and with keys an admin key allows them."""
+    return admin_refusal(settings, keys_enforced=settings.auth != "off")
+
+
+def build_guard(settings: Settings) -> Guard | None:
+    """API keys' guard, None when keys are off; KeyFileError for a broken keys file."""
+    if settings.auth == "off":
+        return None
+    policy = AccessPolicy(
+        settings.auth,
+        settings.public_health,
+        settings.public_metrics,
+        settings.max_concurrent_per_key,
+        admin_refusal(settings, keys_enforced=False),
+    )
+    return Guard(KeyStore(settings.keys_path), policy)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStorage:
+    """Where tasks are kept: records (SQL), files (a blob store), and the local folder."""
+
+    store: TaskStore
+    blobs: BlobStore
+    data_dir: Path
+
+    @classmethod
+    def open(cls, settings: Settings) -> TaskStorage:
+        data = Path(settings.data_dir).resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        store = TaskStore(settings.task_store or sqlite_url(data / "tasks.db"))
+        return cls(store, BlobStore(settings.task_files or str(data / "files")), data)
+
+
+def zip_limits(settings: Settings) -> ZipLimits:
+    return ZipLimits(
+        settings.task_max_zip_members,
+        settings.task_max_unpacked_bytes,
+        settings.task_max_zip_ratio,
+    )
+
+
+def build_task_worker(
+    settings: Settings,
+    *,
+    storage: TaskStorage,
+    broker: Broker,
+    repository: ModelRepository,
+    work_dir: Path,
+    name: str = "worker",
+    takeover: Callable[[str], Awaitable[bool]] | None = None,
+) -> TaskWorker:
+    """The worker that runs container tasks in ``task_slots`` CPU slots, or one slot per
+    ``task_gpus``; the same for ``modelport serve`` and ``modelport worker``."""
+    return TaskWorker(
+        storage.store,
+        storage.blobs,
+        broker,
+        repository,
+        ContainerRuntime(),
+        make_slots(settings.task_slots, settings.task_gpu_ids),
+        work_dir,
+        zip_limits(settings),
+        visibility_s=settings.task_visibility_seconds,
+        name=name,
+        max_attempts=settings.task_max_attempts,
+        takeover=takeover,
+    )
+
+
+def build_task_service(
+    settings: Settings,
+    *,
+    cluster: Cluster | None = None,
+    primary: bool = True,
+    adopt: bool = False,
+) -> TaskService:
+    """The tasks core: records in SQL, files through fsspec, the in-process broker (or
+    the cluster's Redis one), and a worker for the slots, when there are any and this is
+    the ``primary`` process. ``adopt``: several processes, one in-process broker each:
+    this one takes up the tasks the others stored."""
+    storage = TaskStorage.open(settings)
+    repository = ModelRepository(settings.repository_path)
+    memory = MemoryBroker()
+    broker = cluster.broker(repository) if cluster is not None else memory
+    hours = settings.task_retention_hours
+    retention = timedelta(hours=hours) if hours else None
+    policy = TaskPolicy(zip_limits(settings), settings.task_max_attempts, retention)
+    worker = None
+    if primary and make_slots(settings.task_slots, settings.task_gpu_ids):
+        worker = build_task_worker(
+            settings,
+            storage=storage,
+            broker=broker,
+            repository=repository,
+            work_dir=storage.data_dir / "work",
+            name=cluster.worker_id if cluster else "worker",
+            takeover=cluster.may_take_over if cluster else None,
+        )
+    return TaskService(
+        storage.store,
+        storage.blobs,
+        broker,
+        repository,
+        policy,
+        worker,
+        remote_versions=cluster.directory.task_versions if cluster is not None else None,
+        primary=primary,
+        known=memory.has if adopt else None,
+    )
+
+
+def task_routes(
+    settings: Settings, tasks: TaskService, cluster: Cluster | None = None
+) -> TaskRoutes:
+    # Posting a model is an admin call: off unless allowed, and never where admin is refused.
+    posting = settings.compat_allow_model_posting and not core_admin_refusal(settings)
+    return TaskRoutes(
+        tasks,
+        settings.task_max_upload_bytes,
+        settings.compat_inference_server,
+        posting,
+        image_allow_list(settings.model_images),
+        cluster.list_workers if cluster else None,
+    )
+
+
+def server_node(cluster: Cluster, service: InferenceService, tasks: TaskService) -> ClusterNode:
+    """The node of ``modelport serve --broker``: it advertises its own models and task
+    slots to other gateways, and routes to the models of workers (a gateway)."""
+    worker = tasks.worker
+    slots = tuple(s.name for s in worker.slots) if worker is not None else ()
+    running = worker.running if worker is not None else {}
+    return ClusterNode(
+        cluster.client,
+        cluster.keys,
+        cluster.directory,
+        service,
+        cluster.worker_id,
+        "server",
+        lambda: task_models(tasks.repository),
+        slots,
+        lambda: {task: slot.name for task, slot in running.items()},
+    )
+
+
+async def pull_repository(settings: Settings) -> None:
+    """Bring the local copy of a repository URL up to date (modelport.supply.pull)."""
+    await pull_in_thread(
+        settings.repository, settings.repository_path, settings.repository_endpoint_url
+    )

@@ -1,0 +1,210 @@
+"""``modelport serve``: one server process, from Settings to serving until SIGTERM.
+
+The parts come from ``build.py``; this module starts them in order (HTTP and gRPC first,
+so health answers while models load) and stops them, through one exit stack, in the
+reverse of the order that keeps requests safe: the listeners stop before the models and
+tasks they call close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+import uvicorn
+
+from modelport.api.grpc.server import STOP_GRACE_S, start_grpc_server
+from modelport.api.http.app import create_app
+from modelport.api.http.auth import AuthMiddleware
+from modelport.api.http.fastpath import http_protocol
+from modelport.api.http.v2 import InferHandler
+from modelport.api.peer import peer_app
+from modelport.core.repository import ModelRepository
+from modelport.core.service import InferenceService
+from modelport.core.watcher import RepositoryWatcher
+from modelport.observability.gpus import Nvml
+from modelport.observability.metrics import metrics_registry, setup_logging
+from modelport.security.tls import load_tls
+from modelport.server.build import (
+    GIL_SWITCH_SECONDS,
+    build_guard,
+    build_service,
+    build_task_service,
+    pull_repository,
+    server_node,
+    start_service,
+    task_routes,
+)
+from modelport.server.cluster import connect
+from modelport.server.peers import ProcessInfo, SocketPeers, reuseport_socket
+from modelport.settings import Settings
+from modelport.supply.pull import PullingWatcher, is_url
+
+log = logging.getLogger("modelport")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn raises a caught SIGTERM or SIGINT again once it has stopped, which would
+    end the process before :func:`serve` closes the models; here the signal only stops it."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
+class _PeerServer(uvicorn.Server):
+    """The peers' socket: the main server handles SIGTERM and SIGINT, this one stops with it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _run(
+    server: uvicorn.Server, stack: contextlib.AsyncExitStack, **options: object
+) -> asyncio.Task[None]:
+    """Start ``server``; the stack stops it (and waits for it) when it closes."""
+    serving = asyncio.create_task(server.serve(**options))  # type: ignore[arg-type]
+
+    async def stop() -> None:
+        if not serving.done():
+            server.should_exit = True
+        await serving
+
+    stack.push_async_callback(stop)
+    return serving
+
+
+async def serve(
+    settings: Settings,
+    on_ready: Callable[[InferenceService], None] | None = None,
+    process: ProcessInfo | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM; models load while the server already answers health."""
+    setup_logging(settings.log_level, settings.log_format)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    # Checked before anything starts: a TlsError or KeyFileError stops serve here.
+    tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    guard = build_guard(settings)
+    nvml = Nvml.open()  # GPUs for placement and metrics; unavailable without a driver
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(log.info, "modelport stopped")
+        cluster = connect(settings) if settings.broker else None
+        if cluster is not None:
+            stack.push_async_callback(cluster.close)
+        local = ModelRepository(settings.repository_path)
+        peers = SocketPeers(process) if process is not None else None
+        service, caller = build_service(
+            settings,
+            nvml=nvml,
+            repository=cluster.repository(local) if cluster else local,
+            extra_runtimes=cluster.runtimes(settings) if cluster else None,
+            peers=peers,
+        )
+        stack.push_async_callback(service.registry.close)
+        primary = process is None or process.primary
+        tasks = build_task_service(
+            settings,
+            cluster=cluster,
+            primary=primary,
+            # Several processes, one in-process broker each: the first adopts the others' tasks.
+            adopt=process is not None and process.count > 1 and primary and cluster is None,
+        )
+        stack.push_async_callback(tasks.close)
+        metrics = metrics_registry(service, nvml)
+        _, asgi = create_app(
+            service,
+            metrics,
+            settings.max_request_bytes,
+            task_routes(settings, tasks, cluster),
+            functools.partial(peers.metrics, metrics) if peers is not None else None,
+        )
+        admit = None
+        if guard is not None:
+            asgi = AuthMiddleware(asgi, guard, settings.compat_inference_server)
+            admit = asgi.admit
+        if settings.grpc_port:  # 0 turns gRPC off
+            grpc_server = await start_grpc_server(
+                service,
+                settings.host,
+                settings.grpc_port,
+                settings.grpc_max_message_bytes,
+                settings.grpc_max_concurrent_rpcs,
+                settings.grpc_listeners,
+                guard,
+                tls,
+                shared_port=process is not None,
+                transport=settings.grpc_transport,
+                max_idle_s=settings.grpc_max_idle_s,
+            )
+            stack.push_async_callback(grpc_server.stop, STOP_GRACE_S)
+        config = uvicorn.Config(
+            asgi,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http=http_protocol(
+                InferHandler(service),
+                settings.max_request_bytes,
+                admit,
+                settings.request_header_timeout_s,
+                settings.request_body_timeout_s,
+            ),
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            server_header=False,
+            date_header=False,
+            timeout_graceful_shutdown=10,
+            **(tls.uvicorn_options() if tls else {}),
+        )
+        # Several processes: each binds the port with SO_REUSEPORT, and answers its peers
+        # on a Unix socket of its own (peers.py).
+        sockets = [reuseport_socket(settings.host, settings.port)] if process else None
+        serving = await _run(_Server(config), stack, sockets=sockets)
+        if process is not None:
+            path = process.socket_path(process.index)
+            path.unlink(missing_ok=True)
+            peer_config = uvicorn.Config(
+                peer_app(service, metrics),
+                uds=str(path),
+                lifespan="off",
+                access_log=False,
+                log_level="warning",
+                loop="none",
+            )
+            await _run(_PeerServer(peer_config), stack)
+        # (With several processes the supervisor pulled before starting them, and only
+        # the first pulls again on --poll; the others watch the folder it updates.)
+        pulls = is_url(settings.repository) and primary
+        if pulls and process is None:
+            await pull_repository(settings)  # a PullError stops the server here
+        await tasks.start()
+        await start_service(service, caller)
+        if cluster is not None:
+            node = server_node(cluster, service, tasks)
+            await node.start()
+            stack.push_async_callback(node.stop)
+        if settings.poll_seconds:
+            watcher = (
+                PullingWatcher(
+                    service.registry, settings.poll_seconds, lambda: pull_repository(settings)
+                )
+                if pulls
+                else RepositoryWatcher(service.registry, settings.poll_seconds)
+            )
+            await watcher.start()
+            stack.push_async_callback(watcher.close)
+        # Everything alive now (modules, models) lives as long as the server: keep it out
+        # of the collector's scans, or each full collection stalls requests for ~50 ms.
+        gc.collect()
+        gc.freeze()
+        if on_ready is not None and not serving.done():
+            on_ready(service)
+        await serving
