@@ -34,7 +34,6 @@ from modelport.api.grpc.wire import (
     BARE_HEAD,
     HEAD,
     OK_TRAILERS,
-    InflatedTooLarge,
     Metadata,
     deadline_of,
     inflate,
@@ -42,6 +41,7 @@ from modelport.api.grpc.wire import (
     percent_encoded,
     read_head,
 )
+from modelport.codecs.compression import InflatedTooLarge
 from modelport.errors import ModelportError, Overloaded, TooManyRequests
 
 log = logging.getLogger("modelport.grpc")
