@@ -245,7 +245,7 @@ async def serve(
         service, metrics, settings.max_request_bytes, task_routes(settings, tasks, cluster),
         functools.partial(peers.metrics, metrics) if peers is not None else None,
     )  # fmt: skip
-    handler = InferHandler(service)
+    handler = InferHandler(service, settings.max_request_bytes)
     admit = None
     if guard is not None:
         asgi = AuthMiddleware(asgi, guard, settings.compat_inference_server)
