@@ -150,7 +150,7 @@ async def serve(
             port=settings.port,
             loop="uvloop",
             http=http_protocol(
-                InferHandler(service),
+                InferHandler(service, settings.max_request_bytes),
                 settings.max_request_bytes,
                 admit,
                 settings.request_header_timeout_s,

@@ -33,7 +33,6 @@ from modelport.api.grpc.wire import (
     BARE_HEAD,
     HEAD,
     OK_TRAILERS,
-    InflatedTooLarge,
     Metadata,
     deadline_of,
     inflate,
@@ -41,6 +40,7 @@ from modelport.api.grpc.wire import (
     percent_encoded,
     read_head,
 )
+from modelport.codecs.compression import InflatedTooLarge
 from modelport.errors import ModelportError, Overloaded, TooManyRequests
 from modelport.security.access import Grant
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import base64
 import time
-import zlib
 from typing import NamedTuple
 
 import grpc
 
 from modelport.api.grpc.hpack_codec import encode_literal, encode_status
+from modelport.codecs.compression import InflatedTooLarge
+from modelport.codecs.compression import inflate as codecs_inflate
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 BARE_HEAD = encode_status(200) + encode_literal(b"content-type", b"application/grpc")
@@ -26,10 +27,6 @@ RESERVED = frozenset(
     {"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"}
 )
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-
-
-class InflatedTooLarge(ValueError):
-    """A compressed message that inflates past ``max_message_bytes``."""
 
 
 class CallHead(NamedTuple):
@@ -89,19 +86,15 @@ def inflate(message: bytes, encoding: str, limit: int) -> bytes:
     most ``limit`` bytes (InflatedTooLarge past it), ValueError if it is not whole."""
     if encoding in ("", "identity"):
         raise ValueError("a compressed message without grpc-encoding")
-    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    inflater = zlib.decompressobj(wbits)
     try:
-        out = inflater.decompress(message, limit + 1)
-    except zlib.error as exc:
-        raise ValueError(f"the {encoding} message does not decompress: {exc}") from None
-    if len(out) > limit:
+        return codecs_inflate(message, encoding, limit)
+    except InflatedTooLarge:
         raise InflatedTooLarge(
-            f"the decompressed message is larger than max ({limit}; grpc_max_message_bytes)"
-        )
-    if not inflater.eof:
-        raise ValueError(f"the {encoding} message is cut short")
-    return out
+            f"the decompressed message is larger than max ({limit}; grpc_max_message_bytes)",
+            limit,
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"the compressed message does not inflate: {exc}") from None
 
 
 def metadata_block(metadata: Metadata) -> bytes:

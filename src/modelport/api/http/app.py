@@ -40,7 +40,7 @@ def create_app(
         description="KServe v2 inference, a model repository, metrics.",
         docs_url="/docs",
     )
-    app.include_router(build_router(service))
+    app.include_router(build_router(service, max_body))
     app.include_router(build_tfserving_router(service))
     if tasks is not None:
         _include_task_routes(app, tasks)
@@ -77,7 +77,7 @@ def create_app(
     if tasks is not None:
         exempt = tuple(p for p in (TASKS_PREFIX, tasks.compat_prefix) if p)
     limited = BodyLimit(app, max_body, exempt)
-    return app, InferFastPath(limited, InferHandler(service), max_body)
+    return app, InferFastPath(limited, InferHandler(service, max_body), max_body)
 
 
 def _include_task_routes(app: FastAPI, routes: TaskRoutes) -> None:

@@ -6,6 +6,7 @@ framework; the same ``InferHandler`` also serves it on the fast path in ``app.py
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
 from typing import Any
@@ -14,10 +15,11 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from modelport.api.http.errors import error_parts, error_response
+from modelport.codecs.compression import ENCODINGS, InflatedTooLarge, inflate
 from modelport.codecs.v2_json import DecodedRequest, decode_request, encode_response
 from modelport.core.service import InferenceService
 from modelport.core.stats import Duration, ModelStats
-from modelport.errors import InvalidInput, ModelportError, Unsupported
+from modelport.errors import InvalidInput, ModelportError, TooLarge, Unsupported
 from modelport.tensors import InferenceResponse
 
 EXTENSIONS = [
@@ -31,18 +33,28 @@ HEADER_LENGTH = "inference-header-content-length"
 
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 
+# A compressed body up to this size is inflated on the event loop: deflate tops out near
+# 1032:1, so that is at most about a megabyte of output, a millisecond's work. A larger
+# one may inflate to max_request_bytes (tens of milliseconds): in a worker thread.
+INLINE_INFLATE_BYTES = 1024
+
 
 class InferHandler:
     """Body bytes and headers in, (status, body, headers) out: the v2 infer route."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, max_body: int) -> None:
         self.service = service
+        self.max_body = max_body  # max_request_bytes: bodies inflate to at most this
 
     async def __call__(
         self, model: str, version: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         try:
-            decoded = self.parse(model, version, body, headers)
+            if inflates_off_loop(body, headers):
+                body = await self.inflate_off_loop(body, headers)
+                decoded = self.decode(model, version, body, headers)
+            else:
+                decoded = self.parse(model, version, body, headers)
             response = await self.service.infer(decoded.request)
             return self.reply(response, decoded, headers)
         except ModelportError as exc:
@@ -51,10 +63,23 @@ class InferHandler:
     def parse(
         self, model: str, version: str, body: bytes, headers: dict[str, str]
     ) -> DecodedRequest:
-        """The request in a body: decompressed, split at the JSON part, decoded."""
+        """The request in a body as sent: decompressed, split at the JSON part, decoded.
+        Inflates here, on the caller's thread: a body for which ``inflates_off_loop``
+        holds goes through ``inflate_off_loop`` and ``decode`` instead."""
         encoding = headers.get("content-encoding", "")
         if encoding:
-            body = _decompress(body, encoding)
+            body = inflate_body(body, encoding, self.max_body)
+        return self.decode(model, version, body, headers)
+
+    async def inflate_off_loop(self, body: bytes, headers: dict[str, str]) -> bytes:
+        """A compressed body, inflated in a worker thread so the event loop goes on."""
+        encoding = headers.get("content-encoding", "")
+        return await asyncio.to_thread(inflate_body, body, encoding, self.max_body)
+
+    def decode(
+        self, model: str, version: str, body: bytes, headers: dict[str, str]
+    ) -> DecodedRequest:
+        """The request in an uncompressed body: split at the JSON part, decoded."""
         length = headers.get(HEADER_LENGTH)
         json_length = None
         if length is not None:
@@ -84,15 +109,30 @@ class InferHandler:
         return 200, out, reply_headers
 
 
-def _decompress(body: bytes, encoding: str) -> bytes:
+def inflates_off_loop(body: bytes, headers: dict[str, str]) -> bool:
+    """Whether a body is compressed and too large to inflate on the event loop."""
+    return len(body) > INLINE_INFLATE_BYTES and bool(headers.get("content-encoding"))
+
+
+def inflate_body(body: bytes, encoding: str, limit: int) -> bytes:
+    """A body decompressed by its Content-Encoding, at most ``limit`` bytes
+    (max_request_bytes): TooLarge as soon as it passes them, InvalidInput if it is not
+    valid, Unsupported for an encoding other than gzip or deflate."""
+    if encoding not in ENCODINGS:
+        raise Unsupported(f"Content-Encoding '{encoding}' is not supported; use gzip or deflate")
     try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error, EOFError) as exc:
-        raise InvalidInput(f"body is not valid {encoding} data: {exc}") from None
-    raise Unsupported(f"Content-Encoding '{encoding}' is not supported; use gzip or deflate")
+        return inflate(body, encoding, limit)
+    except InflatedTooLarge:
+        raise inflated_too_large(limit) from None
+    except ValueError as exc:
+        raise InvalidInput(f"the body does not match its Content-Encoding: {exc}") from None
+
+
+def inflated_too_large(limit: int) -> TooLarge:
+    return TooLarge(
+        f"the decompressed request body is over the limit of {limit} bytes "
+        "(max_request_bytes); send smaller batches, or the operator can raise the limit"
+    )
 
 
 def _compress(body: bytes, accept: str) -> tuple[bytes, str]:
@@ -143,9 +183,9 @@ def stats_json(name: str, version: str, s: ModelStats) -> dict[str, Any]:
     }
 
 
-def build_router(service: InferenceService) -> APIRouter:
+def build_router(service: InferenceService, max_body: int) -> APIRouter:
     router = APIRouter(tags=["KServe v2"])
-    infer = InferHandler(service)
+    infer = InferHandler(service, max_body)
 
     @router.get("/v2", summary="Server metadata")
     async def server_metadata() -> Response:
