@@ -17,7 +17,7 @@ PACKAGE = Path(modelport.__file__).parent
 
 # Lowest first. A module's floor is that of its longest matching prefix.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "tensors", "settings", "spec"),  # the vocabulary: no transport, no I/O
+    ("errors", "numbers", "tensors", "settings", "spec"),  # the vocabulary: no transport
     ("protos",),  # .proto files and their generated modules
     ("codecs",),
     ("core",),

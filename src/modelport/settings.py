@@ -13,7 +13,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from modelport.numbers import natural
 
 ENV_PREFIX = "MODELPORT_"
 CONFIG_FILE = "modelport.toml"
@@ -224,22 +233,16 @@ class Settings(BaseModel):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("task_gpus")
+    @field_validator("task_gpus", "gpus")
     @classmethod
-    def _gpu_ids(cls, value: str) -> str:
+    def _gpu_ids(cls, value: str, info: ValidationInfo) -> str:
         value = value.replace(" ", "")
-        if value and not all(g.isdigit() for g in value.split(",")):
-            raise ValueError(f"expected GPU ids like '0,1', got {value!r}")
-        return value
-
-    @field_validator("gpus")
-    @classmethod
-    def _model_gpu_ids(cls, value: str) -> str:
-        value = value.replace(" ", "")
-        if value.lower() == "none":
+        # Model placement (gpus) may be turned off; task slots are off when empty.
+        if info.field_name == "gpus" and value.lower() == "none":
             return "none"
-        if value and not all(g.isdigit() for g in value.split(",")):
-            raise ValueError(f"expected GPU ids like '0,1', or 'none', got {value!r}")
+        if value and not all(natural(g) is not None for g in value.split(",")):
+            also = ", or 'none'" if info.field_name == "gpus" else ""
+            raise ValueError(f"expected GPU ids like '0,1'{also}, got {value!r}")
         return value
 
     @property

@@ -22,6 +22,7 @@ import numpy as np
 
 from modelport.core.batcher import BatchResult
 from modelport.errors import ModelUnavailable
+from modelport.numbers import natural
 
 EVICTED_REASON = "unloaded to stay under {setting} (loads again on demand)"
 
@@ -89,7 +90,7 @@ def files_size(folder: Path, versions: Iterable[int]) -> int:
     total = 0
     for path in folder.rglob("*"):
         top = path.relative_to(folder).parts[0]
-        if top.isdigit() and top not in keep:
+        if natural(top) is not None and top not in keep:
             continue
         if path.is_file():
             total += path.stat().st_size

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelport.errors import ModelNotFound, SpecError
+from modelport.numbers import natural
 from modelport.spec import SPEC_FILE, ModelSpec, load_spec, parse_spec
 
 # A folder laid out for TF Serving (``<name>/<version>/saved_model.pb``) with no model.yaml
@@ -64,11 +65,8 @@ class ModelRepository:
                 f"{path / SPEC_FILE}: missing; every model folder needs one "
                 "(at least 'runtime: onnx')"
             )
-        available = [
-            int(p.name)
-            for p in path.iterdir()
-            if p.is_dir() and p.name.isdigit() and int(p.name) > 0
-        ]
+        numbered = (natural(p.name) for p in path.iterdir() if p.is_dir())
+        available = [v for v in numbered if v]  # None (not a number) and 0 are no versions
         if not available:
             raise SpecError(
                 f"{path}: no version folders; put the model files in {path}/1/ "
@@ -87,6 +85,6 @@ def _is_tf_serving_folder(path: Path) -> bool:
     return any(
         (version / file).is_file()
         for version in path.iterdir()
-        if version.is_dir() and version.name.isdigit()
+        if version.is_dir() and natural(version.name) is not None
         for file in SAVED_MODEL_FILES
     )

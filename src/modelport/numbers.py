@@ -1,0 +1,34 @@
+"""Whole numbers that arrive as text: versions, counts, ``top_k``, header values.
+
+``str.isdigit()`` accepts ``²`` and Arabic-Indic digits, which ``int()`` then refuses
+(a 500) or reads; and turning a 5,000-digit string into an int costs quadratic time.
+Every number a client, a header or a folder name hands modelport goes through
+:func:`natural` or :func:`parse_natural`: ASCII digits only, within a bounded length,
+no sign, no spaces.
+"""
+
+from __future__ import annotations
+
+from modelport.errors import InvalidInput
+
+MAX_DIGITS = 18  # below 2**63: fits every int64 field of the protocols
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+def natural(text: str, *, max_digits: int = MAX_DIGITS) -> int | None:
+    """The value of ``text`` when it is 1 to ``max_digits`` ASCII digits, else None."""
+    if not 0 < len(text) <= max_digits or not _ASCII_DIGITS.issuperset(text):
+        return None
+    return int(text)
+
+
+def parse_natural(text: str, *, what: str, max_digits: int = MAX_DIGITS) -> int:
+    """:func:`natural`, or an InvalidInput naming ``what`` and what is accepted."""
+    value = natural(text, max_digits=max_digits)
+    if value is None:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InvalidInput(
+            f"{what} {shown!r} is not a whole number (ASCII digits 0-9, at most "
+            f"{max_digits} of them)"
+        )
+    return value
