@@ -14,8 +14,11 @@ from support.builders import write_model
 
 
 def test_a_container_section_is_parsed_and_checked() -> None:
-    spec = parse_spec("seg", "runtime: container\ncontainer: {image: 'a/b:1', gpus: [0, 2], "
-                      "memory: 8G, cpus: 1.5, timeout: 10}\n", "model.yaml")  # fmt: skip
+    text = (
+        "runtime: container\n"
+        "container: {image: 'a/b:1', gpus: [0, 2], memory: 8G, cpus: 1.5, timeout: 10}\n"
+    )
+    spec = parse_spec("seg", text, "model.yaml")
     assert spec.runs_as_tasks and spec.container is not None
     assert spec.container.gpu_count == 2 and spec.container.memory == "8g"
     assert not spec.container.network and spec.container.user == "auto"
