@@ -192,26 +192,35 @@ def _copy_members(
     with zipfile.ZipFile(path) as archive:
         for info in members:
             try:
-                target = open_target(info)
-                if not info.is_dir():
-                    with archive.open(info) as src, target or contextlib.nullcontext():
-                        size = 0
-                        while chunk := src.read(CHUNK):
-                            size += len(chunk)
-                            budget.spend(len(chunk))
-                            if target is not None:
-                                target.write(chunk)
-                    if size != info.file_size:
-                        raise InvalidInput(
-                            f"zip member '{info.filename}' holds {size} bytes but its "
-                            f"header says {info.file_size}"
-                        )
+                with contextlib.ExitStack() as files:
+                    target = open_target(info)
+                    if target is not None:
+                        files.enter_context(target)
+                    if not info.is_dir():
+                        src = files.enter_context(archive.open(info))
+                        _copy_member(info, src, target=target, budget=budget)
             except READ_ERRORS as exc:
                 # Corrupt data, a CRC or size that lies, or a name the filesystem refuses.
                 raise InvalidInput(
                     f"zip member '{info.filename}' cannot be unpacked: {_reason(exc)}"
                 ) from None
     return budget.spent
+
+
+def _copy_member(
+    info: zipfile.ZipInfo, src: IO[bytes], *, target: IO[bytes] | None, budget: _Budget
+) -> None:
+    """Read one member through (into ``target``); it must hold what its header says."""
+    size = 0
+    while chunk := src.read(CHUNK):
+        size += len(chunk)
+        budget.spend(len(chunk))
+        if target is not None:
+            target.write(chunk)
+    if size != info.file_size:
+        raise InvalidInput(
+            f"zip member '{info.filename}' holds {size} bytes but its header says {info.file_size}"
+        )
 
 
 @dataclass(slots=True)
