@@ -68,9 +68,13 @@ def test_predict_with_named_npy_files(server: str, tmp_path: Path) -> None:
     np.save(tmp_path / "b.npy", np.array([0.5, 1.0, 1.0, 0.25], dtype=np.float32))
     # Given in the other order: NAME=FILE picks the input.
     result = modelport(
-        "predict", "add_sub", f"INPUT1={tmp_path / 'b.npy'}", f"INPUT0={tmp_path / 'a.npy'}",
-        "--url", server,
-    )  # fmt: skip
+        "predict",
+        "add_sub",
+        f"INPUT1={tmp_path / 'b.npy'}",
+        f"INPUT0={tmp_path / 'a.npy'}",
+        "--url",
+        server,
+    )
     assert result.returncode == 0, result.stderr
     assert "add_sub v1" in result.stdout
     rows = output_rows(result.stdout)
@@ -99,9 +103,13 @@ def test_predict_errors_are_clear(server: str, tmp_path: Path) -> None:
     assert "error 404" in missing.stderr and "no_such_model" in missing.stderr
 
     wrong = modelport(
-        "predict", "add_sub", f"INPUT0={tmp_path / 'a.json'}", f"INPUT1={tmp_path / 'a.json'}",
-        "--url", server,
-    )  # fmt: skip
+        "predict",
+        "add_sub",
+        f"INPUT0={tmp_path / 'a.json'}",
+        f"INPUT1={tmp_path / 'a.json'}",
+        "--url",
+        server,
+    )
     assert wrong.returncode == 1
     assert "error 400" in wrong.stderr and "[-1, 4]" in wrong.stderr
 

@@ -161,7 +161,8 @@ class Settings(BaseModel):
     )
     # -- tasks (long jobs in containers) ---------------------------------------------------
     data_dir: str = Field(
-        default=".modelport", description="where tasks keep their records, files and work"
+        default=".modelport",
+        description="where tasks keep their records, files and work, and uploads are spooled",
     )
     task_store: str = Field(
         default="",

@@ -12,8 +12,13 @@ from support.task_fixtures import FINISHED, submit_ok, wait_for
 
 def modelport(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1", "MODELPORT_URL": url}
-    return subprocess.run([sys.executable, "-m", "modelport", "tasks", *args],
-                          capture_output=True, text=True, env=environ, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "modelport", "tasks", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+    )
 
 
 def test_submit_a_folder_wait_and_unpack_the_output(task_server, tmp_path: Path) -> None:
@@ -46,8 +51,9 @@ def test_a_failed_wait_exits_non_zero_and_cancel_works(task_server, tmp_path: Pa
     wait_for(url, task_id, {"running"})
     follow = subprocess.Popen(
         [sys.executable, "-m", "modelport", "tasks", "logs", "-f", task_id, "--url", url],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert follow.stdout is not None and follow.stdout.readline() == "tick 0\n"
     cancelled = modelport("cancel", task_id, url=url)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout

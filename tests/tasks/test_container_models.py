@@ -8,14 +8,25 @@ import pytest
 
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
-from modelport.errors import SpecError
+from modelport.errors import Conflict, ModelNotFound, SpecError
 from modelport.spec import parse_spec
+from modelport.tasks.archives import ZipLimits
+from modelport.tasks.container_models import (
+    ContainerModel,
+    container_models,
+    task_source,
+    write_container_model,
+)
+from modelport.tasks.records import hide_paths
 from support.builders import write_model
 
 
 def test_a_container_section_is_parsed_and_checked() -> None:
-    spec = parse_spec("seg", "runtime: container\ncontainer: {image: 'a/b:1', gpus: [0, 2], "
-                      "memory: 8G, cpus: 1.5, timeout: 10}\n", "model.yaml")  # fmt: skip
+    text = (
+        "runtime: container\n"
+        "container: {image: 'a/b:1', gpus: [0, 2], memory: 8G, cpus: 1.5, timeout: 10}\n"
+    )
+    spec = parse_spec("seg", text, "model.yaml")
     assert spec.runs_as_tasks and spec.container is not None
     assert spec.container.gpu_count == 2 and spec.container.memory == "8g"
     assert not spec.container.network and spec.container.user == "auto"
@@ -33,3 +44,31 @@ async def test_the_registry_lists_container_models_as_task_only(tmp_path: Path) 
     await registry.load_all()
     [row] = registry.index()
     assert (row.name, row.state) == ("seg", "UNAVAILABLE") and "POST /api/tasks" in row.reason
+
+
+def test_errors_tasks_show_name_models_not_the_repository_path(tmp_path: Path) -> None:
+    repository = ModelRepository(tmp_path)
+    write_model(tmp_path, "broken", "runtime: container\ncontainer: {image: x, memory: lots}\n")
+    with pytest.raises(ModelNotFound) as missing:
+        task_source(repository, "nope")
+    with pytest.raises(SpecError) as broken:
+        task_source(repository, "broken")
+    assert missing.value.message == "no model 'nope' in the repository"
+    assert broken.value.message.startswith("broken/model.yaml: ")
+    assert str(tmp_path) not in missing.value.message + broken.value.message
+
+
+def test_a_container_model_is_written_and_listed_as_clients_gave_it(tmp_path: Path) -> None:
+    repository = ModelRepository(tmp_path)
+    model = ContainerModel(name="seg-1", image="lab/seg:2", description="d", use_gpu=True)
+    write_container_model(repository, model, static_files=None, limits=ZipLimits())
+    assert container_models(repository) == [model]
+    with pytest.raises(Conflict, match="exists"):
+        write_container_model(repository, model, static_files=None, limits=ZipLimits())
+
+
+def test_paths_are_hidden_longest_first() -> None:
+    work = Path("/srv/data/work/t1")
+    text = f"bind source path does not exist: {work}/input; see {work}/logs.txt and {work}"
+    names = {work / "input": "/input", work: ""}
+    assert hide_paths(text, names) == "bind source path does not exist: /input; see logs.txt and ."

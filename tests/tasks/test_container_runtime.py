@@ -12,11 +12,20 @@ from modelport.spec import ContainerSpec
 
 
 def _job(tmp_path: Path, spec: ContainerSpec, gpu: int | None = None) -> ContainerJob:
-    folders = [tmp_path / n for n in ("model", "input", "output")]
-    for folder in folders:
+    model, input_dir, output_dir = (tmp_path / n for n in ("model", "input", "output"))
+    for folder in (model, input_dir, output_dir):
         folder.mkdir(exist_ok=True)
-    folders[2].chmod(0o777)
-    return ContainerJob("t1", spec, *folders, tmp_path / "log.txt", gpu, {"a": 1})
+    output_dir.chmod(0o777)
+    return ContainerJob(
+        task_id="t1",
+        spec=spec,
+        model_dir=model,
+        input_dir=input_dir,
+        output_dir=output_dir,
+        log_path=tmp_path / "log.txt",
+        gpu=gpu,
+        parameters={"a": 1},
+    )
 
 
 def test_options_for_a_gpu_slot(tmp_path: Path) -> None:

@@ -19,7 +19,14 @@ from modelport.tasks.store import TaskStore, engine_url, sqlite_url
 
 
 def _record(task_id: str, model: str = "m", status: TaskStatus = TaskStatus.QUEUED) -> TaskRecord:
-    return TaskRecord(task_id, model, 1, status, now(), {"k": [1, 2]})
+    return TaskRecord(
+        id=task_id,
+        model=model,
+        version=1,
+        status=status,
+        created_at=now(),
+        parameters={"k": [1, 2]},
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -88,7 +95,7 @@ def test_store_lists_newest_first_with_filters(store: TaskStore) -> None:
     assert [r.id for r in store.page().tasks] == ["t4", "t3", "t2", "t1", "t0"]
     running = store.page(statuses=[TaskStatus.RUNNING])
     assert running.total == 2 and [r.id for r in running.tasks] == ["t4", "t3"]
-    assert [r.id for r in store.page("n", [TaskStatus.RUNNING]).tasks] == ["t3"]
+    assert [r.id for r in store.page("n", statuses=[TaskStatus.RUNNING]).tasks] == ["t3"]
     assert store.page("other").total == 0
     assert store.page(statuses=[TaskStatus.FAILED]).total == 0
     assert [r.id for r in store.with_status(TaskStatus.QUEUED)] == ["t0", "t1", "t2"]

@@ -28,8 +28,9 @@ from modelport.cli.client import call, check, request_options
 from modelport.errors import ModelportError
 from modelport.tasks.archives import ZipLimits, extract_zip
 
-tasks_app = typer.Typer(help="Long jobs: files in, files out, run in containers.",
-                        no_args_is_help=True)  # fmt: skip
+tasks_app = typer.Typer(
+    help="Long jobs: files in, files out, run in containers.", no_args_is_help=True
+)
 console = Console()
 err = Console(stderr=True)
 UrlOption = Annotated[
@@ -89,6 +90,7 @@ def _multipart(
 def submit(
     model: Annotated[str, typer.Argument(help="A container model.")],
     paths: Annotated[list[Path], typer.Argument(help="A zip, a folder, or files.")],
+    *,
     url: UrlOption = DEFAULT_URL,
     parameters: Annotated[str, typer.Option(help="Task parameters, a JSON object.")] = "",
     version: Annotated[str, typer.Option(help="Model version (default: latest).")] = "",
@@ -105,13 +107,16 @@ def submit(
         fields["version"] = version
     with tempfile.TemporaryDirectory(prefix="modelport-cli-") as scratch:
         packed = _pack(paths, Path(scratch))
-        columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn())  # fmt: skip
+        columns = (
+            *Progress.get_default_columns()[:2],
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+        )
         with Progress(*columns, console=err, transient=True) as progress:
             body, length, kind = _multipart(fields, packed, progress)
             headers = {"content-type": kind, "content-length": str(length)}
-            record = call("POST", f"{url}/api/tasks", content=body, headers=headers,
-                           timeout=None)  # fmt: skip
+            record = call("POST", f"{url}/api/tasks", content=body, headers=headers, timeout=None)
     task_id = record["id"]
     console.print(task_id)
     if wait:
@@ -148,6 +153,7 @@ def _download(url: str, task_id: str, dest: Path) -> None:
                     out.write(chunk)
         dest.mkdir(parents=True, exist_ok=True)
         try:
+            # The output comes from the user's own server: no size or ratio limit.
             extract_zip(packed, dest, ZipLimits(max_unpacked_bytes=1 << 62, max_ratio=1e9))
         except ModelportError as exc:
             err.print(f"[red]error:[/red] the output cannot be unpacked: {exc.message}")
@@ -171,8 +177,13 @@ def logs(
 ) -> None:
     """A task's container log (stdout and stderr)."""
     params = {"follow": str(follow).lower()}
-    with httpx.stream("GET", f"{url}/api/tasks/{task_id}/logs", params=params,
-                      timeout=None, **request_options()) as response:  # fmt: skip
+    with httpx.stream(
+        "GET",
+        f"{url}/api/tasks/{task_id}/logs",
+        params=params,
+        timeout=None,
+        **request_options(),
+    ) as response:
         if response.status_code != 200:
             response.read()
             check(response)
@@ -189,6 +200,7 @@ def cancel(task_id: str, url: UrlOption = DEFAULT_URL) -> None:
 
 @tasks_app.command("list")
 def list_tasks(
+    *,
     url: UrlOption = DEFAULT_URL,
     model: Annotated[str | None, typer.Option(help="Only this model's tasks.")] = None,
     status: Annotated[str | None, typer.Option(help="Only these statuses (a,b).")] = None,
@@ -198,10 +210,23 @@ def list_tasks(
     params: dict[str, Any] = {"limit": limit}
     params.update({k: v for k, v in (("model", model), ("status", status)) if v})
     page = call("GET", f"{url}/api/tasks", params=params)
-    table = Table("id", "model", "status", "progress", "created", "error",
-                  title=f"{len(page['tasks'])} of {page['total']} tasks")  # fmt: skip
+    table = Table(
+        "id",
+        "model",
+        "status",
+        "progress",
+        "created",
+        "error",
+        title=f"{len(page['tasks'])} of {page['total']} tasks",
+    )
     for row in page["tasks"]:
         done = f"{row['progress'] * 100:.0f}%" if row["progress"] is not None else ""
-        table.add_row(row["id"], row["model"], row["status"], done, row["created_at"][:19],
-                      (row["error"] or "").split("\n")[0][:60])  # fmt: skip
+        table.add_row(
+            row["id"],
+            row["model"],
+            row["status"],
+            done,
+            row["created_at"][:19],
+            (row["error"] or "").split("\n")[0][:60],
+        )
     console.print(table)

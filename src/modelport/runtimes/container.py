@@ -34,7 +34,7 @@ LOG_TAIL_BYTES = 2000
 Outcome = Literal["exited", "timeout", "cancelled", "error"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ContainerJob:
     """One run: the spec, the host folders to mount, the GPU of the worker's slot."""
 
@@ -209,9 +209,11 @@ class ContainerRuntime:
 
     def _follow(self, container: Any, job: ContainerJob, control: RunControl) -> ContainerResult:
         logs = threading.Thread(
-            target=_copy_logs, args=(container, job.log_path), daemon=True,
+            target=_copy_logs,
+            args=(container, job.log_path),
+            daemon=True,
             name=f"logs-{job.task_id}",
-        )  # fmt: skip
+        )
         logs.start()
         deadline = time.monotonic() + job.spec.timeout
         outcome: Outcome = "exited"

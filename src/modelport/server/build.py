@@ -41,6 +41,7 @@ from modelport.tasks.archives import ZipLimits
 from modelport.tasks.blobs import BlobStore
 from modelport.tasks.broker import Broker, MemoryBroker
 from modelport.tasks.service import TaskPolicy, TaskService
+from modelport.tasks.spool import Spool
 from modelport.tasks.store import TaskStore, sqlite_url
 from modelport.tasks.worker import TaskWorker, make_slots
 
@@ -141,12 +142,17 @@ class TaskStorage:
         store = TaskStore(settings.task_store or sqlite_url(data / "tasks.db"))
         return cls(store, BlobStore(settings.task_files or str(data / "files")), data)
 
+    def spool(self) -> Spool:
+        """This process's upload spool under ``data_dir/spool``; what killed processes
+        left there is removed now."""
+        return Spool(self.data_dir / "spool")
+
 
 def zip_limits(settings: Settings) -> ZipLimits:
     return ZipLimits(
-        settings.task_max_zip_members,
-        settings.task_max_unpacked_bytes,
-        settings.task_max_zip_ratio,
+        max_members=settings.task_max_zip_members,
+        max_unpacked_bytes=settings.task_max_unpacked_bytes,
+        max_ratio=settings.task_max_zip_ratio,
     )
 
 
@@ -163,14 +169,14 @@ def build_task_worker(
     """The worker that runs container tasks in ``task_slots`` CPU slots, or one slot per
     ``task_gpus``; the same for ``modelport serve`` and ``modelport worker``."""
     return TaskWorker(
-        storage.store,
-        storage.blobs,
-        broker,
-        repository,
-        ContainerRuntime(),
-        make_slots(settings.task_slots, settings.task_gpu_ids),
-        work_dir,
-        zip_limits(settings),
+        store=storage.store,
+        blobs=storage.blobs,
+        broker=broker,
+        repository=repository,
+        executor=ContainerRuntime(),
+        slots=make_slots(settings.task_slots, settings.task_gpu_ids),
+        work_dir=work_dir,
+        zip_limits=zip_limits(settings),
         visibility_s=settings.task_visibility_seconds,
         name=name,
         max_attempts=settings.task_max_attempts,
@@ -195,7 +201,11 @@ def build_task_service(
     broker = cluster.broker(repository) if cluster is not None else memory
     hours = settings.task_retention_hours
     retention = timedelta(hours=hours) if hours else None
-    policy = TaskPolicy(zip_limits(settings), settings.task_max_attempts, retention)
+    policy = TaskPolicy(
+        zip_limits=zip_limits(settings),
+        max_attempts=settings.task_max_attempts,
+        retention=retention,
+    )
     worker = None
     if primary and make_slots(settings.task_slots, settings.task_gpu_ids):
         worker = build_task_worker(
@@ -208,12 +218,13 @@ def build_task_service(
             takeover=cluster.may_take_over if cluster else None,
         )
     return TaskService(
-        storage.store,
-        storage.blobs,
-        broker,
-        repository,
-        policy,
-        worker,
+        store=storage.store,
+        blobs=storage.blobs,
+        broker=broker,
+        repository=repository,
+        policy=policy,
+        spool=storage.spool(),
+        worker=worker,
         remote_versions=cluster.directory.task_versions if cluster is not None else None,
         primary=primary,
         known=memory.has if adopt else None,
@@ -226,12 +237,13 @@ def task_routes(
     # Posting a model is an admin call: off unless allowed, and never where admin is refused.
     posting = settings.compat_allow_model_posting and not core_admin_refusal(settings)
     return TaskRoutes(
-        tasks,
-        settings.task_max_upload_bytes,
-        settings.compat_inference_server,
-        posting,
-        image_allow_list(settings.model_images),
-        cluster.list_workers if cluster else None,
+        service=tasks,
+        spool=tasks.spool,
+        max_upload_bytes=settings.task_max_upload_bytes,
+        compat_prefix=settings.compat_inference_server,
+        allow_model_posting=posting,
+        model_images=image_allow_list(settings.model_images),
+        workers=cluster.list_workers if cluster else None,
     )
 
 

@@ -1,7 +1,8 @@
 """Task files through fsspec: a local folder by default, any fsspec URL (s3://...) else.
 
-Keys are ``<task id>/<name>`` (``input.zip``, ``output.zip``, ``logs.txt``). Files are
-written to a temporary key and moved into place, so a reader never sees half a file.
+A task's files are named by :class:`TaskBlob` alone: keys are ``<task id>/<name>``
+(``input.zip``, ``output.zip``, ``logs.txt``). Files are written to a temporary key and
+moved into place, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,6 +18,22 @@ import fsspec
 from fsspec.core import url_to_fs
 
 CHUNK = 1024 * 1024
+
+
+class TaskBlob(StrEnum):
+    """The files a task keeps: their names here, and nowhere else."""
+
+    INPUT = "input.zip"
+    OUTPUT = "output.zip"
+    LOGS = "logs.txt"
+
+    def key(self, task_id: str) -> str:
+        """The file's key in the blob store."""
+        return f"{task_id}/{self.value}"
+
+    def beside(self, folder: Path) -> Path:
+        """The file's local copy in a task's work ``folder``."""
+        return folder / self.value
 
 
 class BlobStore:
@@ -55,14 +73,10 @@ class BlobStore:
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))
 
-    def size(self, key: str) -> int:
-        return int(self.fs.size(self._path(key)))
-
-    def local_path(self, key: str) -> Path | None:
-        """The file's path when the store is a local folder (so it can be sent as is)."""
-        if "file" in _protocols(self.fs):
-            return Path(self._path(key))
-        return None
+    @property
+    def local_root(self) -> Path | None:
+        """The folder of the files when the store is a local one."""
+        return Path(self.root) if "file" in _protocols(self.fs) else None
 
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix.rstrip("/"))

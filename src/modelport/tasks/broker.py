@@ -51,7 +51,7 @@ class Broker(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class _Message:
     task_id: str
     delivery_id: str
@@ -70,7 +70,7 @@ class MemoryBroker:
 
     async def enqueue(self, task_id: str, model: str = "") -> None:
         async with self._wakeup:
-            self._ready.append(_Message(task_id, f"{next(self._ids)}"))
+            self._ready.append(_Message(task_id=task_id, delivery_id=f"{next(self._ids)}"))
             self._wakeup.notify()
 
     async def claim(self, consumer: str, visibility_s: float, wait_s: float) -> Delivery | None:

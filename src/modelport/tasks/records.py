@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 
@@ -27,7 +29,17 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True)
+def hide_paths(text: str, names: Mapping[Path, str]) -> str:
+    """``text`` with each server path of ``names`` replaced by the name a client knows
+    (``""``: what lies under it is named relative to it), so no task error or refusal
+    shows where the server keeps its files."""
+    for path, name in sorted(names.items(), key=lambda item: -len(str(item[0]))):
+        text = text.replace(f"{path}/", f"{name}/" if name else "")
+        text = text.replace(str(path), name or ".")
+    return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskRecord:
     """One task. ``attempts`` counts the times a worker started it; ``error`` says why a
     task failed (with the tail of its log), ``exit_code`` is the container's."""
@@ -61,7 +73,7 @@ class TaskRecord:
         return data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskPage:
     """One page of a listing, newest first; ``total`` counts every match."""
 

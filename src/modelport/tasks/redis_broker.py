@@ -83,18 +83,18 @@ class RedisBroker:
             claimed = await reclaim(self.client, stream, consumer, visibility_s, 1)
             if claimed:
                 mid, fields, times = claimed[0]
-                return self._delivery(stream, mid, fields, consumer, times)
+                return self._delivery(stream, mid, fields, consumer=consumer, times=times)
         got: Any = await self.client.xreadgroup(
             GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=max(1, int(wait_s * 1000))
         )
         for stream_name, entries in got or []:
             for mid, fields in entries:
                 stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
-                return self._delivery(stream, mid, fields, consumer, 1)
+                return self._delivery(stream, mid, fields, consumer=consumer, times=1)
         return None
 
     @staticmethod
-    def _delivery(stream: str, mid: Any, fields: Any, consumer: str, times: int) -> Delivery:
+    def _delivery(stream: str, mid: Any, fields: Any, *, consumer: str, times: int) -> Delivery:
         task = fields.get(b"task") or fields.get("task") or b""
         task_id = task.decode() if isinstance(task, bytes) else str(task)
         message = mid.decode() if isinstance(mid, bytes) else str(mid)

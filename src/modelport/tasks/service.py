@@ -9,38 +9,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
-import shutil
-import tempfile
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import IO, Any
 
 from modelport.core.repository import ModelRepository
-from modelport.errors import Conflict, InvalidInput, ModelNotFound, ModelportError
-from modelport.spec import SPEC_FILE
-from modelport.tasks.archives import ZipLimits, check_zip, extract_zip
-from modelport.tasks.blobs import BlobStore
+from modelport.errors import Conflict, InvalidInput, ModelNotFound
+from modelport.tasks.archives import CHUNK, ZipLimits, verify_zip
+from modelport.tasks.blobs import BlobStore, TaskBlob
 from modelport.tasks.broker import Broker
+from modelport.tasks.container_models import (
+    AVAILABLE,
+    ContainerModel,
+    container_models,
+    task_source,
+    write_container_model,
+)
 from modelport.tasks.records import TaskPage, TaskRecord, TaskStatus, now
+from modelport.tasks.spool import Spool
 from modelport.tasks.store import TaskStore
 from modelport.tasks.upkeep import ADOPT_S, RECONCILE_S, TaskUpkeep
-from modelport.tasks.worker import INPUT_BLOB, LOGS_BLOB, OUTPUT_BLOB, TaskWorker
+from modelport.tasks.worker import TaskWorker
 
 log = logging.getLogger("modelport.tasks")
 
 LOG_POLL_S = 0.25
 MAX_OFFSET = 2**62  # past it, databases' 64-bit integers overflow
 MAX_PAGE = 500
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-# model.yaml parameter of models added through the zip-task cluster API.
-AVAILABLE = "model_available"
 _FILE_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
 
 
@@ -63,30 +64,56 @@ class TaskPolicy:
     retention: timedelta | None = timedelta(days=7)
 
 
+@dataclass(frozen=True, slots=True)
+class TaskOutput:
+    """A succeeded task's output zip, already open: ``size`` bytes, read by ``chunks``.
+
+    Opened before an adapter answers, so the retention sweep deleting the file meanwhile
+    still gives the whole file (an open file stays readable), never a cut answer."""
+
+    size: int
+    chunks: AsyncIterator[bytes]
+
+
 class TaskService:
+    """The tasks core: what the tasks API, the zip-task cluster compat API and the CLI's
+    server calls go through. It accepts tasks (their files checked, stored and queued),
+    looks them up, lists, cancels and deletes them, opens their output and logs, adds
+    container models, and runs the upkeep (recovery, reconciling, purging old files)."""
+
     def __init__(
         self,
+        *,
         store: TaskStore,
         blobs: BlobStore,
         broker: Broker,
         repository: ModelRepository,
         policy: TaskPolicy,
+        spool: Spool,
         worker: TaskWorker | None = None,
         remote_versions: Callable[[str], set[int]] | None = None,
         primary: bool = True,
         known: Callable[[str], bool] | None = None,
     ) -> None:
-        """``remote_versions`` (with a shared broker) gives the versions of a container
-        model that workers on other hosts run, for models this repository lacks. With
-        several server processes, only the ``primary`` one recovers and purges, and it
-        adopts the tasks the others stored (``known``: what its broker has)."""
+        """``spool``: scratch space for uploads on their way in. ``remote_versions``
+        (with a shared broker) gives the versions of a container model that workers on
+        other hosts run, for models this repository lacks. With several server processes,
+        only the ``primary`` one recovers and purges, and it adopts the tasks the others
+        stored (``known``: what its broker has)."""
         self.store, self.blobs, self.broker = store, blobs, broker
         self.repository, self.policy, self.worker = repository, policy, worker
+        self.spool = spool
         self.remote_versions = remote_versions
         self.upkeep = TaskUpkeep(
-            store, blobs, broker, worker, policy.max_attempts, policy.retention,
-            shared=remote_versions is not None, known=known,
-        )  # fmt: skip
+            store=store,
+            blobs=blobs,
+            broker=broker,
+            worker=worker,
+            max_attempts=policy.max_attempts,
+            retention=policy.retention,
+            shared=remote_versions is not None,
+            known=known,
+        )
         self.primary = primary
         self._purging: asyncio.Task[None] | None = None
         self._reconciling: asyncio.Task[None] | None = None
@@ -117,6 +144,7 @@ class TaskService:
             await self.worker.stop()
         await self.broker.close()
         await asyncio.to_thread(self.store.close)
+        await asyncio.to_thread(self.spool.close)
 
     # -- submit -----------------------------------------------------------------------------
 
@@ -124,22 +152,29 @@ class TaskService:
         self,
         model: str,
         files: list[Upload],
+        *,
         parameters: dict[str, Any] | None = None,
         version: str = "",
     ) -> TaskRecord:
-        """Accept a task: check the model and the files, store them, queue the task."""
+        """Accept a task: check the model and the files, store them, queue the task. A zip
+        is read through here, so one the worker could not unpack is refused now (400)."""
         chosen = await asyncio.to_thread(self._container_version, model, version)
         if not files:
             raise InvalidInput("a task needs at least one input file (a zip, or files)")
         task_id = uuid.uuid4().hex
-        with tempfile.TemporaryDirectory(prefix="modelport-submit-") as scratch:
-            packed = await asyncio.to_thread(self._input_zip, files, Path(scratch))
+        with self.spool.scratch() as scratch:
+            packed = await asyncio.to_thread(self._input_zip, files, scratch)
             size = packed.stat().st_size
-            await asyncio.to_thread(self.blobs.put_file, f"{task_id}/{INPUT_BLOB}", packed)
+            await asyncio.to_thread(self.blobs.put_file, TaskBlob.INPUT.key(task_id), packed)
         record = TaskRecord(
-            task_id, model, chosen, TaskStatus.QUEUED, now(), dict(parameters or {}),
+            id=task_id,
+            model=model,
+            version=chosen,
+            status=TaskStatus.QUEUED,
+            created_at=now(),
+            parameters=dict(parameters or {}),
             input_bytes=size,
-        )  # fmt: skip
+        )
         await asyncio.to_thread(self.store.create, record)
         try:
             await self.broker.enqueue(task_id, model)
@@ -156,7 +191,7 @@ class TaskService:
             hosted = self.remote_versions(model)
             if hosted:
                 return _pick_version(model, version, hosted)
-        source = self.repository.source(model)
+        source = task_source(self.repository, model)
         if not source.spec.runs_as_tasks:
             raise InvalidInput(
                 f"model '{model}' is not a container model (runtime: {source.spec.runtime}); "
@@ -168,7 +203,7 @@ class TaskService:
         if len(files) == 1 and (
             files[0].filename.lower().endswith(".zip") or zipfile.is_zipfile(files[0].path)
         ):
-            check_zip(files[0].path, self.policy.zip_limits)
+            verify_zip(files[0].path, self.policy.zip_limits)
             return files[0].path
         names = [Path(f.filename.replace("\\", "/")).name for f in files]
         for name in names:
@@ -176,7 +211,7 @@ class TaskService:
                 raise InvalidInput(f"bad file name {name!r}")
         if len(set(names)) != len(names):
             raise InvalidInput("two input files have the same name")
-        packed = scratch / INPUT_BLOB
+        packed = TaskBlob.INPUT.beside(scratch)
         with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as archive:
             for name, upload in zip(names, files, strict=True):
                 archive.write(upload.path, name)
@@ -193,22 +228,29 @@ class TaskService:
     async def list_tasks(
         self,
         model: str | None = None,
+        *,
         statuses: Collection[TaskStatus] = (),
         limit: int = 50,
         offset: int = 0,
     ) -> TaskPage:
         if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= MAX_OFFSET:
             raise InvalidInput(f"limit is 1..{MAX_PAGE} and offset 0..{MAX_OFFSET}")
-        return await asyncio.to_thread(self.store.page, model, statuses, limit, offset)
+        return await asyncio.to_thread(
+            self.store.page, model, statuses=statuses, limit=limit, offset=offset
+        )
 
     # -- cancel, delete ----------------------------------------------------------------------
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a queued or running task (a running container is stopped)."""
         done = await asyncio.to_thread(
-            self.store.transition, task_id, [TaskStatus.QUEUED, TaskStatus.RUNNING],
-            status=TaskStatus.CANCELLED, finished_at=now(), error="cancelled by a client",
-        )  # fmt: skip
+            self.store.transition,
+            task_id,
+            [TaskStatus.QUEUED, TaskStatus.RUNNING],
+            status=TaskStatus.CANCELLED,
+            finished_at=now(),
+            error="cancelled by a client",
+        )
         if done is not None:
             log.info("task %s cancelled", task_id)
             return done
@@ -235,16 +277,23 @@ class TaskService:
 
     # -- output and logs --------------------------------------------------------------------
 
-    async def output(self, task_id: str) -> tuple[str, int]:
-        """The blob key and size of a succeeded task's output zip."""
+    async def open_output(self, task_id: str) -> TaskOutput:
+        """A succeeded task's output zip, opened; Conflict when the task has none (not
+        succeeded, or its files were removed after the retention time)."""
         record = await self.get(task_id)
         if record.status is not TaskStatus.SUCCEEDED:
             why = f": {record.error.splitlines()[0]}" if record.error else ""
             raise Conflict(f"task '{task_id}' is {record.status.value}{why}; no output")
-        key = f"{task_id}/{OUTPUT_BLOB}"
-        if record.files_purged or not await asyncio.to_thread(self.blobs.exists, key):
-            raise Conflict(f"task '{task_id}': its output was removed after the retention time")
-        return key, await asyncio.to_thread(self.blobs.size, key)
+        gone = Conflict(f"task '{task_id}': its output was removed after the retention time")
+        if record.files_purged:
+            raise gone
+        try:
+            handle = await asyncio.to_thread(self.blobs.open, TaskBlob.OUTPUT.key(task_id))
+        except FileNotFoundError:
+            raise gone from None
+        size = await asyncio.to_thread(handle.seek, 0, os.SEEK_END)
+        await asyncio.to_thread(handle.seek, 0)
+        return TaskOutput(size, _chunks(handle))
 
     async def logs(self, task_id: str, follow: bool = True) -> AsyncIterator[bytes]:
         """The task's container log: what there is, then (``follow``) more as it comes,
@@ -257,7 +306,7 @@ class TaskService:
             # log: the live log is read until then.
             here = self.worker is not None and task_id in self.worker.running
             if record.status.finished and not here:
-                key = f"{task_id}/{LOGS_BLOB}"
+                key = TaskBlob.LOGS.key(task_id)
                 if await asyncio.to_thread(self.blobs.exists, key):
                     for chunk in await asyncio.to_thread(_read_from, self.blobs, key, offset):
                         yield chunk
@@ -274,70 +323,30 @@ class TaskService:
 
     # -- container models ----------------------------------------------------------------------
 
-    async def container_models(self) -> list[dict[str, Any]]:
-        """The repository's container models, as the zip-task cluster server lists them."""
-        return await asyncio.to_thread(self._container_models)
-
-    def _container_models(self) -> list[dict[str, Any]]:
-        found = []
-        for name in self.repository.names():
-            try:
-                spec = self.repository.source(name).spec
-            except ModelportError:
-                continue
-            if spec.container is not None:
-                found.append({
-                    "human_readable_id": name, "container_tag": spec.container.image,
-                    "description": spec.description, "use_gpu": spec.container.gpu_count > 0,
-                    "model_available": bool(spec.parameters.get(AVAILABLE, True)),
-                })  # fmt: skip
-        return found
+    async def container_models(self) -> list[ContainerModel]:
+        """The repository's container models."""
+        return await asyncio.to_thread(container_models, self.repository)
 
     async def require_available(self, model: str) -> None:
-        source = await asyncio.to_thread(self.repository.source, model)
+        """Conflict when the model is marked not available (``model_available: false``)."""
+        source = await asyncio.to_thread(task_source, self.repository, model)
         if not source.spec.parameters.get(AVAILABLE, True):
             raise Conflict(f"model '{model}' is marked not available")
 
     async def add_container_model(
-        self,
-        name: str,
-        image: str,
-        description: str = "",
-        available: bool = True,
-        use_gpu: bool = False,
-        static_files: Path | None = None,
-    ) -> dict[str, Any]:
+        self, model: ContainerModel, *, static_files: Path | None = None
+    ) -> ContainerModel:
         """Write a new container model into the repository (version 1 holds
         ``static_files``, a zip, unpacked). Refuses a name that is taken."""
-        if not _MODEL_NAME.match(name):
-            raise InvalidInput(f"bad model id {name!r}: letters, digits, '-', '_' and '.'")
-        if not image:
-            raise InvalidInput("a container model needs its image ('container_tag')")
-        spec: dict[str, Any] = {
-            "runtime": "container", "description": description,
-            "container": {"image": image, "gpus": 1 if use_gpu else 0},
-            "parameters": {AVAILABLE: available},
-        }  # fmt: skip
-        await asyncio.to_thread(self._write_model, name, spec, static_files)
-        log.info("container model %s added (%s)", name, image)
-        return {"human_readable_id": name, "container_tag": image, "description": description,
-                "model_available": available, "use_gpu": use_gpu}  # fmt: skip
-
-    def _write_model(self, name: str, spec: dict[str, Any], static: Path | None) -> None:
-        folder = self.repository.root / name
-        try:
-            folder.mkdir(parents=True)
-        except FileExistsError:
-            raise Conflict(f"model '{name}' exists") from None
-        try:
-            version = folder / "1"
-            version.mkdir()
-            if static is not None:
-                extract_zip(static, version, self.policy.zip_limits)
-            (folder / SPEC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        await asyncio.to_thread(
+            write_container_model,
+            self.repository,
+            model,
+            static_files=static_files,
+            limits=self.policy.zip_limits,
+        )
+        log.info("container model %s added (%s)", model.name, model.image)
+        return model
 
 
 def _pick_version(model: str, version: str, versions: set[int]) -> int:
@@ -346,6 +355,12 @@ def _pick_version(model: str, version: str, versions: set[int]) -> int:
     if not version.isdigit() or int(version) not in versions:
         raise ModelNotFound(f"model '{model}' has no version {version}")
     return int(version)
+
+
+async def _chunks(handle: IO[bytes]) -> AsyncIterator[bytes]:
+    with handle:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            yield chunk
 
 
 def _read_from(blobs: BlobStore, key: str, offset: int) -> list[bytes]:

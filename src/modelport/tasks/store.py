@@ -137,6 +137,7 @@ class TaskStore:
     def page(
         self,
         model: str | None = None,
+        *,
         statuses: Collection[TaskStatus] = (),
         limit: int = 50,
         offset: int = 0,
@@ -157,12 +158,15 @@ class TaskStore:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
             total = conn.execute(count).scalar_one()
-        return TaskPage([_from_row(r) for r in rows], int(total), limit, offset)
+        return TaskPage(
+            tasks=[_from_row(r) for r in rows], total=int(total), limit=limit, offset=offset
+        )
 
     def transition(
         self,
         task_id: str,
         allowed: Iterable[TaskStatus],
+        *,
         fence: int | None = None,
         **changes: Any,
     ) -> TaskRecord | None:

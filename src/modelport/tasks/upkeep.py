@@ -23,6 +23,7 @@ ADOPT_S = 0.5  # several server processes: how soon process 0 takes up others' t
 class TaskUpkeep:
     def __init__(
         self,
+        *,
         store: TaskStore,
         blobs: BlobStore,
         broker: Broker,
@@ -61,17 +62,26 @@ class TaskUpkeep:
         for record in orphans:
             if record.attempts >= self.max_attempts:
                 failed += 1
+                why = (
+                    f"the server stopped while the task ran, {record.attempts} times "
+                    f"(max attempts {self.max_attempts})"
+                )
                 await asyncio.to_thread(
-                    self.store.transition, record.id, [TaskStatus.RUNNING],
-                    status=TaskStatus.FAILED, finished_at=now(),
-                    error=f"the server stopped while the task ran, {record.attempts} times "
-                    f"(max attempts {self.max_attempts})",
-                )  # fmt: skip
+                    self.store.transition,
+                    record.id,
+                    [TaskStatus.RUNNING],
+                    status=TaskStatus.FAILED,
+                    finished_at=now(),
+                    error=why,
+                )
             else:
                 await asyncio.to_thread(
-                    self.store.transition, record.id, [TaskStatus.RUNNING],
-                    status=TaskStatus.QUEUED, progress=None,
-                )  # fmt: skip
+                    self.store.transition,
+                    record.id,
+                    [TaskStatus.RUNNING],
+                    status=TaskStatus.QUEUED,
+                    progress=None,
+                )
         queued = await asyncio.to_thread(self.store.with_status, TaskStatus.QUEUED)
         for record in queued:
             await self.broker.enqueue(record.id, record.model)

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
@@ -36,17 +37,31 @@ from modelport.runtimes.container import (
     log_tail,
 )
 from modelport.tasks.archives import ZipLimits, extract_zip, zip_folder
-from modelport.tasks.blobs import BlobStore
+from modelport.tasks.blobs import BlobStore, TaskBlob
 from modelport.tasks.broker import Broker, Delivery
-from modelport.tasks.records import TaskRecord, TaskStatus, now
+from modelport.tasks.container_models import task_source
+from modelport.tasks.records import TaskRecord, TaskStatus, hide_paths, now
 from modelport.tasks.store import TaskStore
 
 log = logging.getLogger("modelport.tasks")
 
-INPUT_BLOB = "input.zip"
-OUTPUT_BLOB = "output.zip"
-LOGS_BLOB = "logs.txt"
 CANCEL_CHECK_S = 0.5
+
+
+class Disposition(Enum):
+    """What becomes of a delivery once the worker has handled it."""
+
+    ACK = "ack"  # done with, whatever the task's outcome: never delivered again
+    REQUEUE = "requeue"  # given back at once: the worker stopped while the task ran
+    LEAVE = "leave"  # left claimed: delivered again after the visibility timeout
+
+
+class Redelivery(Enum):
+    """What a task that is running when it is delivered (again) is to this worker."""
+
+    DUPLICATE = "duplicate"  # a second message for a running task: skipped
+    ABANDONED = "abandoned"  # its claim ran out and no live worker runs it: taken over
+    STILL_RUN = "still run"  # a live worker says it runs it (its heartbeat may be late)
 
 
 class TaskExecutor(Protocol):
@@ -75,7 +90,7 @@ class _Control:
     CANCEL_CHECK_S) or the worker stops; progress written to the store."""
 
     def __init__(
-        self, store: TaskStore, task_id: str, attempt: int, stopping: threading.Event
+        self, *, store: TaskStore, task_id: str, attempt: int, stopping: threading.Event
     ) -> None:
         self.store, self.task_id, self.stopping = store, task_id, stopping
         self.attempt = attempt
@@ -106,6 +121,7 @@ class TaskWorker:
 
     def __init__(
         self,
+        *,
         store: TaskStore,
         blobs: BlobStore,
         broker: Broker,
@@ -130,7 +146,9 @@ class TaskWorker:
 
     def live_log(self, task_id: str) -> Path | None:
         """The log file of a task running here, growing as the container writes."""
-        return self.work_dir / task_id / LOGS_BLOB if task_id in self.running else None
+        if task_id not in self.running:
+            return None
+        return TaskBlob.LOGS.beside(self.work_dir / task_id)
 
     async def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -156,55 +174,61 @@ class TaskWorker:
                 continue
             if delivery is None:
                 continue
-            requeue: bool | None = False
+            disposition = Disposition.ACK
             try:
-                requeue = await self._handle(slot, delivery)
+                disposition = await self._handle(slot, delivery)
             except Exception:
                 log.exception("task %s: the worker failed", delivery.task_id)
                 await asyncio.to_thread(
                     self._finish,
                     delivery.task_id,
-                    None,
-                    TaskStatus.FAILED,
-                    "internal error in the worker",
+                    attempt=None,
+                    status=TaskStatus.FAILED,
+                    error="internal error in the worker",
                 )
-            if requeue is None:
-                continue  # left claimed: delivered again after the visibility timeout
-            if requeue:
-                await self.broker.nack(delivery)
-            else:
-                await self.broker.ack(delivery)
+            await self._settle(delivery, disposition)
 
-    async def _handle(self, slot: Slot, delivery: Delivery) -> bool | None:
-        """Run one delivery; True when it should go back to the queue, None when it is to
-        be left claimed (to come back after the visibility timeout)."""
+    async def _settle(self, delivery: Delivery, disposition: Disposition) -> None:
+        if disposition is Disposition.ACK:
+            await self.broker.ack(delivery)
+        elif disposition is Disposition.REQUEUE:
+            await self.broker.nack(delivery)
+        # LEAVE: the claim runs out and the broker delivers it again.
+
+    async def _handle(self, slot: Slot, delivery: Delivery) -> Disposition:
+        """Run one delivery, if it is this worker's to run."""
         record = await asyncio.to_thread(self.store.get, delivery.task_id)
         if record is None:
-            return False
+            return Disposition.ACK
         if record.status is TaskStatus.RUNNING:
-            verdict = await self._redelivered(record, delivery)
-            if verdict != "take":
-                return None if verdict == "leave" else False
-            if record.attempts >= self.max_attempts:
-                why = (f"its worker stopped while it ran, {record.attempts} times "
-                       f"(max attempts {self.max_attempts})")  # fmt: skip
-                await asyncio.to_thread(self._finish, record.id, record.attempts,
-                                        TaskStatus.FAILED, why)  # fmt: skip
-                return False
-            # A container the dead worker left on this engine would still write results.
-            await asyncio.to_thread(self.executor.remove_stale, [record.id])
-            log.info("task %s: its worker stopped; taking it over", record.id)
+            redelivery = await self._redelivered(record, delivery)
+            if redelivery is Redelivery.STILL_RUN:
+                return Disposition.LEAVE
+            if redelivery is Redelivery.DUPLICATE or not await self._take_over(record):
+                return Disposition.ACK
         elif record.status is not TaskStatus.QUEUED:
-            return False
+            return Disposition.ACK
         started = await asyncio.to_thread(
-            self.store.transition, record.id, [record.status], fence=record.attempts,
-            status=TaskStatus.RUNNING, started_at=now(), attempts=record.attempts + 1,
-            progress=0.0, error="", exit_code=None,
-        )  # fmt: skip
+            self.store.transition,
+            record.id,
+            [record.status],
+            fence=record.attempts,
+            status=TaskStatus.RUNNING,
+            started_at=now(),
+            attempts=record.attempts + 1,
+            progress=0.0,
+            error="",
+            exit_code=None,
+        )
         if started is None:
-            return False
-        log.info("task %s (%s) started on %s, attempt %d", record.id, record.model,
-                 slot.name, started.attempts)  # fmt: skip
+            return Disposition.ACK
+        log.info(
+            "task %s (%s) started on %s, attempt %d",
+            record.id,
+            record.model,
+            slot.name,
+            started.attempts,
+        )
         self.running[record.id] = slot
         heartbeat = asyncio.create_task(self._heartbeat(delivery))
         try:
@@ -214,98 +238,168 @@ class TaskWorker:
             self.running.pop(record.id, None)
             shutil.rmtree(self.work_dir / record.id, ignore_errors=True)
 
-    async def _redelivered(self, record: TaskRecord, delivery: Delivery) -> str:
-        """A running task delivered (again). "skip" a duplicate; "take" it over when its
-        claim ran out and no live worker runs it (a shared broker's directory); "leave"
-        it claimed while a worker still says it runs it (its heartbeat may only be late,
-        or the dead one's not yet expired): it comes back after the visibility timeout."""
+    async def _redelivered(self, record: TaskRecord, delivery: Delivery) -> Redelivery:
+        """A running task delivered (again): a duplicate, unless its claim ran out (a
+        later delivery) and a shared broker's directory says whether a live worker still
+        runs it."""
         if delivery.deliveries <= 1 or self.takeover is None:
-            return "skip"
-        return "take" if await self.takeover(record.id) else "leave"
+            return Redelivery.DUPLICATE
+        return Redelivery.ABANDONED if await self.takeover(record.id) else Redelivery.STILL_RUN
+
+    async def _take_over(self, record: TaskRecord) -> bool:
+        """Whether to run an abandoned task again; fails it once out of attempts."""
+        if record.attempts >= self.max_attempts:
+            why = (
+                f"its worker stopped while it ran, {record.attempts} times "
+                f"(max attempts {self.max_attempts})"
+            )
+            await asyncio.to_thread(
+                self._finish,
+                record.id,
+                attempt=record.attempts,
+                status=TaskStatus.FAILED,
+                error=why,
+            )
+            return False
+        # A container the dead worker left on this engine would still write results.
+        await asyncio.to_thread(self.executor.remove_stale, [record.id])
+        log.info("task %s: its worker stopped; taking it over", record.id)
+        return True
 
     async def _heartbeat(self, delivery: Delivery) -> None:
         while True:
             await asyncio.sleep(self.visibility_s / 3)
             await self.broker.extend(delivery, self.visibility_s)
 
-    def _run(self, slot: Slot, record: TaskRecord) -> bool:
+    def _run(self, slot: Slot, record: TaskRecord) -> Disposition:
         folder = self.work_dir / record.id
         shutil.rmtree(folder, ignore_errors=True)
-        input_dir, output_dir = folder / "input", folder / "output"
-        log_path = folder / LOGS_BLOB
-        for path in (input_dir, output_dir):
-            path.mkdir(parents=True)
-        log_path.touch()
         try:
-            source = self.repository.source(record.model)
-            if source.spec.container is None:
-                raise ModelportError(f"model '{record.model}' is no longer a container model")
-            with_input = folder / INPUT_BLOB
-            self.blobs.get_file(f"{record.id}/{INPUT_BLOB}", with_input)
-            extract_zip(with_input, input_dir, self.zip_limits)
-            with_input.unlink()
+            job = self._prepare(slot, record, folder)
         except (ModelportError, OSError) as exc:
             reason = exc.message if isinstance(exc, ModelportError) else str(exc)
             self._finish(
-                record.id, record.attempts, TaskStatus.FAILED,
-                f"could not prepare the task: {reason}",
-            )  # fmt: skip
-            return False
-        # The container may run as another user: it reads /input, writes /output.
-        input_dir.chmod(0o755)
-        output_dir.chmod(0o777)
-        job = ContainerJob(
-            record.id, source.spec.container, (source.path / str(record.version)).resolve(),
-            input_dir, output_dir, log_path, slot.gpu, record.parameters,
-        )  # fmt: skip
-        control = _Control(self.store, record.id, record.attempts, self._stopping)
+                record.id,
+                attempt=record.attempts,
+                status=TaskStatus.FAILED,
+                error=f"could not prepare the task: {self._hide_paths(reason, folder)}",
+            )
+            return Disposition.ACK
+        control = _Control(
+            store=self.store, task_id=record.id, attempt=record.attempts, stopping=self._stopping
+        )
         result = self.executor.run(job, control)
         if self._stopping.is_set() and result.outcome == "cancelled":
             self.store.transition(
-                record.id, [TaskStatus.RUNNING], fence=record.attempts, status=TaskStatus.QUEUED,
-                attempts=record.attempts - 1, progress=None, started_at=None,
-            )  # fmt: skip
+                record.id,
+                [TaskStatus.RUNNING],
+                fence=record.attempts,
+                status=TaskStatus.QUEUED,
+                attempts=record.attempts - 1,
+                progress=None,
+                started_at=None,
+            )
             log.info("task %s stopped with the worker; queued again", record.id)
-            return True
-        self.blobs.put_file(f"{record.id}/{LOGS_BLOB}", log_path)
-        tail = log_tail(log_path)
+            return Disposition.REQUEUE
+        self.blobs.put_file(TaskBlob.LOGS.key(record.id), job.log_path)
         if result.outcome == "cancelled":
             log.info("task %s cancelled", record.id)
-            return False
+        else:
+            self._conclude(record, job, result)
+        return Disposition.ACK
+
+    def _prepare(self, slot: Slot, record: TaskRecord, folder: Path) -> ContainerJob:
+        """The task's folders made and its input unpacked: the job to run."""
+        input_dir, output_dir = folder / "input", folder / "output"
+        for path in (input_dir, output_dir):
+            path.mkdir(parents=True)
+        log_path = TaskBlob.LOGS.beside(folder)
+        log_path.touch()
+        source = task_source(self.repository, record.model)
+        if source.spec.container is None:
+            raise ModelportError(f"model '{record.model}' is no longer a container model")
+        with_input = TaskBlob.INPUT.beside(folder)
+        self.blobs.get_file(TaskBlob.INPUT.key(record.id), with_input)
+        extract_zip(with_input, input_dir, self.zip_limits)
+        with_input.unlink()
+        # The container may run as another user: it reads /input, writes /output.
+        input_dir.chmod(0o755)
+        output_dir.chmod(0o777)
+        return ContainerJob(
+            task_id=record.id,
+            spec=source.spec.container,
+            model_dir=(source.path / str(record.version)).resolve(),
+            input_dir=input_dir,
+            output_dir=output_dir,
+            log_path=log_path,
+            gpu=slot.gpu,
+            parameters=record.parameters,
+        )
+
+    def _conclude(self, record: TaskRecord, job: ContainerJob, result: ContainerResult) -> None:
+        """Record how a run that was not cancelled ended, with its output when it made one."""
         if result.outcome == "timeout":
             why = f"timed out after {job.spec.timeout:g} s"
         elif result.outcome == "error":
-            why = result.reason
+            why = self._hide_paths(result.reason, job.log_path.parent, job.model_dir)
         elif result.exit_code != 0:
             why = f"the container exited with code {result.exit_code}"
             why += f": {result.reason}" if result.reason else ""
         else:
-            packed = folder / OUTPUT_BLOB
-            if zip_folder(output_dir, packed, skip=frozenset({PROGRESS_FILE})) == 0:
+            packed = TaskBlob.OUTPUT.beside(job.log_path.parent)
+            if zip_folder(job.output_dir, packed, skip=frozenset({PROGRESS_FILE})) == 0:
                 why = "the container exited with code 0 but left /output empty"
             else:
-                self.blobs.put_file(f"{record.id}/{OUTPUT_BLOB}", packed)
+                self.blobs.put_file(TaskBlob.OUTPUT.key(record.id), packed)
                 self._finish(
-                    record.id, record.attempts, TaskStatus.SUCCEEDED, "", exit_code=0,
+                    record.id,
+                    attempt=record.attempts,
+                    status=TaskStatus.SUCCEEDED,
+                    error="",
+                    exit_code=0,
                     progress=1.0,
                     output_bytes=packed.stat().st_size,
-                )  # fmt: skip
+                )
                 log.info("task %s succeeded", record.id)
-                return False
+                return
+        tail = log_tail(job.log_path)
         reason = f"{why}; log tail:\n{tail}" if tail else f"{why} (no log output)"
         self._finish(
-            record.id, record.attempts, TaskStatus.FAILED, reason, exit_code=result.exit_code
+            record.id,
+            attempt=record.attempts,
+            status=TaskStatus.FAILED,
+            error=reason,
+            exit_code=result.exit_code,
         )
         log.info("task %s failed: %s", record.id, why)
-        return False
+
+    def _hide_paths(self, text: str, folder: Path, model_dir: Path | None = None) -> str:
+        """A reason without the server's paths: the task's folders as the container sees
+        them (``/input``, ``/output``, ``/model``), other files relative to the task."""
+        names = {folder / "input": "/input", folder / "output": "/output", folder: ""}
+        if model_dir is not None:
+            names[model_dir] = "/model"
+        if self.blobs.local_root is not None:
+            names[self.blobs.local_root / folder.name] = ""
+        return hide_paths(text, names)
 
     def _finish(
-        self, task_id: str, attempt: int | None, status: TaskStatus, error: str,
+        self,
+        task_id: str,
+        *,
+        attempt: int | None,
+        status: TaskStatus,
+        error: str,
         **changes: object,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """End the run of attempt ``attempt`` (None: whichever run it is)."""
         with contextlib.suppress(Exception):
             self.store.transition(
-                task_id, [TaskStatus.RUNNING], fence=attempt, status=status, error=error,
-                finished_at=now(), **changes,
-            )  # fmt: skip
+                task_id,
+                [TaskStatus.RUNNING],
+                fence=attempt,
+                status=status,
+                error=error,
+                finished_at=now(),
+                **changes,
+            )

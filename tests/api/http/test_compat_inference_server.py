@@ -17,9 +17,11 @@ BASE = "/compat/inference-server"
 def _post_task(url: str, model: str, files: dict[str, bytes]) -> httpx.Response:
     zipped = make_zip(files)
     return httpx.post(
-        f"{url}{BASE}/api/tasks/", data={"model_human_readable_id": model},
-        files={"zip_file": ("in.zip", zipped)}, timeout=30,
-    )  # fmt: skip
+        f"{url}{BASE}/api/tasks/",
+        data={"model_human_readable_id": model},
+        files={"zip_file": ("in.zip", zipped)},
+        timeout=30,
+    )
 
 
 def _wait_code(url: str, uid: str, codes: set[int], timeout: float = 30) -> httpx.Response:
@@ -58,9 +60,9 @@ def test_tasks_through_the_compat_api(task_server) -> None:
     assert upper["container_tag"].startswith("modelport-test/busybox") and not upper["use_gpu"]
     assert all(m["human_readable_id"] != "online" for m in listed)
 
-    refused = httpx.post(f"{url}{BASE}/api/models/", params={
-        "container_tag": "x:1", "human_readable_id": "posted",
-    })  # fmt: skip
+    refused = httpx.post(
+        f"{url}{BASE}/api/models/", params={"container_tag": "x:1", "human_readable_id": "posted"}
+    )
     assert refused.status_code == 403 and "posting models is off" in refused.json()["error"]
 
 
@@ -68,10 +70,15 @@ def test_posting_models_when_allowed(task_server, task_repository, docker_image)
     url = task_server(compat_allow_model_posting="true", model_images=docker_image).url
     response = httpx.post(
         f"{url}{BASE}/api/models/",
-        data={"container_tag": docker_image, "human_readable_id": "posted-1",
-              "description": "from a client", "use_gpu": "false", "model_available": "true"},
+        data={
+            "container_tag": docker_image,
+            "human_readable_id": "posted-1",
+            "description": "from a client",
+            "use_gpu": "false",
+            "model_available": "true",
+        },
         files={"zip_file": ("static.zip", make_zip({"weights/w.bin": b"\x01\x02"}))},
-    )  # fmt: skip
+    )
     assert response.status_code == 200, response.text
     folder = task_repository / "posted-1"
     spec = yaml.safe_load((folder / "model.yaml").read_text())
@@ -81,7 +88,14 @@ def test_posting_models_when_allowed(task_server, task_repository, docker_image)
         f"{url}{BASE}/api/models/",
         data={"container_tag": docker_image, "human_readable_id": "posted-1"},
     )
-    assert again.status_code == 409  # fmt: skip
+    assert again.status_code == 409
+    clash = httpx.post(
+        f"{url}{BASE}/api/models/",
+        data={"container_tag": docker_image, "human_readable_id": "posted-2"},
+        files={"zip_file": ("static.zip", make_zip({"w": b"1", "w/x": b"2"}))},
+    )
+    assert clash.status_code == 400 and "'w/x' is inside 'w'" in clash.json()["error"]
+    assert str(task_repository) not in clash.text and not (task_repository / "posted-2").exists()
     # The image has no command of its own: the task fails, and says why.
     uid = _post_task(url, "posted-1", {"a": b"x"}).json()
     failed = _wait_code(url, uid, {552})

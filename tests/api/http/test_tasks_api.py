@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import time
 import zipfile
 
@@ -157,15 +158,29 @@ def test_list_filters_and_pages(task_server) -> None:
     assert httpx.get(f"{url}/api/tasks", params={"status": "nope"}).status_code == 400
 
 
-def test_bad_requests_get_clear_4xx(task_server, tmp_path) -> None:
+def _patched_zip(local_at: int, central_at: int, value: int, form: str) -> bytes:
+    """A zip of 's.txt' with a field of both its headers set to ``value``."""
+    data = bytearray(make_zip({"s.txt": b"hello " * 100}))
+    struct.pack_into(form, data, data.index(b"PK\x03\x04") + local_at, value)
+    struct.pack_into(form, data, data.index(b"PK\x01\x02") + central_at, value)
+    return bytes(data)
+
+
+def test_bad_requests_get_clear_4xx(task_server, task_repository, tmp_path) -> None:
     data = tmp_path / "data"
     url = task_server(data_dir=data, task_max_upload_bytes=64 * 1024).url
+    encrypted, bad_crc = _patched_zip(6, 8, 0x1, "<H"), _patched_zip(14, 16, 1234, "<I")
     cases = [
         (submit(url, "nope", {"a.txt": b"x"}), 404, "no model 'nope'"),
         (submit(url, "online", {"a.txt": b"x"}), 400, "not a container model"),
         (submit(url, "upper", {"a.zip": b"not a zip"}), 400, "not a zip"),
         (submit(url, "upper", {"a.zip": make_zip({"../evil": b"x"})}), 400, "outside"),
         (submit(url, "upper", {"a.zip": make_zip({"/etc/evil": b"x"})}), 400, "absolute"),
+        # Refused at submit, rather than failing the task when its worker unpacks it:
+        (submit(url, "upper", {"a.zip": encrypted}), 400, "'s.txt' is encrypted"),
+        (submit(url, "upper", {"a.zip": bad_crc}), 400, "'s.txt' cannot be unpacked"),
+        (submit(url, "upper", {"a.zip": make_zip({"a": b"1", "a/b": b"2"})}), 400, "'a/b'"),
+        (submit(url, "upper", {"a.zip": make_zip({"a" * 300: b"x"})}), 400, "over 255 bytes"),
         (submit(url, "upper", {"a.txt": b"x" * 100_000}), 413, "over the limit"),
         (submit(url, "upper", {"a.txt": b"x"}, parameters="[1]"), 400, "JSON object"),
         (httpx.get(f"{url}/api/tasks/nope"), 404, "unknown task"),
@@ -173,6 +188,7 @@ def test_bad_requests_get_clear_4xx(task_server, tmp_path) -> None:
     for response, status, words in cases:
         assert response.status_code == status, response.text
         assert words in response.json()["error"], response.text
+        assert str(task_repository) not in response.text and str(data) not in response.text
     assert httpx.get(f"{url}/api/tasks").json()["total"] == 0
     files = data / "files"
     assert not files.exists() or list(files.iterdir()) == []

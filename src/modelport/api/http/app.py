@@ -82,12 +82,7 @@ def create_app(
 
 def _include_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
     """The tasks API, and the zip-task cluster server's API when it has a prefix."""
-    app.include_router(build_tasks_router(routes.service, routes.max_upload_bytes))
+    app.include_router(build_tasks_router(routes))
     app.include_router(build_workers_router(routes.workers))
     if routes.compat_prefix:
-        app.include_router(
-            build_inference_server_router(
-                routes.service, routes.compat_prefix, routes.allow_model_posting,
-                routes.max_upload_bytes, routes.model_images,
-            )
-        )  # fmt: skip
+        app.include_router(build_inference_server_router(routes))

@@ -11,26 +11,38 @@ container model or a bad zip, 409 no output (yet), 413 an upload over the limit.
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from modelport.api.http.errors import error_response
 from modelport.api.http.uploads import read_form
 from modelport.api.http.workers import WorkerLister
-from modelport.errors import Conflict, InvalidInput, ModelportError
+from modelport.errors import InvalidInput
 from modelport.supply.allow_lists import AllowList
 from modelport.tasks.records import TaskRecord, TaskStatus
 from modelport.tasks.service import TaskService
+from modelport.tasks.spool import Spool
 
 PREFIX = "/api/tasks"
 NO_IMAGES = AllowList((), "model_images")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRoutes:
+    """What the HTTP app needs to serve tasks: the service, where uploads are spooled,
+    and the upload and compat settings (``model_images``: the images clients may post as
+    models)."""
+
+    service: TaskService
+    spool: Spool
+    max_upload_bytes: int
+    compat_prefix: str = ""
+    allow_model_posting: bool = False
+    model_images: AllowList = NO_IMAGES
+    workers: WorkerLister | None = None  # GET /api/workers, with a Redis broker
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -67,61 +79,41 @@ def parse_statuses(text: str | None) -> list[TaskStatus]:
 
 
 async def output_response(tasks: TaskService, task_id: str) -> Response:
-    key, size = await tasks.output(task_id)
-    name = f"{task_id}-output.zip"
-    headers = {"content-disposition": f'attachment; filename="{name}"'}
-    local = tasks.blobs.local_path(key)
-    if local is None:
-        headers["content-length"] = str(size)
-        return StreamingResponse(tasks.blobs.read_chunks(key), headers=headers,
-                                 media_type="application/zip")  # fmt: skip
-    # Opened before answering: the retention sweep may delete the file at any moment,
-    # and an open file stays readable, so the answer is whole or a clear error, never
-    # headers followed by a closed connection.
-    try:
-        handle = await asyncio.to_thread(open, local, "rb")
-    except FileNotFoundError:
-        raise Conflict(
-            f"task '{task_id}': its output was removed after the retention time"
-        ) from None
-    headers["content-length"] = str(os.fstat(handle.fileno()).st_size)
-    return StreamingResponse(_chunks(handle), headers=headers, media_type="application/zip")
+    """The output zip, streamed from the file the service opened before this answers."""
+    output = await tasks.open_output(task_id)
+    headers = {
+        "content-disposition": f'attachment; filename="{task_id}-output.zip"',
+        "content-length": str(output.size),
+    }
+    return StreamingResponse(output.chunks, headers=headers, media_type="application/zip")
 
 
-async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
-    with handle:
-        while chunk := await asyncio.to_thread(handle.read, 1 << 20):
-            yield chunk
-
-
-def build_tasks_router(tasks: TaskService, max_upload_bytes: int) -> APIRouter:
+def build_tasks_router(routes: TaskRoutes) -> APIRouter:
+    """The tasks API; a ModelportError a route raises is the app's handler's to answer."""
+    tasks = routes.service
     router = APIRouter(prefix=PREFIX, tags=["tasks"])
 
     @router.post("", status_code=202, summary="Submit a task: a zip or files, for a model")
     async def submit(request: Request) -> Response:
-        try:
-            async with read_form(request, max_upload_bytes) as form:
-                model = form.fields.get("model", "")
-                if not model:
-                    raise InvalidInput("the form needs a 'model' field")
-                record = await tasks.submit(
-                    model,
-                    form.all_files(),
-                    parse_parameters(form.fields.get("parameters")),
-                    form.fields.get("version", ""),
-                )
-        except ModelportError as exc:
-            return error_response(exc)
+        async with read_form(request, limit=routes.max_upload_bytes, spool=routes.spool) as form:
+            model = form.fields.get("model", "")
+            if not model:
+                raise InvalidInput("the form needs a 'model' field")
+            record = await tasks.submit(
+                model,
+                form.all_files(),
+                parameters=parse_parameters(form.fields.get("parameters")),
+                version=form.fields.get("version", ""),
+            )
         return _json(task_json(record), 202, {"location": f"{PREFIX}/{record.id}"})
 
     @router.get("", summary="List tasks, newest first")
     async def list_tasks(
-        model: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+        *, model: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
     ) -> Response:
-        try:
-            page = await tasks.list_tasks(model, parse_statuses(status), limit, offset)
-        except ModelportError as exc:
-            return error_response(exc)
+        page = await tasks.list_tasks(
+            model, statuses=parse_statuses(status), limit=limit, offset=offset
+        )
         following = page.offset + len(page.tasks)
         query = "&".join(
             f"{k}={v}" for k, v in (("model", model), ("status", status)) if v is not None
@@ -131,51 +123,31 @@ def build_tasks_router(tasks: TaskService, max_upload_bytes: int) -> APIRouter:
             if following < page.total
             else None
         )
-        return _json({
-            "tasks": [task_json(r) for r in page.tasks],
-            "total": page.total, "limit": page.limit, "offset": page.offset, "next": next_link,
-        })  # fmt: skip
+        return _json(
+            {
+                "tasks": [task_json(r) for r in page.tasks],
+                "total": page.total,
+                "limit": page.limit,
+                "offset": page.offset,
+                "next": next_link,
+            }
+        )
 
     @router.get("/{task_id}", summary="A task's status")
     async def get_task(task_id: str) -> Response:
-        try:
-            return _json(task_json(await tasks.get(task_id)))
-        except ModelportError as exc:
-            return error_response(exc)
+        return _json(task_json(await tasks.get(task_id)))
 
     @router.get("/{task_id}/output", summary="A succeeded task's output zip")
     async def get_output(task_id: str) -> Response:
-        try:
-            return await output_response(tasks, task_id)
-        except ModelportError as exc:
-            return error_response(exc)
+        return await output_response(tasks, task_id)
 
     @router.get("/{task_id}/logs", summary="A task's container log, streamed while it runs")
     async def get_logs(task_id: str, follow: bool = True) -> Response:
-        try:
-            await tasks.get(task_id)
-        except ModelportError as exc:
-            return error_response(exc)
+        await tasks.get(task_id)  # an unknown task is a 404, before the stream starts
         return StreamingResponse(tasks.logs(task_id, follow), media_type="text/plain")
 
     @router.delete("/{task_id}", summary="Cancel a task (its container is stopped)")
     async def cancel(task_id: str) -> Response:
-        try:
-            return _json(task_json(await tasks.cancel(task_id)))
-        except ModelportError as exc:
-            return error_response(exc)
+        return _json(task_json(await tasks.cancel(task_id)))
 
     return router
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRoutes:
-    """What the HTTP app needs to serve tasks: the service and the upload and compat
-    settings (``model_images``: the images clients may post as models)."""
-
-    service: TaskService
-    max_upload_bytes: int
-    compat_prefix: str = ""
-    allow_model_posting: bool = False
-    model_images: AllowList = NO_IMAGES
-    workers: WorkerLister | None = None  # GET /api/workers, with a Redis broker

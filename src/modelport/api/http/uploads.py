@@ -1,13 +1,18 @@
-"""Multipart uploads saved to disk under a size limit counted as the bytes arrive."""
+"""Multipart uploads saved to disk under a size limit counted as the bytes arrive.
+
+Files are copied into the server's upload spool (``data_dir/spool``, see
+:mod:`modelport.tasks.spool`) off the event loop: a 1 GiB upload must not stall the
+online requests the same loop answers.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Any
 
 from fastapi import Request
@@ -16,6 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from modelport.errors import InvalidInput, TooLarge
 from modelport.tasks.service import Upload
+from modelport.tasks.spool import Spool
 
 MAX_FILES = 1000
 
@@ -37,9 +43,9 @@ def _too_large(limit: int) -> TooLarge:
 
 
 @asynccontextmanager
-async def read_form(request: Request, limit: int) -> AsyncIterator[Form]:
-    """The request's form, its files in a temporary folder removed afterwards; TooLarge as
-    soon as more than ``limit`` bytes came (or were announced)."""
+async def read_form(request: Request, *, limit: int, spool: Spool) -> AsyncIterator[Form]:
+    """The request's form, its files in a folder of ``spool`` removed afterwards; TooLarge
+    as soon as more than ``limit`` bytes came (or were announced)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -60,18 +66,22 @@ async def read_form(request: Request, limit: int) -> AsyncIterator[Form]:
         raise
     except Exception as exc:  # the multipart parser's errors: a malformed body
         raise InvalidInput(f"cannot read the form: {exc}") from None
-    with TemporaryDirectory(prefix="modelport-upload-") as scratch:
+    with spool.scratch() as scratch:
         fields: dict[str, str] = {}
         files: dict[str, list[Upload]] = {}
         try:
             for i, (key, value) in enumerate(form.multi_items()):
                 if isinstance(value, UploadFile):
-                    path = Path(scratch) / f"{i}"
-                    with path.open("wb") as out:
-                        shutil.copyfileobj(value.file, out)
+                    path = scratch / f"{i}"
+                    await asyncio.to_thread(_save, value, path)
                     files.setdefault(key, []).append(Upload(value.filename or f"file{i}", path))
                 else:
                     fields[key] = value
         finally:
             await form.close()
         yield Form(fields, files)
+
+
+def _save(upload: UploadFile, path: Path) -> None:
+    with path.open("wb") as out:
+        shutil.copyfileobj(upload.file, out)
