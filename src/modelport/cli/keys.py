@@ -40,6 +40,7 @@ def _store(keys_file: Path | None, config: Path | None) -> KeyStore:
 
 @keys_app.command()
 def create(
+    *,
     name: Annotated[str, typer.Argument(help="Who or what uses the key, e.g. camera-3.")],
     scope: Annotated[
         list[str],

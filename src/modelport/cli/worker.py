@@ -19,6 +19,7 @@ err = Console(stderr=True)
 
 
 def worker(
+    *,
     repository: Annotated[
         str | None, typer.Argument(help="Model repository folder (default: bundled examples).")
     ] = None,
@@ -52,9 +53,18 @@ def worker(
     from modelport.server.worker import run_worker
     from modelport.supply.pull import PullError
 
-    flags = {"repository": repository, "broker": broker, "task_store": store,
-             "task_files": files, "worker_models": models, "task_gpus": gpus, "gpus": gpus,
-             "task_slots": slots, "worker_id": worker_id, "log_level": log_level}  # fmt: skip
+    flags = {
+        "repository": repository,
+        "broker": broker,
+        "task_store": store,
+        "task_files": files,
+        "worker_models": models,
+        "task_gpus": gpus,
+        "gpus": gpus,
+        "task_slots": slots,
+        "worker_id": worker_id,
+        "log_level": log_level,
+    }
     try:
         settings = Settings.load(flags, config=config)
     except SettingsError as exc:
@@ -84,8 +94,9 @@ def workers(
         tasks = ", ".join(w["task_models"])
         running = ", ".join(f"{t[:8]}@{s}" for t, s in w["running"].items())
         seen = f"{max(0.0, time.time() - w['seen_at']):.1f} s ago"
-        table.add_row(w["id"], w["role"], w["host"], online, tasks, ", ".join(w["slots"]),
-                      running, seen)  # fmt: skip
+        table.add_row(
+            w["id"], w["role"], w["host"], online, tasks, ", ".join(w["slots"]), running, seen
+        )
     console.print(table)
     if not found:
         console.print("no live workers (is the server started with --broker redis://...?)")

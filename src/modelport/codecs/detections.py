@@ -32,13 +32,19 @@ class Detection:
     score: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"box": [round(v, 2) for v in self.box], "label": self.label,
-                "score": round(self.score, 5)}  # fmt: skip
+        return {
+            "box": [round(v, 2) for v in self.box],
+            "label": self.label,
+            "score": round(self.score, 5),
+        }
 
     def to_predictor_json(self) -> dict[str, Any]:
         """The form the FastAPI + Redis detector server answered with."""
-        return {"category_id": self.label, "scores": [round(self.score, 5)],
-                "bbox": [round(v, 2) for v in self.box]}  # fmt: skip
+        return {
+            "category_id": self.label,
+            "scores": [round(self.score, 5)],
+            "bbox": [round(v, 2) for v in self.box],
+        }
 
 
 def label_of(class_id: int, labels: Sequence[str]) -> str:

@@ -89,12 +89,15 @@ def decode_request(
     request_id = doc.get("id", "")
     return DecodedRequest(
         InferenceRequest(
-            model_name, tuple(inputs), model_version,
+            model_name,
+            tuple(inputs),
+            model_version,
             request_id if isinstance(request_id, str) else str(request_id),
-            model_params, outputs,
+            model_params,
+            outputs,
         ),
         binary_output,
-    )  # fmt: skip
+    )
 
 
 def _decode_input(

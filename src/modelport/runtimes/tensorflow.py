@@ -73,7 +73,7 @@ class _ProcessThreads:
         self._lock = threading.Lock()
         self._set: tuple[int, int] | None = None
 
-    def configure(self, tf: Any, model: str, intra: int, inter: int) -> None:
+    def configure(self, tf: Any, *, model: str, intra: int, inter: int) -> None:
         with self._lock:
             if self._set is None:
                 try:
@@ -86,8 +86,11 @@ class _ProcessThreads:
                 log.warning(
                     "model '%s': threads intra_op=%d inter_op=%d ignored: TensorFlow's thread "
                     "pools are process-wide and already set to intra_op=%d inter_op=%d",
-                    model, intra, inter, *self._set,
-                )  # fmt: skip
+                    model,
+                    intra,
+                    inter,
+                    *self._set,
+                )
 
 
 _THREADS = _ProcessThreads()
@@ -128,7 +131,9 @@ class TensorflowRuntime:
                 f"({exc}); install it with: pip install 'modelport[tensorflow]'"
             ) from None
         self._tf = tf
-        _THREADS.configure(tf, spec.name, spec.threads.intra_op, spec.threads.inter_op)
+        _THREADS.configure(
+            tf, model=spec.name, intra=spec.threads.intra_op, inter=spec.threads.inter_op
+        )
         self._device = self._pick_device(tf)
         try:
             with tf.device(self._device):
@@ -184,12 +189,16 @@ class TensorflowRuntime:
     def signature(self) -> Signature:
         served = self._tensors[self._default]
         spec = self.context.spec
-        inputs = spec.inputs or tuple(self._spec(n, *t, True) for n, t in served.inputs.items())
-        outputs = spec.outputs or tuple(self._spec(n, *t, False) for n, t in served.outputs.items())
+        inputs = spec.inputs or tuple(
+            self._spec(n, *t, is_input=True) for n, t in served.inputs.items()
+        )
+        outputs = spec.outputs or tuple(
+            self._spec(n, *t, is_input=False) for n, t in served.outputs.items()
+        )
         return Signature(tuple(inputs), tuple(outputs))
 
     def _spec(
-        self, name: str, datatype: str, dims: tuple[int | None, ...] | None, is_input: bool
+        self, name: str, datatype: str, dims: tuple[int | None, ...] | None, *, is_input: bool
     ) -> TensorSpec:
         where = f"{self.context.version_dir}: signature '{self._default}'"
         if dims is None:

@@ -222,7 +222,9 @@ class TorchRuntime:
             from torch.export.passes import move_to_device_pass
 
             program = move_to_device_pass(program, self.device)
-        found = _program_signature(torch, program, path, self.context.spec.max_batch_size)
+        found = _program_signature(
+            torch, program, path=path, max_batch_size=self.context.spec.max_batch_size
+        )
         spec = self.context.spec
         where = self.context.model_dir / "model.yaml"
         for field_name, declared, actual in (
@@ -327,12 +329,14 @@ def _import_torch(model: str) -> Any:
     return torch
 
 
-def _program_signature(torch: Any, program: Any, path: Path, max_batch_size: int) -> Signature:
+def _program_signature(torch: Any, program: Any, *, path: Path, max_batch_size: int) -> Signature:
     """Inputs and outputs of an exported program, from its graph's example values."""
     nodes = {n.name: n for n in program.graph.nodes}
     graph = program.graph_signature
     inputs = tuple(
-        _tensor_spec(torch, name, nodes[name], path, max_batch_size, True)
+        _tensor_spec(
+            torch, name, nodes[name], path=path, max_batch_size=max_batch_size, is_input=True
+        )
         for name in graph.user_inputs
     )
     out_spec = program.call_spec.out_spec
@@ -340,12 +344,21 @@ def _program_signature(torch: Any, program: Any, path: Path, max_batch_size: int
     outputs = []
     for i, name in enumerate(graph.user_outputs):
         label = str(keys[i]) if keys and i < len(keys) else f"output_{i}"
-        outputs.append(_tensor_spec(torch, label, nodes.get(name), path, max_batch_size, False))
+        outputs.append(
+            _tensor_spec(
+                torch,
+                label,
+                nodes.get(name),
+                path=path,
+                max_batch_size=max_batch_size,
+                is_input=False,
+            )
+        )
     return Signature(inputs, tuple(outputs))
 
 
 def _tensor_spec(
-    torch: Any, name: str, node: Any, path: Path, max_batch_size: int, is_input: bool
+    torch: Any, name: str, node: Any, *, path: Path, max_batch_size: int, is_input: bool
 ) -> TensorSpec:
     value = None if node is None else node.meta.get("val")
     if not isinstance(value, torch.Tensor):

@@ -54,8 +54,12 @@ class ApiKey:
 
     def public(self) -> dict[str, Any]:
         """What ``keys list`` shows: everything but the digest."""
-        return {"id": self.id, "name": self.name, "scopes": sorted(self.scopes),
-                "created": self.created}  # fmt: skip
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scopes": sorted(self.scopes),
+            "created": self.created,
+        }
 
 
 @dataclass(frozen=True, slots=True)

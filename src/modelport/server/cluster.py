@@ -54,9 +54,12 @@ class Cluster:
     def runtime(self, settings: Settings) -> RuntimeFactory:
         """The factory of ``runtime: cluster`` (models other workers host)."""
         return functools.partial(
-            ClusterRuntime, client=self.sync_client, keys=self.keys,
-            directory=self.directory, timeout_s=settings.cluster_timeout_seconds,
-        )  # fmt: skip
+            ClusterRuntime,
+            client=self.sync_client,
+            keys=self.keys,
+            directory=self.directory,
+            timeout_s=settings.cluster_timeout_seconds,
+        )
 
     async def list_workers(self) -> list[dict[str, Any]]:
         """The live nodes, for ``GET /api/workers``."""
@@ -86,8 +89,11 @@ def connect(settings: Settings) -> Cluster:
         raise ModelportError(
             f"broker {settings.broker!r}: expected a Redis URL such as redis://host:6379/0"
         )
-    options = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
-               "health_check_interval": 5}  # fmt: skip
+    options = {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "health_check_interval": 5,
+    }
     client = redis.asyncio.from_url(settings.broker, **options)
     sync_client = redis.from_url(settings.broker, **options)
     keys = RedisKeys(settings.redis_prefix)

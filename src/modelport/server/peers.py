@@ -78,7 +78,7 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 
 
 async def peer_request(
-    info: ProcessInfo, index: int, method: str, path: str, timeout_s: float
+    info: ProcessInfo, index: int, *, method: str, path: str, timeout_s: float
 ) -> httpx.Response:
     """One request to process ``index``'s peer socket."""
     transport = httpx.AsyncHTTPTransport(uds=str(info.socket_path(index)))
@@ -96,7 +96,9 @@ class SocketPeers:
         return [i for i in range(self.me.count) if i != self.me.index]
 
     async def _call(self, index: int, method: str, path: str) -> httpx.Response:
-        return await peer_request(self.me, index, method, path, PEER_TIMEOUT_S)
+        return await peer_request(
+            self.me, index, method=method, path=path, timeout_s=PEER_TIMEOUT_S
+        )
 
     async def broadcast(self, action: str, model: str) -> None:
         """Apply a load or unload in every other process; ModelUnavailable names the

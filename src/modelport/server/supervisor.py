@@ -38,7 +38,7 @@ STOP_S = 20.0
 PR_SET_PDEATHSIG = 1
 
 
-def _child(settings: dict[str, Any], index: int, count: int, run_dir: str) -> None:
+def _child(*, settings: dict[str, Any], index: int, count: int, run_dir: str) -> None:
     """A server process (runs in a fresh interpreter: the spawn start method)."""
     _die_with_parent()
     info = ProcessInfo(index, count, Path(run_dir))
@@ -67,9 +67,10 @@ async def supervise(settings: Settings, on_ready: Callable[[], None] | None = No
 
     def start(index: int) -> BaseProcess:
         process = context.Process(
-            target=_child, args=(values, index, count, str(run_dir)),
+            target=_child,
+            kwargs={"settings": values, "index": index, "count": count, "run_dir": str(run_dir)},
             name=f"modelport-{index}",
-        )  # fmt: skip
+        )
         process.start()
         return process
 
@@ -80,8 +81,12 @@ async def supervise(settings: Settings, on_ready: Callable[[], None] | None = No
     info = ProcessInfo(-1, count, run_dir)
     running = [start(i) for i in range(count)]
     ready = [False] * count  # a process that dies before it was ever ready failed to start
-    log.info("modelport: %d processes on port %d (pids %s)", count, settings.port,
-             [p.pid for p in running])  # fmt: skip
+    log.info(
+        "modelport: %d processes on port %d (pids %s)",
+        count,
+        settings.port,
+        [p.pid for p in running],
+    )
     code = 0
     announced = on_ready is None
     try:
@@ -95,13 +100,20 @@ async def supervise(settings: Settings, on_ready: Callable[[], None] | None = No
                     ready[index] = ready[index] or await _ready(info, index)
                     continue
                 if not ready[index]:
-                    log.error("process %d exited with %s before it was ready; stopping",
-                              index, process.exitcode)  # fmt: skip
+                    log.error(
+                        "process %d exited with %s before it was ready; stopping",
+                        index,
+                        process.exitcode,
+                    )
                     code = max(process.exitcode or 1, 1)
                     stop.set()
                     break
-                log.warning("process %d (pid %s) died with %s; starting it again", index,
-                            process.pid, process.exitcode)  # fmt: skip
+                log.warning(
+                    "process %d (pid %s) died with %s; starting it again",
+                    index,
+                    process.pid,
+                    process.exitcode,
+                )
                 await asyncio.sleep(RESTART_PAUSE_S)
                 running[index], ready[index] = start(index), False
             if not announced and all(ready):
@@ -127,7 +139,7 @@ async def _ready(info: ProcessInfo, index: int) -> bool:
     if not info.socket_path(index).exists():
         return False
     try:
-        answer = await peer_request(info, index, "GET", "/peer/ready", 2.0)
+        answer = await peer_request(info, index, method="GET", path="/peer/ready", timeout_s=2.0)
     except httpx.HTTPError:
         return False
     return answer.status_code == 200

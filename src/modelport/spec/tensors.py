@@ -150,8 +150,10 @@ class TensorSpec(_Strict):
                 f"shape {list(self.shape)} ({options.layout}) has {channels} channels, but "
                 f"'image.channels' is {options.channels} ({options.channel_count})"
             )
-        for dim, want, label in ((height, options.height, "height"),
-                                 (width, options.width, "width")):  # fmt: skip
+        for dim, want, label in (
+            (height, options.height, "height"),
+            (width, options.width, "width"),
+        ):
             if want is not None and dim not in (-1, want):
                 raise ValueError(f"'image.{label}' {want} differs from the shape's {dim}")
         if options.height is None and -1 in (height, width):
