@@ -27,6 +27,7 @@ from modelport.cluster.directory import Directory, HostedModel
 from modelport.cluster.keys import RedisKeys
 from modelport.core.repository import ModelRepository, ModelSource
 from modelport.core.runtime import RuntimeContext, Signature
+from modelport.core.service import ModelView
 from modelport.errors import (
     ErrorKind,
     InferenceFailed,
@@ -84,17 +85,22 @@ class ClusterRepository(ModelRepository):
         return ModelSource(name, Path(self.root, ".cluster", name), spec, hosted.versions)
 
 
-def hosted_model(name: str, versions: tuple[int, ...], spec: ModelSpec,
-                 signature: Signature, platform: str) -> HostedModel:  # fmt: skip
-    """How a worker advertises one of its online models."""
+def hosted_model(model: ModelView) -> HostedModel:
+    """How a worker advertises one of its online models (one that serves versions)."""
+    assert model.spec is not None and model.latest is not None
+    signature = model.latest.signature
 
     def dump(tensors: tuple[TensorSpec, ...]) -> tuple[dict[str, Any], ...]:
         return tuple(t.model_dump(mode="json", exclude_defaults=True) for t in tensors)
 
     return HostedModel(
-        name, versions, spec.max_batch_size, dump(signature.inputs), dump(signature.outputs),
-        platform,
-    )  # fmt: skip
+        name=model.name,
+        versions=tuple(v.version for v in model.versions),
+        max_batch_size=model.spec.max_batch_size,
+        inputs=dump(signature.inputs),
+        outputs=dump(signature.outputs),
+        platform=model.platform,
+    )
 
 
 class ClusterRuntime:

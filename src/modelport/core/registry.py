@@ -64,7 +64,7 @@ class ModelState(StrEnum):
 TASK_ONLY = (ModelState.UNAVAILABLE, "a container model: it runs as tasks (POST /api/tasks)")
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, kw_only=True)
 class LoadedVersion:
     """One servable version: its resolved signature, batcher, instances and counters."""
 
@@ -85,6 +85,9 @@ class LoadedVersion:
 
 @dataclass(slots=True, eq=False)
 class ModelEntry:
+    """The registry's record of one model: its state, the reason it does not serve,
+    and its versions (serving, or standing in while evicted)."""
+
     name: str
     state: ModelState
     reason: str = ""
@@ -105,6 +108,9 @@ class ModelEntry:
 
 @dataclass(frozen=True, slots=True)
 class IndexRow:
+    """One row of the repository index: a serving version, or a model serving none
+    (``version`` empty) with the reason."""
+
     name: str
     version: str
     state: str
@@ -112,10 +118,19 @@ class IndexRow:
 
 
 class ModelRegistry:
+    """Which models are loaded, in what state, and why not (see the module docstring).
+
+    The :class:`~modelport.core.service.InferenceService` owns one and is the only
+    caller: adapters ask the service. ``runtimes`` makes a runtime by the name in
+    model.yaml; ``caller`` is given to runtimes to call other models; ``limits`` caps
+    what stays loaded; ``gpus`` are where GPU instances may be placed.
+    """
+
     def __init__(
         self,
         repository: ModelRepository,
         runtimes: Mapping[str, RuntimeFactory],
+        *,
         caller: ModelCaller,
         limits: MemoryLimits | None = None,
         gpus: Gpus = NO_GPUS,
@@ -135,6 +150,8 @@ class ModelRegistry:
     # -- lookups (hot path) ---------------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> LoadedVersion:
+        """A serving version (the latest by default; an evicted model's stand-in loads it
+        again on its first request)."""
         entry = self.entries.get(name)
         if entry is None:
             raise ModelNotFound(f"unknown model '{name}'; GET /v2/repository/index lists them")
@@ -155,6 +172,7 @@ class ModelRegistry:
         return loaded
 
     def index(self) -> list[IndexRow]:
+        """Every model of the repository or the registry, a row per serving version."""
         names = sorted(set(self.repository.names()) | set(self.entries))
         rows: list[IndexRow] = []
         for name in names:
@@ -171,10 +189,13 @@ class ModelRegistry:
     # -- load / unload ----------------------------------------------------------------------
 
     async def load_all(self) -> None:
+        """Load every model of the repository at once; one failing fails only itself."""
         await asyncio.gather(*(self.load(n, raise_errors=False) for n in self.repository.names()))
         self.initial_load_done = True
 
     async def load(self, name: str, raise_errors: bool = True) -> ModelEntry:
+        """Load or reload a model (see the module docstring); with ``raise_errors``
+        False a failure is listed and logged, and only a ModelNotFound is raised."""
         room = self._room if self.limits.capped else contextlib.nullcontext()
         async with room, self._locks.setdefault(name, asyncio.Lock()):
             return await self._load_locked(name, raise_errors)
@@ -221,6 +242,7 @@ class ModelRegistry:
         return entry
 
     async def unload(self, name: str) -> None:
+        """Unload a model's versions; it stays listed, UNAVAILABLE ("unloaded")."""
         entry = self.entries.get(name)
         if entry is None:
             if name in self.repository.names():
@@ -241,6 +263,7 @@ class ModelRegistry:
             self.entries.pop(name, None)
 
     async def close(self) -> None:
+        """Unload every model."""
         for name in list(self.entries):
             await self.unload(name)
 
@@ -354,9 +377,14 @@ class ModelRegistry:
         try:
             for i, device in enumerate(devices):
                 ctx = RuntimeContext(
-                    spec, version, source.path, source.path / str(version), i, device,
-                    self.caller,
-                )  # fmt: skip
+                    spec=spec,
+                    version=version,
+                    model_dir=source.path,
+                    version_dir=source.path / str(version),
+                    instance=i,
+                    device=device,
+                    models=self.caller,
+                )
                 runtime = factory(ctx)
                 try:
                     await asyncio.to_thread(runtime.load)
@@ -377,15 +405,29 @@ class ModelRegistry:
             )
             batcher.start()
             loaded = LoadedVersion(
-                spec.name, version, spec, signature, _labels(source), batcher, instances,
-                stats, tuple(devices),
-            )  # fmt: skip
+                name=spec.name,
+                version=version,
+                spec=spec,
+                signature=signature,
+                labels=_labels(source),
+                batcher=batcher,
+                instances=instances,
+                stats=stats,
+                devices=tuple(devices),
+            )
         except BaseException:
             for inst in instances:
                 await asyncio.to_thread(inst.close)
             raise
         try:
-            await warm_up(spec.name, version, spec, signature, instances, loaded.stats, source.path)
+            await warm_up(
+                spec,
+                version,
+                signature=signature,
+                instances=instances,
+                stats=loaded.stats,
+                folder=source.path,
+            )
         except BaseException:
             await self._close_version(loaded)
             raise

@@ -42,8 +42,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from modelport.core.registry import ModelRegistry
-from modelport.core.watcher import RepositoryWatcher
+from modelport.core.watcher import RepositoryWatcher, WatchedModels
 
 MANIFEST = ".modelport-pull.json"
 CHUNK = 1024 * 1024
@@ -299,11 +298,11 @@ class PullingWatcher(RepositoryWatcher):
 
     def __init__(
         self,
-        registry: ModelRegistry,
+        models: WatchedModels,
         interval_s: float,
         pull_again: Callable[[], Awaitable[object]],
     ) -> None:
-        super().__init__(registry, interval_s)
+        super().__init__(models, interval_s)
         self._pull_again = pull_again
 
     async def scan(self) -> None:
