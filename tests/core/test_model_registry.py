@@ -171,7 +171,9 @@ async def test_models_not_loaded_are_listed(repo: Path, serve: Start) -> None:
     write_model(repo, "m", FAKE, {"1/.keep": ""})
     (repo / "__pycache__").mkdir()
     service = await serve(load_all=False)
-    assert service.index() == [IndexRow("m", "", "UNAVAILABLE", "not loaded")]
+    assert service.index() == [
+        IndexRow(name="m", version="", state="UNAVAILABLE", reason="not loaded")
+    ]
     assert _rows(service) == {"m": ("", "UNAVAILABLE", "not loaded")}
     assert not service.ready()
 

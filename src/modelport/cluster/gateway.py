@@ -75,13 +75,19 @@ class ClusterRepository(ModelRepository):
         hosted = self.remote_models().get(name)
         if hosted is None:
             return self.local.source(name)  # raises ModelNotFound
-        spec = ModelSpec.model_validate({
-            "name": name, "runtime": CLUSTER_RUNTIME, "max_batch_size": hosted.max_batch_size,
-            "inputs": hosted.inputs, "outputs": hosted.outputs,
-            "instances": {"count": GATEWAY_INSTANCES},
-            "description": "served by workers through Redis",
-            "parameters": {"platform": hosted.platform},
-        })  # fmt: skip
+        spec = ModelSpec.model_validate(
+            {
+                "name": name,
+                "runtime": CLUSTER_RUNTIME,
+                "max_batch_size": hosted.max_batch_size,
+                "inputs": hosted.inputs,
+                "outputs": hosted.outputs,
+                "instances": {"count": GATEWAY_INSTANCES},
+                "description": "served by workers through Redis",
+                # The workers' platform, so clients see what they run, not "cluster".
+                "parameters": {"platform": hosted.platform},
+            }
+        )
         return ModelSource(name, Path(self.root, ".cluster", name), spec, hosted.versions)
 
 
@@ -109,6 +115,7 @@ class ClusterRuntime:
     def __init__(
         self,
         context: RuntimeContext,
+        *,
         client: Redis,
         keys: RedisKeys,
         directory: Directory,
@@ -131,9 +138,13 @@ class ClusterRuntime:
         reply = self.keys.reply(request_id)
         deadline = time.time() + self.timeout_s
         header = {
-            "id": request_id, "model": self.model, "version": str(self.context.version),
-            "parameters": dict(parameters), "reply": reply, "deadline": deadline,
-        }  # fmt: skip
+            "id": request_id,
+            "model": self.model,
+            "version": str(self.context.version),
+            "parameters": dict(parameters),
+            "reply": reply,
+            "deadline": deadline,
+        }
         stream = self.keys.infer_stream(self.model)
         try:
             message_id = self.client.xadd(stream, {"m": wire.pack(header, inputs)})

@@ -83,7 +83,7 @@ class LoadedVersion:
         self.inputs_by_name = {t.name: t for t in self.signature.inputs}
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, kw_only=True)
 class ModelEntry:
     """The registry's record of one model: its state, the reason it does not serve,
     and its versions (serving, or standing in while evicted)."""
@@ -106,7 +106,7 @@ class ModelEntry:
         return self.versions[max(self.versions)] if self.versions else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IndexRow:
     """One row of the repository index: a serving version, or a model serving none
     (``version`` empty) with the reason."""
@@ -178,12 +178,19 @@ class ModelRegistry:
         for name in names:
             entry = self.entries.get(name)
             if entry is None:
-                rows.append(IndexRow(name, "", "UNAVAILABLE", "not loaded"))
+                rows.append(
+                    IndexRow(name=name, version="", state="UNAVAILABLE", reason="not loaded")
+                )
             elif entry.versions:
                 state = entry.state.value if entry.state is not ModelState.LOADING else "READY"
-                rows += [IndexRow(name, str(v), state, "") for v in sorted(entry.versions)]
+                rows += [
+                    IndexRow(name=name, version=str(v), state=state, reason="")
+                    for v in sorted(entry.versions)
+                ]
             else:
-                rows.append(IndexRow(name, "", entry.state.value, entry.reason))
+                rows.append(
+                    IndexRow(name=name, version="", state=entry.state.value, reason=entry.reason)
+                )
         return rows
 
     # -- load / unload ----------------------------------------------------------------------
@@ -203,7 +210,7 @@ class ModelRegistry:
     async def _load_locked(self, name: str, raise_errors: bool) -> ModelEntry:
         entry = self.entries.get(name)
         if entry is None:
-            entry = self.entries[name] = ModelEntry(name, ModelState.LOADING)
+            entry = self.entries[name] = ModelEntry(name=name, state=ModelState.LOADING)
         elif not entry.versions and not entry.standby:
             # (An evicted model loading on demand stays listed as evicted until it is
             # READY: the server as a whole stays ready meanwhile.)

@@ -62,7 +62,7 @@ def platform_of(spec: ModelSpec) -> str:
     return str(spec.parameters.get("platform") or PLATFORMS.get(spec.runtime, spec.runtime))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelMetadata:
     name: str
     versions: tuple[str, ...]
@@ -72,7 +72,7 @@ class ModelMetadata:
     max_batch_size: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelView:
     """One model as the service holds it now: its state (and why), the model.yaml it was
     read from, and the versions that serve (none while evicted or unloaded)."""
@@ -95,10 +95,16 @@ class ModelView:
 
 def _view(entry: ModelEntry, spec: ModelSpec | None = None) -> ModelView:
     versions = tuple(loaded for _, loaded in sorted(entry.versions.items()))
-    return ModelView(entry.name, entry.state, entry.reason, spec or entry.spec, versions)
+    return ModelView(
+        name=entry.name,
+        state=entry.state,
+        reason=entry.reason,
+        spec=spec or entry.spec,
+        versions=versions,
+    )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StartedInference:
     """A validated request on its way through the batcher (see ``InferenceService.start``)."""
 
@@ -242,7 +248,9 @@ class InferenceService:
         except ModelportError as exc:
             loaded.stats.record_request(False, time.perf_counter_ns() - begun, 0, exc.kind.value)
             raise
-        return StartedInference(loaded, request, names, begun, future)
+        return StartedInference(
+            loaded=loaded, request=request, names=names, begun=begun, future=future
+        )
 
     def finish(self, started: StartedInference) -> InferenceResponse:
         """The response of a started request whose future is done; raises its error."""
@@ -280,12 +288,12 @@ class InferenceService:
             return tuple(t.model_copy(update={"shape": (*batch, *t.shape)}) for t in specs)
 
         return ModelMetadata(
-            name,
-            tuple(str(v) for v in sorted(entry.versions)),
-            platform_of(loaded.spec),
-            with_batch(loaded.signature.inputs),
-            with_batch(loaded.signature.outputs),
-            loaded.spec.max_batch_size,
+            name=name,
+            versions=tuple(str(v) for v in sorted(entry.versions)),
+            platform=platform_of(loaded.spec),
+            inputs=with_batch(loaded.signature.inputs),
+            outputs=with_batch(loaded.signature.outputs),
+            max_batch_size=loaded.spec.max_batch_size,
         )
 
     def get_version(self, name: str, version: str = "") -> LoadedVersion:
@@ -345,7 +353,9 @@ class InferenceService:
             return _view(entry, spec)
         if spec is None and name not in self._registry.repository.names():
             raise ModelNotFound(f"unknown model '{name}'")
-        return ModelView(name, ModelState.UNAVAILABLE, "not loaded", spec, ())
+        return ModelView(
+            name=name, state=ModelState.UNAVAILABLE, reason="not loaded", spec=spec, versions=()
+        )
 
     def model_config(self, name: str, version: str = "") -> TritonConfig:
         """The configuration of a serving version in Triton's terms, for the

@@ -64,7 +64,7 @@ class DynamicBatching:
     max_queue_delay_microseconds: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TritonConfig:
     """One model version's configuration in Triton's terms (see the module docstring)."""
 

@@ -106,7 +106,7 @@ def decode_request(
                 )
             data = decode_tensor(name, datatype, shape, raw[i])
         else:
-            data = _from_contents(name, datatype, shape, item.contents)
+            data = _from_contents(name, datatype, shape, contents=item.contents)
         tensors.append(Tensor(name, datatype, data, _parameters_of(item)))
     outputs = tuple(RequestedOutput(o.name, _parameters_of(o)) for o in message.outputs)
     request = InferenceRequest(
@@ -121,7 +121,7 @@ def decode_request(
 
 
 def _from_contents(
-    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
+    name: str, datatype: str, shape: tuple[int, ...], *, contents: pb.InferTensorContents
 ) -> np.ndarray:
     field = CONTENTS_FIELD.get(datatype)
     if field is None:

@@ -30,6 +30,18 @@ EXTENSIONS = [
     "parameters",
 ]
 HEADER_LENGTH = "inference-header-content-length"
+# The infer route reads its body raw; this tells the OpenAPI page what it takes.
+_INFER_EXAMPLE = {"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+_INFER_BODY_DOC = {
+    "requestBody": {
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "example": {"inputs": [_INFER_EXAMPLE]}}
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        }
+    }
+}
 
 
 class InferHandler:
@@ -241,12 +253,12 @@ def build_router(service: InferenceService) -> APIRouter:
         return _json({})
 
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        _model_routes(router, service, infer, prefix)
+        _model_routes(router, service, infer=infer, prefix=prefix)
     return router
 
 
 def _model_routes(
-    router: APIRouter, service: InferenceService, infer: InferHandler, prefix: str
+    router: APIRouter, service: InferenceService, *, infer: InferHandler, prefix: str
 ) -> None:
     @router.get(prefix, summary="Model metadata")
     async def metadata(model: str, version: str = "") -> Response:
@@ -278,18 +290,8 @@ def _model_routes(
     @router.post(
         prefix + "/infer",
         summary="Run inference (JSON tensors, or JSON + binary tensor data)",
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "application/json": {"schema": {"type": "object", "example": {
-                        "inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32",
-                                    "data": [1, 2, 3, 4]}]}}},
-                    "application/octet-stream": {"schema": {"type": "string",
-                                                            "format": "binary"}},
-                }
-            }
-        },
-    )  # fmt: skip
+        openapi_extra=_INFER_BODY_DOC,
+    )
     async def infer_route(model: str, request: Request, version: str = "") -> Response:
         status, body, headers = await infer(
             model, version, await request.body(), dict(request.headers)
