@@ -32,7 +32,7 @@ from modelport.core.registry import (
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
 from modelport.core.stats import ModelStats
-from modelport.core.triton_config import TritonConfig, triton_config
+from modelport.core.triton_config import TritonConfig, platform_of, triton_config
 from modelport.core.validation import checked_inputs, declared_outputs, output_names
 from modelport.errors import (
     Cancelled,
@@ -47,23 +47,11 @@ from modelport.tensors import InferenceRequest, InferenceResponse
 # A model's sample inputs, for the web page: ``<repository>/<model>/samples/``.
 SAMPLES_DIR = "samples"
 
-# Triton's platform names, so clients that switch on them keep working.
-PLATFORMS = {
-    "onnx": "onnxruntime_onnx",
-    "torch": "pytorch_libtorch",
-    "tensorflow": "tensorflow_savedmodel",
-    "python": "python",
-}
-
-
-def platform_of(spec: ModelSpec) -> str:
-    """Triton's platform name of a model; a model served through other workers keeps
-    the platform its workers report (``parameters.platform``)."""
-    return str(spec.parameters.get("platform") or PLATFORMS.get(spec.runtime, spec.runtime))
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelMetadata:
+    """A model as KServe's metadata describes it (see :meth:`InferenceService.metadata`)."""
+
     name: str
     versions: tuple[str, ...]
     platform: str
@@ -117,6 +105,8 @@ class StartedInference:
 
 @dataclass(frozen=True, slots=True)
 class VersionStats:
+    """The counters of one model version (Triton's statistics extension)."""
+
     name: str
     version: str
     stats: ModelStats
@@ -143,8 +133,8 @@ class InferenceService:
 
     Adapters call :meth:`infer` (or its two halves :meth:`start` and :meth:`finish`, on
     the hot paths), the health and metadata methods, and the admin calls :meth:`load` and
-    :meth:`unload`. Errors are :class:`~modelport.errors.ModelportError`\\ s: each
-    transport maps their kind to its status.
+    :meth:`unload`. Every error is a :class:`~modelport.errors.ModelportError`; each
+    transport maps its kind to a status.
 
     ``admin_refusal``: why admin calls are refused on this server ("" allows them).
     ``max_tensor_elements``: the elements one input tensor may have (0: any).
@@ -361,7 +351,7 @@ class InferenceService:
         """The configuration of a serving version in Triton's terms, for the
         model_configuration extension over HTTP and gRPC alike."""
         loaded = self._registry.get(name, version)
-        return triton_config(loaded.spec, loaded.signature, platform_of(loaded.spec))
+        return triton_config(loaded.spec, loaded.signature)
 
     def samples_folder(self, name: str) -> Path:
         """Where a model's sample inputs are (``<model>/samples/`` in the repository);

@@ -4,7 +4,8 @@ Triton's clients ask for a model's configuration (``ModelConfig`` in model_confi
 over HTTP (``GET /v2/models/{m}/config``) and over gRPC (``ModelConfig``). modelport has
 no config.pbtxt: the configuration is read off the model's model.yaml and its resolved
 signature, here, into one :class:`TritonConfig`; ``api/http/v2.py`` encodes it as JSON and
-``api/grpc/convert.py`` as the protobuf message, so the two cannot drift apart.
+``api/grpc/convert.py`` as the protobuf message, so the two cannot drift apart. The
+platform names Triton's clients switch on are here too (:func:`platform_of`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,20 @@ from enum import StrEnum
 
 from modelport.core.runtime import Signature
 from modelport.spec import ModelSpec, TensorSpec, VersionPolicy
+
+# Triton's platform names, so clients that switch on them keep working.
+PLATFORMS = {
+    "onnx": "onnxruntime_onnx",
+    "torch": "pytorch_libtorch",
+    "tensorflow": "tensorflow_savedmodel",
+    "python": "python",
+}
+
+
+def platform_of(spec: ModelSpec) -> str:
+    """Triton's platform name of a model; a model served through other workers keeps
+    the platform its workers report (``parameters.platform``)."""
+    return str(spec.parameters.get("platform") or PLATFORMS.get(spec.runtime, spec.runtime))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +101,7 @@ def triton_type(datatype: str) -> str:
     return "TYPE_STRING" if datatype == "BYTES" else "TYPE_" + datatype
 
 
-def triton_config(spec: ModelSpec, signature: Signature, platform: str) -> TritonConfig:
+def triton_config(spec: ModelSpec, signature: Signature) -> TritonConfig:
     """The configuration of a model served as ``spec`` says, with ``signature``."""
 
     def tensors(specs: tuple[TensorSpec, ...]) -> tuple[ConfigTensor, ...]:
@@ -97,7 +112,7 @@ def triton_config(spec: ModelSpec, signature: Signature, platform: str) -> Trito
     batching = spec.batching
     return TritonConfig(
         name=spec.name,
-        platform=platform,
+        platform=platform_of(spec),
         backend=spec.runtime,
         max_batch_size=spec.max_batch_size,
         inputs=tensors(signature.inputs),

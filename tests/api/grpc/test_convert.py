@@ -120,7 +120,7 @@ def test_the_model_config_message_encodes_the_one_config_value() -> None:
         "outputs: [{name: y, datatype: FP32, shape: [2]}]\nparameters: {k: [1]}\n",
         "model.yaml",
     )
-    config = triton_config(spec, Signature(spec.inputs, spec.outputs), "onnxruntime_onnx")
+    config = triton_config(spec, Signature(spec.inputs, spec.outputs))
     message = model_config(config)
     assert (message.name, message.platform, message.backend) == ("m", "onnxruntime_onnx", "onnx")
     assert message.input[0].data_type == config_pb.TYPE_STRING
