@@ -254,12 +254,12 @@ async def inproc_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     from modelport.api.http.app import create_app
     from modelport.observability.metrics import metrics_registry
-    from modelport.server.build import build_service, start_service
+    from modelport.server.build import build_service
     from modelport.settings import Settings
 
     settings = Settings(repository=str(repository))
-    service, caller = build_service(settings)
-    await start_service(service, caller)
+    service = build_service(settings)
+    await service.open()
     _, asgi = create_app(
         service, metrics_registry(service), max_request_bytes or settings.max_request_bytes
     )
@@ -268,4 +268,4 @@ async def inproc_client(
         async with httpx.AsyncClient(transport=transport, base_url="http://inproc") as client:
             yield client
     finally:
-        await service.registry.close()
+        await service.close()

@@ -16,9 +16,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
-from modelport.core.service import InferenceService, LoopModelCaller
+from modelport.core.service import InferenceService
 from modelport.observability.gpus import Nvml
 from modelport.observability.metrics import metrics_registry
 from support.builders import write_model
@@ -51,8 +50,7 @@ TWO_GPU_SAMPLES = {
 
 def _scrape(tmp_path: Path, nvml: Nvml) -> str:
     """/metrics of a service with no models, as the server would answer it."""
-    registry = ModelRegistry(ModelRepository(tmp_path), {}, LoopModelCaller())
-    service = InferenceService(registry, "modelport", "test")
+    service = InferenceService(ModelRepository(tmp_path), {}, name="modelport", version="test")
     return generate_latest(metrics_registry(service, nvml)).decode()
 
 

@@ -8,18 +8,26 @@ import modelport
 def test_all_is_pinned() -> None:
     assert modelport.__all__ == [
         "ErrorKind",
+        "InferenceFailed",
         "InferenceRequest",
         "InferenceResponse",
+        "InvalidInput",
         "ModelCaller",
+        "ModelNotFound",
         "ModelSpec",
+        "ModelUnavailable",
         "ModelportError",
+        "Overloaded",
         "RequestedOutput",
+        "RetryLater",
         "Runtime",
         "RuntimeContext",
         "Settings",
         "Signature",
+        "SpecError",
         "Tensor",
         "TensorSpec",
+        "Unsupported",
         "__version__",
     ]
 

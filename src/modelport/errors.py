@@ -10,7 +10,9 @@ Exception tree::
     ├── ModelNotFound        NOT_FOUND    unknown model or version
     ├── InvalidInput         INVALID_INPUT a request that cannot be run as sent
     ├── ModelUnavailable     UNAVAILABLE  known, but not loaded or failed to load
-    ├── Overloaded           OVERLOADED   the model's queue is full; retry later
+    ├── RetryLater           OVERLOADED   busy now: retry after ``retry_after`` seconds
+    │   ├── Overloaded       OVERLOADED   the model's queue is full
+    │   └── TooManyRequests  TOO_MANY_REQUESTS  an API key's limit of calls in progress
     ├── Unsupported          UNSUPPORTED  a feature this server does not offer
     ├── SpecError            INVALID_SPEC a broken model.yaml or model file
     ├── Conflict             CONFLICT     not in a state that allows it (a task's output
@@ -19,7 +21,6 @@ Exception tree::
     ├── Forbidden            FORBIDDEN    an admin call this server does not allow, or an
     │                                     API key without the scope a call needs
     ├── Unauthenticated      UNAUTHENTICATED  no API key, or one that is not valid
-    ├── TooManyRequests      TOO_MANY_REQUESTS  an API key's limit of calls in progress
     ├── Cancelled            CANCELLED    the client gave up (disconnected, cancelled the
     │                                     call) before its request ran; nobody reads it
     └── InferenceFailed      INTERNAL     the runtime raised while running a batch
@@ -57,19 +58,29 @@ class ModelportError(Exception):
 
 
 class ModelNotFound(ModelportError):
+    """No such model, version or label (a pipeline calling a model that is not there)."""
+
     kind = ErrorKind.NOT_FOUND
 
 
 class InvalidInput(ModelportError):
+    """The request cannot be run as sent; a runtime raises it for inputs its model
+    refuses (the client's fault, so the message should say what to send instead)."""
+
     kind = ErrorKind.INVALID_INPUT
 
 
 class ModelUnavailable(ModelportError):
+    """The model is known but cannot answer now: not loaded, failed to load, or a
+    resource it needs (a GPU, a remote server) is away."""
+
     kind = ErrorKind.UNAVAILABLE
 
 
-class Overloaded(ModelportError):
-    """The model's queue is full. ``retry_after`` is a hint in seconds."""
+class RetryLater(ModelportError):
+    """Busy now, not broken: the client may send the same call again after
+    ``retry_after`` seconds (a hint). Each transport turns the hint into its own form
+    (HTTP's Retry-After header, gRPC's ``retry-after`` trailer), in one place."""
 
     kind = ErrorKind.OVERLOADED
 
@@ -78,7 +89,15 @@ class Overloaded(ModelportError):
         self.retry_after = retry_after
 
 
+class Overloaded(RetryLater):
+    """The model's queue is full (or a remote server said it is busy)."""
+
+    kind = ErrorKind.OVERLOADED
+
+
 class Unsupported(ModelportError):
+    """A feature this server (or this runtime) does not offer."""
+
     kind = ErrorKind.UNSUPPORTED
 
 
@@ -89,14 +108,21 @@ class SpecError(ModelportError):
 
 
 class Conflict(ModelportError):
+    """Not in a state that allows the call (a task's output before it succeeded)."""
+
     kind = ErrorKind.CONFLICT
 
 
 class TooLarge(ModelportError):
+    """An upload over its size limit."""
+
     kind = ErrorKind.TOO_LARGE
 
 
 class InferenceFailed(ModelportError):
+    """The runtime failed while running a batch: the server's fault, not the client's.
+    Any other exception a runtime raises is reported as this one."""
+
     kind = ErrorKind.INTERNAL
 
 
@@ -113,14 +139,10 @@ class Unauthenticated(ModelportError):
     kind = ErrorKind.UNAUTHENTICATED
 
 
-class TooManyRequests(ModelportError):
-    """An API key has its limit of calls in progress. ``retry_after`` is a hint in seconds."""
+class TooManyRequests(RetryLater):
+    """An API key has its limit of calls in progress."""
 
     kind = ErrorKind.TOO_MANY_REQUESTS
-
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class Cancelled(ModelportError):

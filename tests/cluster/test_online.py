@@ -113,6 +113,12 @@ def test_a_gateway_serves_a_model_only_a_worker_hosts(
     assert [i["name"] for i in meta["inputs"]] == ["x"]
     assert meta["inputs"][0]["shape"] == [-1, 4]
     assert meta["platform"] == "python"  # the worker's platform, not "cluster"
+    # The web page's list and card show the same platform (they used to show "cluster").
+    page = httpx.get(f"{gateway.url}/api/models/scale", timeout=10).json()
+    assert (page["runtime"], page["platform"]) == ("cluster", "python")
+    assert httpx.get(f"{gateway.url}/v2/models/scale/config", timeout=10).json()["platform"] == (
+        "python"
+    )
     # The gateway's own model is served locally as before.
     local = httpx.post(f"{gateway.url}/v2/models/local/infer", timeout=10, json={
         "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2], "data": [1, 2]}]

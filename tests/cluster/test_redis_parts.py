@@ -70,10 +70,26 @@ async def test_redis_broker_wakes_a_waiting_worker(redis_server: RedisServer) ->
 async def test_heartbeats_list_live_workers_and_expire(redis_server: RedisServer) -> None:
     client = redis.asyncio.from_url(redis_server.url)
     directory = Directory(client, RedisKeys("test"), ttl_s=0.5)
-    model = HostedModel("scale", (1, 2), 8, ({"name": "x", "datatype": "FP32", "shape": [4]},),
-                        ({"name": "y", "datatype": "FP32", "shape": [4]},), "python")  # fmt: skip
-    info = WorkerInfo("w1", "worker", "host", 42, 1.0, 2.0, (model,), {"job": (1,)},
-                      ("gpu0",), {"t1": "gpu0"})  # fmt: skip
+    model = HostedModel(
+        name="scale",
+        versions=(1, 2),
+        max_batch_size=8,
+        inputs=({"name": "x", "datatype": "FP32", "shape": [4]},),
+        outputs=({"name": "y", "datatype": "FP32", "shape": [4]},),
+        platform="python",
+    )
+    info = WorkerInfo(
+        id="w1",
+        role="worker",
+        host="host",
+        pid=42,
+        started_at=1.0,
+        seen_at=2.0,
+        models=(model,),
+        task_models={"job": (1,)},
+        slots=("gpu0",),
+        running={"t1": "gpu0"},
+    )
     try:
         await directory.beat(info)
         (seen,) = await directory.read()

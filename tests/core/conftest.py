@@ -3,17 +3,15 @@ InferenceService over it, wired as app.py wires it (real runtimes, real event lo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from modelport.core.cache import MemoryLimits
-from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
-from modelport.core.service import InferenceService, LoopModelCaller
+from modelport.core.service import InferenceService
 from modelport.runtimes.fake import FakeRuntime
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.runtimes.python import PythonRuntime
@@ -38,18 +36,17 @@ async def serve(
 ) -> AsyncIterator[Callable[..., Awaitable[InferenceService]]]:
     """``await serve()`` starts a service over ``repo`` and loads every model in it.
     Test files annotate it as ``Start``: conftest modules are not imported by tests."""
-    registries: list[ModelRegistry] = []
+    services: list[InferenceService] = []
 
     async def start(load_all: bool = True, limits: MemoryLimits | None = None) -> InferenceService:
-        caller = LoopModelCaller()
-        registry = ModelRegistry(ModelRepository(repo), RUNTIMES, caller, limits)
-        service = InferenceService(registry, "modelport", "test")
-        caller.bind(service, asyncio.get_running_loop())
-        registries.append(registry)
+        service = InferenceService(
+            ModelRepository(repo), RUNTIMES, name="modelport", version="test", limits=limits
+        )
+        services.append(service)
         if load_all:
-            await registry.load_all()
+            await service.open()
         return service
 
     yield start
-    for registry in registries:
-        await registry.close()
+    for service in services:
+        await service.close()

@@ -9,7 +9,6 @@ run without a GPU and its driver.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,11 @@ import httpx
 import numpy as np
 import pytest
 
+from modelport.core.caller import LoopModelCaller
 from modelport.core.instances import NO_GPUS, Gpus, devices_for
-from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeContext
-from modelport.core.service import InferenceService, LoopModelCaller
+from modelport.core.service import InferenceService
 from modelport.errors import ModelUnavailable
 from modelport.observability.gpus import Nvml, discover_gpus, parse_gpu_ids
 from modelport.runtimes.fake import FakeRuntime
@@ -125,7 +124,10 @@ class _SessionWithoutCuda:
 @pytest.mark.parametrize("device", ["gpu", "auto"])
 def test_a_cuda_provider_that_did_not_start(tmp_path: Path, device: str) -> None:
     spec = _spec(device=device)
-    context = RuntimeContext(spec, 1, tmp_path, tmp_path / "1", 0, "cuda:0", LoopModelCaller())
+    unopened = InferenceService(ModelRepository(tmp_path), {}, name="modelport", version="test")
+    context = RuntimeContext(
+        spec, 1, tmp_path, tmp_path / "1", 0, "cuda:0", LoopModelCaller(unopened)
+    )
     runtime = OnnxRuntime(context)
     runtime.session = _SessionWithoutCuda()
     choice = choose_providers("m", "cuda:0", device, WITH_CUDA)
@@ -182,21 +184,20 @@ def test_the_gpus_setting_is_checked() -> None:
 @pytest.fixture
 async def serve_on(tmp_path: Path) -> AsyncIterator[Callable[[Gpus], Awaitable[InferenceService]]]:
     """``await serve_on(gpus)``: a service over ``tmp_path/models`` placing on ``gpus``."""
-    registries: list[ModelRegistry] = []
+    services: list[InferenceService] = []
 
     async def start(gpus: Gpus) -> InferenceService:
-        caller = LoopModelCaller()
         repository = ModelRepository(tmp_path / "models")
-        registry = ModelRegistry(repository, {"fake": FakeRuntime}, caller, gpus=gpus)
-        service = InferenceService(registry, "modelport", "test")
-        caller.bind(service, asyncio.get_running_loop())
-        registries.append(registry)
-        await registry.load_all()
+        service = InferenceService(
+            repository, {"fake": FakeRuntime}, name="modelport", version="test", gpus=gpus
+        )
+        services.append(service)
+        await service.open()
         return service
 
     yield start
-    for registry in registries:
-        await registry.close()
+    for service in services:
+        await service.close()
 
 
 async def test_instances_are_placed_on_the_declared_gpus(

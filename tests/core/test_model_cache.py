@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelport.core.cache import MemoryLimits, Resident, make_room
+from modelport.core.cache import MemoryLimits, Resident, files_size, make_room
 from modelport.core.service import InferenceService
 from modelport.errors import ModelUnavailable
 from modelport.tensors import InferenceRequest, Tensor
@@ -93,7 +93,7 @@ async def test_count_cap_unloads_the_least_recently_used(repo: Path, serve: Star
     await service.infer(_request("a"))
     await service.infer(_request("b"))  # c was used less recently than a
     assert _states(service) == {"a": ("READY", ""), "b": ("READY", ""), "c": _evicted()}
-    assert sum(1 for e in service.registry.entries.values() if e.versions) == 2
+    assert sum(1 for m in service.models() if m.versions) == 2
 
 
 async def test_metadata_of_an_evicted_model_needs_no_load(repo: Path, serve: Start) -> None:
@@ -121,7 +121,7 @@ async def test_byte_cap_counts_the_files_on_disk(repo: Path, serve: Start) -> No
     await service.infer(_request("a"))
     await service.infer(_request("b"))
     assert _states(service)["c"] == _evicted("max_loaded_bytes")
-    loaded = [e.size for e in service.registry.entries.values() if e.versions]
+    loaded = [files_size(repo / m.name, (1,)) for m in service.models() if m.versions]
     assert len(loaded) == 2 and sum(loaded) <= 2500
 
 
@@ -135,7 +135,7 @@ async def test_a_model_mid_request_is_never_evicted(repo: Path, serve: Start) ->
     # b's load must wait for a's request: a is not unloaded under it.
     fast = asyncio.create_task(service.infer(_request("b")))
     await asyncio.sleep(0.1)
-    assert not fast.done() and service.registry.entries["a"].versions
+    assert not fast.done() and service.model("a").versions
     assert (await slow).outputs[0].data.tolist() == [[1, 1]]
     await fast
     assert _states(service) == {"a": _evicted(), "b": ("READY", "")}
@@ -161,8 +161,9 @@ async def test_a_load_slower_than_the_timeout_fails_the_request(repo: Path, serv
     service = await serve(limits=MemoryLimits(max_models=1, load_timeout_s=0.2))
     with pytest.raises(ModelUnavailable, match=r"did not load again within 0.2 s"):
         await service.infer(_request("a"))
-    # The load goes on: the next request finds it done (or joins it).
-    service.registry.limits = MemoryLimits(max_models=1, load_timeout_s=5)
+    # The load goes on: a request once it is done finds it loaded.
+    while not service.model("a").versions:
+        await asyncio.sleep(0.01)
     await service.infer(_request("a"))
     assert _loads(repo, "a") == 2
 

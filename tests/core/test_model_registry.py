@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelport.core.registry import ModelState
-from modelport.core.service import InferenceService, LoopModelCaller
+from modelport.core.caller import LoopModelCaller
+from modelport.core.registry import IndexRow, ModelState
+from modelport.core.repository import ModelRepository
+from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput, ModelNotFound, ModelUnavailable, SpecError
 from modelport.tensors import InferenceRequest, Tensor
 from support.builders import add_sub_onnx, mlp_onnx, write_model
@@ -140,7 +142,7 @@ async def test_policy_selecting_nothing(repo: Path, serve: Start) -> None:
 async def test_unload_and_load_again(repo: Path, serve: Start) -> None:
     write_model(repo, "m", FAKE, {"1/.keep": ""})
     service = await serve()
-    runtime = service.registry.get("m").instances[0].runtime
+    runtime = service.get_version("m").instances[0].runtime
     await service.unload("m")
     assert _rows(service)["m"] == ("", "UNAVAILABLE", "unloaded")
     assert runtime.loaded is False  # type: ignore[attr-defined]
@@ -161,15 +163,17 @@ async def test_unknown_model(repo: Path, serve: Start) -> None:
         await service.infer(_fake_request("ghost"))
     for name in ("", "../m", ".hidden", "_private"):
         with pytest.raises(ModelNotFound):
-            service.registry.repository.source(name)
-    assert "ghost" not in service.registry.entries
+            ModelRepository(repo).source(name)
+    assert "ghost" not in [m.name for m in service.models()]
 
 
 async def test_models_not_loaded_are_listed(repo: Path, serve: Start) -> None:
     write_model(repo, "m", FAKE, {"1/.keep": ""})
     (repo / "__pycache__").mkdir()
     service = await serve(load_all=False)
-    assert service.index() == [service.registry.index()[0]]
+    assert service.index() == [
+        IndexRow(name="m", version="", state="UNAVAILABLE", reason="not loaded")
+    ]
     assert _rows(service) == {"m": ("", "UNAVAILABLE", "not loaded")}
     assert not service.ready()
 
@@ -230,7 +234,7 @@ instances: {count: 2}
     write_model(repo, "mlp", "runtime: onnx\nmax_batch_size: 8\n" + warmup)
     mlp_onnx(repo / "mlp" / "1" / "model.onnx", sizes=(16, 32, 4))
     service = await serve()
-    stats = service.registry.get("mlp").stats
+    stats = service.get_version("mlp").stats
     assert stats.warmup_ns > 0
     # Warm-up requests are not client requests: they are not counted.
     assert stats.execution_count == 0 and stats.success.count == 0
@@ -297,17 +301,17 @@ async def test_undeclared_inputs_of_a_runtime_that_cannot_tell(repo: Path, serve
 async def test_close_unloads_everything(repo: Path, serve: Start) -> None:
     write_model(repo, "m", FAKE, {"1/.keep": ""})
     service = await serve()
-    runtime = service.registry.get("m").instances[0].runtime
-    await service.registry.close()
+    runtime = service.get_version("m").instances[0].runtime
+    await service.close()
     assert runtime.loaded is False  # type: ignore[attr-defined]
-    assert service.registry.entries["m"].state is ModelState.UNAVAILABLE
+    assert service.model("m").state is ModelState.UNAVAILABLE
 
 
 async def test_a_loading_model_is_not_ready(repo: Path, serve: Start) -> None:
     yaml = PYTHON_YAML + "parameters: {setup_delay_1: 0.3}\n"
     folder = write_model(repo, "p", yaml, {"1/model.py": VERSIONED.format(version=1)})
     service = await serve(load_all=False)
-    loading = asyncio.create_task(service.registry.load_all())
+    loading = asyncio.create_task(service.open())
     while not (folder / "1" / "setup-started").exists():
         await asyncio.sleep(0.005)
     assert _rows(service)["p"] == ("", "LOADING", "")
@@ -319,9 +323,10 @@ async def test_a_loading_model_is_not_ready(repo: Path, serve: Start) -> None:
     assert await _version_answering(service) == 1
 
 
-async def test_models_cannot_be_called_before_the_server_starts() -> None:
+async def test_models_cannot_be_called_before_the_server_starts(repo: Path) -> None:
+    service = InferenceService(ModelRepository(repo), {}, name="modelport", version="test")
     with pytest.raises(ModelUnavailable, match="before the server has started"):
-        LoopModelCaller().infer("m", {"x": np.zeros(1)})
+        LoopModelCaller(service).infer("m", {"x": np.zeros(1)})
 
 
 async def test_warm_up_from_files(repo: Path, serve: Start) -> None:
@@ -341,6 +346,6 @@ warmup:
     write_model(repo, "outside", yaml.replace("warmup/sample.npy", "../../secret.npy"))
     mlp_onnx(repo / "outside" / "1" / "model.onnx", sizes=(4, 8, 2))
     service = await serve()
-    assert service.registry.get("mlp").stats.warmup_ns > 0
+    assert service.get_version("mlp").stats.warmup_ns > 0
     _, state, reason = _rows(service)["outside"]
     assert state == "UNAVAILABLE" and "outside the model's folder" in reason

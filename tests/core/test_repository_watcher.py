@@ -34,12 +34,12 @@ async def test_scan_follows_the_repository(repo: Path, serve: Start) -> None:
     write_model(repo, "a", FAKE, {"1/.keep": ""})
     write_model(repo, "b", FAKE, {"1/.keep": ""})
     service = await serve()
-    watcher = RepositoryWatcher(service.registry, 3600)
+    watcher = RepositoryWatcher(service, 3600)
     await watcher.start()
     try:
-        first = service.registry.get("a")
+        first = service.get_version("a")
         await watcher.scan()  # nothing changed: nothing reloads
-        assert service.registry.get("a") is first
+        assert service.get_version("a") is first
 
         write_model(repo, "c", FAKE, {"1/.keep": ""})
         (repo / "a" / "2").mkdir()
@@ -55,7 +55,7 @@ async def test_scan_follows_the_repository(repo: Path, serve: Start) -> None:
         shutil.rmtree(repo / "c")
         await watcher.scan()
         assert _rows(service) == {"a": ["2"], "b": ["1"]}
-        assert "c" not in service.registry.entries
+        assert "c" not in [m.name for m in service.models()]
 
         await service.unload("b")
         (repo / "b" / "model.yaml").write_text(FAKE + "\n")
@@ -69,12 +69,12 @@ async def test_scan_follows_the_repository(repo: Path, serve: Start) -> None:
 async def test_a_broken_change_keeps_the_old_version(repo: Path, serve: Start, broken: str) -> None:
     write_model(repo, "a", FAKE, {"1/.keep": ""})
     service = await serve()
-    watcher = RepositoryWatcher(service.registry, 3600)
+    watcher = RepositoryWatcher(service, 3600)
     await watcher.start()
     try:
         (repo / "a" / "model.yaml").write_text(broken)
         await watcher.scan()
         assert _rows(service) == {"a": ["1"]}
-        assert service.registry.get("a").spec.max_batch_size == 4
+        assert service.get_version("a").spec.max_batch_size == 4
     finally:
         await watcher.close()

@@ -34,11 +34,11 @@ def matches(found: list[dict], truth: list[dict]) -> list[float]:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     from modelport.api.http.app import create_app
     from modelport.observability.metrics import metrics_registry
-    from modelport.server.build import build_service, start_service
+    from modelport.server.build import build_service
     from modelport.settings import Settings
 
-    service, caller = build_service(Settings(repository=str(EXAMPLES)))
-    await start_service(service, caller)
+    service = build_service(Settings(repository=str(EXAMPLES)))
+    await service.open()
     _, asgi = create_app(service, metrics_registry(service), 64 * 1024 * 1024)
     try:
         async with httpx.AsyncClient(
@@ -46,7 +46,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         ) as http:
             yield http
     finally:
-        await service.registry.close()
+        await service.close()
 
 
 async def _detect(client: httpx.AsyncClient, model: str, data: bytes, **params: float) -> dict:

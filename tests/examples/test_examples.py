@@ -15,7 +15,7 @@ import pytest
 
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput
-from modelport.server.build import build_service, start_service
+from modelport.server.build import build_service
 from modelport.settings import EXAMPLES, Settings
 from modelport.tensors import InferenceRequest, Tensor
 
@@ -33,12 +33,12 @@ def _build_script() -> ModuleType:
 
 @pytest.fixture
 async def service() -> AsyncIterator[InferenceService]:
-    service, caller = build_service(Settings(repository=str(EXAMPLES)))
-    await start_service(service, caller)
+    service = build_service(Settings(repository=str(EXAMPLES)))
+    await service.open()
     try:
         yield service
     finally:
-        await service.registry.close()
+        await service.close()
 
 
 def _image_request(*images: bytes) -> InferenceRequest:

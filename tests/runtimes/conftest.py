@@ -3,17 +3,15 @@ InferenceService over it, wired as app.py wires it (real runtimes, real event lo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from modelport.core.instances import NO_GPUS, Gpus
-from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
-from modelport.core.service import InferenceService, LoopModelCaller
+from modelport.core.service import InferenceService
 from modelport.runtimes.fake import FakeRuntime
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.runtimes.python import PythonRuntime
@@ -39,18 +37,17 @@ async def serve(
     """``await serve()`` starts a service over ``repo`` and loads every model in it
     (``gpus=``: the GPUs models are placed on; none by default).
     Test files annotate it as ``Start``: conftest modules are not imported by tests."""
-    registries: list[ModelRegistry] = []
+    services: list[InferenceService] = []
 
     async def start(load_all: bool = True, gpus: Gpus = NO_GPUS) -> InferenceService:
-        caller = LoopModelCaller()
-        registry = ModelRegistry(ModelRepository(repo), RUNTIMES, caller, gpus=gpus)
-        service = InferenceService(registry, "modelport", "test")
-        caller.bind(service, asyncio.get_running_loop())
-        registries.append(registry)
+        service = InferenceService(
+            ModelRepository(repo), RUNTIMES, name="modelport", version="test", gpus=gpus
+        )
+        services.append(service)
         if load_all:
-            await registry.load_all()
+            await service.open()
         return service
 
     yield start
-    for registry in registries:
-        await registry.close()
+    for service in services:
+        await service.close()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from modelport.core.service import InferenceService
-from modelport.server.build import build_service, start_service
+from modelport.server.build import build_service
 from modelport.settings import Settings
 from modelport.supply.encryption import KEY_ENV, decrypt_bytes, encrypt_file, new_key, parse_key
 from modelport.tensors import InferenceRequest, Tensor
@@ -40,14 +40,14 @@ async def serve_app(repo: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
             monkeypatch.setenv(KEY_ENV, key)
         else:
             monkeypatch.delenv(KEY_ENV, raising=False)
-        service, caller = build_service(Settings(repository=str(repo), model_key_file=key_file))
+        service = build_service(Settings(repository=str(repo), model_key_file=key_file))
         services.append(service)
-        await start_service(service, caller)
+        await service.open()
         return service
 
     yield start
     for service in services:
-        await service.registry.close()
+        await service.close()
 
 
 def _encrypted_mlp(repo: Path, name: str, key: str = KEY) -> Path:

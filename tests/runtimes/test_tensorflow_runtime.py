@@ -24,9 +24,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
-from modelport.core.service import LoopModelCaller
+from modelport.core.service import InferenceService
 from modelport.errors import SpecError
 from modelport.runtimes.tensorflow import TensorflowRuntime
 from support.builders import write_model
@@ -268,14 +267,14 @@ async def test_without_tensorflow_the_model_is_unavailable_saying_what_to_instal
     # Stands in for a machine without the extra: a None entry makes the import fail.
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     write_model(tmp_path, "m", "runtime: tensorflow\n", {"1/saved_model.pb": b""})
-    registry = ModelRegistry(
-        ModelRepository(tmp_path), {"tensorflow": TensorflowRuntime}, LoopModelCaller()
+    service = InferenceService(
+        ModelRepository(tmp_path), {"tensorflow": TensorflowRuntime}, name="m", version="test"
     )
     try:
-        await registry.load_all()
-        (row,) = registry.index()
+        await service.open()
+        (row,) = service.index()
     finally:
-        await registry.close()
+        await service.close()
     assert row.state == "UNAVAILABLE"
     assert "pip install 'modelport[tensorflow]'" in row.reason
 

@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 from modelport.core.service import InferenceService
 from modelport.errors import InferenceFailed
 from modelport.runtimes.torch import PICKLE_REFUSED, TORCH_DTYPES, TorchRuntime
-from modelport.server.build import build_service, start_service
+from modelport.server.build import build_service
 from modelport.settings import Settings
 from modelport.supply.encryption import KEY_ENV, encrypt_file, new_key, parse_key
 from modelport.tensors import InferenceRequest, Tensor
@@ -124,14 +124,14 @@ async def serve_app(repo: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
             monkeypatch.setenv(KEY_ENV, key)
         else:
             monkeypatch.delenv(KEY_ENV, raising=False)
-        service, caller = build_service(Settings(repository=str(repo), **settings))
+        service = build_service(Settings(repository=str(repo), **settings))
         services.append(service)
-        await start_service(service, caller)
+        await service.open()
         return service
 
     yield start
     for service in services:
-        await service.registry.close()
+        await service.close()
 
 
 def _row(service: InferenceService, name: str) -> tuple[str, str]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
+from modelport.core.service import InferenceService
 from modelport.errors import Conflict, ModelNotFound, SpecError
 from modelport.spec import parse_spec
 from modelport.tasks.archives import ZipLimits
@@ -40,9 +40,9 @@ def test_a_container_section_is_parsed_and_checked() -> None:
 
 async def test_the_registry_lists_container_models_as_task_only(tmp_path: Path) -> None:
     write_model(tmp_path, "seg", "runtime: container\ncontainer: {image: x}\n", {"1/a": "x"})
-    registry = ModelRegistry(ModelRepository(tmp_path), {}, caller=None)  # type: ignore[arg-type]
-    await registry.load_all()
-    [row] = registry.index()
+    service = InferenceService(ModelRepository(tmp_path), {}, name="modelport", version="test")
+    await service.open()
+    [row] = service.index()
     assert (row.name, row.state) == ("seg", "UNAVAILABLE") and "POST /api/tasks" in row.reason
 
 

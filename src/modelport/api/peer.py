@@ -21,10 +21,10 @@ def peer_app(service: InferenceService, metrics: CollectorRegistry) -> Starlette
     """What a process answers its peers on its Unix socket (no keys: mode 0600)."""
 
     async def load(request: Request) -> Response:
-        return await _apply(service.registry.load, request.path_params["model"])
+        return await _apply(service.load_here, request.path_params["model"])
 
     async def unload(request: Request) -> Response:
-        return await _apply(service.registry.unload, request.path_params["model"])
+        return await _apply(service.unload_here, request.path_params["model"])
 
     async def local_metrics(request: Request) -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
@@ -43,13 +43,15 @@ def peer_app(service: InferenceService, metrics: CollectorRegistry) -> Starlette
             [{"name": s.name, "version": s.version, "counters": s.stats.counters()} for s in found]
         )
 
-    return Starlette(routes=[
-        Route("/peer/load/{model}", load, methods=["POST"]),
-        Route("/peer/unload/{model}", unload, methods=["POST"]),
-        Route("/peer/metrics", local_metrics),
-        Route("/peer/stats", stats),
-        Route("/peer/ready", ready),
-    ])  # fmt: skip
+    return Starlette(
+        routes=[
+            Route("/peer/load/{model}", load, methods=["POST"]),
+            Route("/peer/unload/{model}", unload, methods=["POST"]),
+            Route("/peer/metrics", local_metrics),
+            Route("/peer/stats", stats),
+            Route("/peer/ready", ready),
+        ]
+    )
 
 
 async def _apply(action: Callable[[str], Awaitable[Any]], model: str) -> Response:

@@ -185,7 +185,7 @@ def pull(
     from modelport.supply.pull import pull as pull_repository
 
     try:
-        result = pull_repository(url, dest, endpoint_url, err)
+        result = pull_repository(url, dest, endpoint_url=endpoint_url, console=err)
     except PullError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -41,6 +41,7 @@ class OnlineConsumer:
         client: Redis,
         keys: RedisKeys,
         service: InferenceService,
+        *,
         model: str,
         worker_id: str,
         batch: int,

@@ -27,7 +27,7 @@ TTL_S = 3.0
 FORGET_S = 3600.0  # drop ids of workers silent this long from the sorted set
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostedModel:
     """An online model a worker serves, as gateways need it to route and validate."""
 
@@ -40,21 +40,27 @@ class HostedModel:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "versions": list(self.versions),
-            "max_batch_size": self.max_batch_size, "inputs": list(self.inputs),
-            "outputs": list(self.outputs), "platform": self.platform,
-        }  # fmt: skip
+            "name": self.name,
+            "versions": list(self.versions),
+            "max_batch_size": self.max_batch_size,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "platform": self.platform,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HostedModel:
         return cls(
-            str(data["name"]), tuple(int(v) for v in data.get("versions", ())),
-            int(data.get("max_batch_size", 0)), tuple(data.get("inputs", ())),
-            tuple(data.get("outputs", ())), str(data.get("platform", "")),
-        )  # fmt: skip
+            name=str(data["name"]),
+            versions=tuple(int(v) for v in data.get("versions", ())),
+            max_batch_size=int(data.get("max_batch_size", 0)),
+            inputs=tuple(data.get("inputs", ())),
+            outputs=tuple(data.get("outputs", ())),
+            platform=str(data.get("platform", "")),
+        )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerInfo:
     """One node's heartbeat."""
 
@@ -71,25 +77,32 @@ class WorkerInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "role": self.role, "host": self.host, "pid": self.pid,
-            "started_at": self.started_at, "seen_at": self.seen_at,
+            "id": self.id,
+            "role": self.role,
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "seen_at": self.seen_at,
             "models": [m.to_json() for m in self.models],
             "task_models": {k: list(v) for k, v in self.task_models.items()},
             "slots": list(self.slots),
             "running": dict(self.running),
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WorkerInfo:
         return cls(
-            str(data["id"]), str(data.get("role", "worker")), str(data.get("host", "")),
-            int(data.get("pid", 0)), float(data.get("started_at", 0)),
-            float(data.get("seen_at", 0)),
-            tuple(HostedModel.from_json(m) for m in data.get("models", ())),
-            {k: tuple(v) for k, v in dict(data.get("task_models") or {}).items()},
-            tuple(data.get("slots", ())),
-            dict(data.get("running", {})),
-        )  # fmt: skip
+            id=str(data["id"]),
+            role=str(data.get("role", "worker")),
+            host=str(data.get("host", "")),
+            pid=int(data.get("pid", 0)),
+            started_at=float(data.get("started_at", 0)),
+            seen_at=float(data.get("seen_at", 0)),
+            models=tuple(HostedModel.from_json(m) for m in data.get("models", ())),
+            task_models={k: tuple(v) for k, v in dict(data.get("task_models") or {}).items()},
+            slots=tuple(data.get("slots", ())),
+            running=dict(data.get("running", {})),
+        )
 
 
 class Directory:
@@ -104,8 +117,8 @@ class Directory:
     async def beat(self, info: WorkerInfo) -> None:
         now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.worker(info.id), orjson.dumps(info.to_json()),
-                     px=int(self.ttl_s * 1000))  # fmt: skip
+            heartbeat = orjson.dumps(info.to_json())
+            pipe.set(self.keys.worker(info.id), heartbeat, px=int(self.ttl_s * 1000))
             pipe.zadd(self.keys.workers, {info.id: now})
             pipe.zremrangebyscore(self.keys.workers, 0, now - FORGET_S)
             await pipe.execute()

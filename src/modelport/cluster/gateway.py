@@ -27,6 +27,7 @@ from modelport.cluster.directory import Directory, HostedModel
 from modelport.cluster.keys import RedisKeys
 from modelport.core.repository import ModelRepository, ModelSource
 from modelport.core.runtime import RuntimeContext, Signature
+from modelport.core.service import ModelView
 from modelport.errors import (
     ErrorKind,
     InferenceFailed,
@@ -74,27 +75,38 @@ class ClusterRepository(ModelRepository):
         hosted = self.remote_models().get(name)
         if hosted is None:
             return self.local.source(name)  # raises ModelNotFound
-        spec = ModelSpec.model_validate({
-            "name": name, "runtime": CLUSTER_RUNTIME, "max_batch_size": hosted.max_batch_size,
-            "inputs": hosted.inputs, "outputs": hosted.outputs,
-            "instances": {"count": GATEWAY_INSTANCES},
-            "description": "served by workers through Redis",
-            "parameters": {"platform": hosted.platform},
-        })  # fmt: skip
+        spec = ModelSpec.model_validate(
+            {
+                "name": name,
+                "runtime": CLUSTER_RUNTIME,
+                "max_batch_size": hosted.max_batch_size,
+                "inputs": hosted.inputs,
+                "outputs": hosted.outputs,
+                "instances": {"count": GATEWAY_INSTANCES},
+                "description": "served by workers through Redis",
+                # The workers' platform, so clients see what they run, not "cluster".
+                "parameters": {"platform": hosted.platform},
+            }
+        )
         return ModelSource(name, Path(self.root, ".cluster", name), spec, hosted.versions)
 
 
-def hosted_model(name: str, versions: tuple[int, ...], spec: ModelSpec,
-                 signature: Signature, platform: str) -> HostedModel:  # fmt: skip
-    """How a worker advertises one of its online models."""
+def hosted_model(model: ModelView) -> HostedModel:
+    """How a worker advertises one of its online models (one that serves versions)."""
+    assert model.spec is not None and model.latest is not None
+    signature = model.latest.signature
 
     def dump(tensors: tuple[TensorSpec, ...]) -> tuple[dict[str, Any], ...]:
         return tuple(t.model_dump(mode="json", exclude_defaults=True) for t in tensors)
 
     return HostedModel(
-        name, versions, spec.max_batch_size, dump(signature.inputs), dump(signature.outputs),
-        platform,
-    )  # fmt: skip
+        name=model.name,
+        versions=tuple(v.version for v in model.versions),
+        max_batch_size=model.spec.max_batch_size,
+        inputs=dump(signature.inputs),
+        outputs=dump(signature.outputs),
+        platform=model.platform,
+    )
 
 
 class ClusterRuntime:
@@ -103,6 +115,7 @@ class ClusterRuntime:
     def __init__(
         self,
         context: RuntimeContext,
+        *,
         client: Redis,
         keys: RedisKeys,
         directory: Directory,
@@ -125,9 +138,13 @@ class ClusterRuntime:
         reply = self.keys.reply(request_id)
         deadline = time.time() + self.timeout_s
         header = {
-            "id": request_id, "model": self.model, "version": str(self.context.version),
-            "parameters": dict(parameters), "reply": reply, "deadline": deadline,
-        }  # fmt: skip
+            "id": request_id,
+            "model": self.model,
+            "version": str(self.context.version),
+            "parameters": dict(parameters),
+            "reply": reply,
+            "deadline": deadline,
+        }
         stream = self.keys.infer_stream(self.model)
         try:
             message_id = self.client.xadd(stream, {"m": wire.pack(header, inputs)})

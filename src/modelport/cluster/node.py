@@ -25,7 +25,7 @@ from modelport.cluster.directory import HEARTBEAT_S, Directory, HostedModel, Wor
 from modelport.cluster.gateway import CLUSTER_RUNTIME, ClusterRepository, hosted_model
 from modelport.cluster.keys import RedisKeys
 from modelport.core.registry import ModelState
-from modelport.core.service import InferenceService, platform_of
+from modelport.core.service import InferenceService, ModelView
 
 log = logging.getLogger("modelport.cluster")
 
@@ -38,21 +38,32 @@ def default_worker_id() -> str:
 
 
 class ClusterNode:
+    """One node's part in the cluster (see the module docstring).
+
+    ``role``: "worker" or "server"; ``task_models``, ``slots`` and ``running`` say what
+    tasks it can run and runs now, for its heartbeat; ``gateway``: the repository that
+    lists the models other workers host, which a server loads and routes to (None: it
+    routes nowhere).
+    """
+
     def __init__(
         self,
         client: Redis,
         keys: RedisKeys,
         directory: Directory,
+        *,
         service: InferenceService,
         worker_id: str,
         role: str,
         task_models: Callable[[], Mapping[str, tuple[int, ...]]] = dict,
         slots: tuple[str, ...] = (),
         running: Callable[[], Mapping[str, str]] = dict,
+        gateway: ClusterRepository | None = None,
     ) -> None:
         self.client, self.keys, self.directory = client, keys, directory
         self.service, self.worker_id, self.role = service, worker_id, role
         self.task_models, self.slots, self.running = task_models, slots, running
+        self.gateway = gateway
         self.started_at = time.time()
         self.consumers: dict[str, OnlineConsumer] = {}
         self._remote_seen: dict[str, float] = {}
@@ -103,59 +114,74 @@ class ClusterNode:
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
-            self.worker_id, self.role, socket.gethostname(), os.getpid(), self.started_at,
-            time.time(), tuple(self._hosted()), dict(self.task_models()), self.slots,
-            dict(self.running()),
-        )  # fmt: skip
+            id=self.worker_id,
+            role=self.role,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self.started_at,
+            seen_at=time.time(),
+            models=tuple(self._hosted()),
+            task_models=dict(self.task_models()),
+            slots=self.slots,
+            running=dict(self.running()),
+        )
+
+    def _local_ready(self) -> list[ModelView]:
+        """The models this node hosts itself and serves now (not those it routes to)."""
+        return [
+            model
+            for model in self.service.models()
+            if model.spec is not None
+            and model.spec.runtime != CLUSTER_RUNTIME
+            and model.state is ModelState.READY
+            and model.versions
+        ]
 
     def _hosted(self) -> list[HostedModel]:
-        hosted = []
-        for name, entry in sorted(self.service.registry.entries.items()):
-            spec = entry.spec
-            if spec is None or spec.runtime == CLUSTER_RUNTIME or not entry.versions:
-                continue
-            if entry.state is not ModelState.READY or entry.latest is None:
-                continue
-            latest = entry.latest
-            platform = platform_of(spec)
-            versions = tuple(sorted(entry.versions))
-            hosted.append(hosted_model(name, versions, spec, latest.signature, platform))
-        return hosted
+        return [hosted_model(model) for model in self._local_ready()]
 
     def _follow_local(self) -> None:
         """An online consumer for each local model that is ready, none for the others."""
-        ready = {m.name for m in self._hosted()}
-        for name in set(self.consumers) - ready:
+        ready = {model.name: model for model in self._local_ready()}
+        for name in set(self.consumers) - set(ready):
             consumer = self.consumers.pop(name)
             asyncio.create_task(consumer.stop())  # noqa: RUF006 (it ends on its own)
-        for name in ready - set(self.consumers):
-            entry = self.service.registry.entries[name]
-            assert entry.spec is not None
+        for name in set(ready) - set(self.consumers):
+            spec = ready[name].spec
+            assert spec is not None
             consumer = OnlineConsumer(
-                self.client, self.keys, self.service, name, self.worker_id,
-                entry.spec.max_batch_size, entry.spec.instances.count,
-            )  # fmt: skip
+                self.client,
+                self.keys,
+                self.service,
+                model=name,
+                worker_id=self.worker_id,
+                batch=spec.max_batch_size,
+                loops=spec.instances.count,
+            )
             consumer.start()
             self.consumers[name] = consumer
 
     async def _follow_remote(self) -> None:
         """Load the models other workers host (a gateway), reload the ones whose
         description changed, and drop the ones nobody has hosted for a while."""
-        repository = self.service.registry.repository
-        if not isinstance(repository, ClusterRepository):
+        if self.gateway is None:
             return
         now = time.monotonic()
-        remote = repository.remote_models()
-        registry = self.service.registry
+        remote = self.gateway.remote_models()
+        known = {model.name for model in self.service.models()}
         for name, hosted in remote.items():
             self._remote_seen[name] = now
-            if self._remote_described.get(name) != hosted or name not in registry.entries:
+            if self._remote_described.get(name) != hosted or name not in known:
                 self._remote_described[name] = hosted
-                await registry.load(name, raise_errors=False)
+                await self.service.load_here(name, raise_errors=False)
+        routed = {
+            model.name
+            for model in self.service.models()
+            if model.spec is not None and model.spec.runtime == CLUSTER_RUNTIME
+        }
         for name, seen in list(self._remote_seen.items()):
             if name not in remote and now - seen > FORGET_REMOTE_S:
                 del self._remote_seen[name]
                 self._remote_described.pop(name, None)
-                entry = registry.entries.get(name)
-                if entry is not None and entry.spec and entry.spec.runtime == CLUSTER_RUNTIME:
-                    await registry.remove(name)
+                if name in routed:
+                    await self.service.forget(name)

@@ -26,8 +26,8 @@ def pack(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     for name, array in arrays.items():
         datatype = datatype_of(array)
         raw = encode_tensor(array, datatype)
-        tensors.append({"name": name, "datatype": datatype, "shape": list(array.shape),
-                        "size": len(raw)})  # fmt: skip
+        shape = list(array.shape)
+        tensors.append({"name": name, "datatype": datatype, "shape": shape, "size": len(raw)})
         blobs.append(raw)
     head = orjson.dumps({**header, "tensors": tensors}, option=orjson.OPT_SERIALIZE_NUMPY)
     return b"".join([_LENGTH.pack(len(head)), head, *blobs])

@@ -34,7 +34,7 @@ class PredictCall:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Prediction:
     """A friendly answer before it is written as JSON."""
 
@@ -55,8 +55,10 @@ class FriendlyPredictor:
         params = _parameters(call.parameters)
         tensors, frame = _inputs(loaded, call)
         response = await self.service.infer(InferenceRequest(model, tensors, version))
-        body: dict[str, Any] = {"model_name": response.model_name,
-                                "model_version": response.model_version}  # fmt: skip
+        body: dict[str, Any] = {
+            "model_name": response.model_name,
+            "model_version": response.model_version,
+        }
         if frame is not None:
             body["image"] = {"width": frame.width, "height": frame.height}
         specs = {t.name: t for t in loaded.signature.outputs}
@@ -69,15 +71,24 @@ class FriendlyPredictor:
             value: Any
             if codec == "detections" and spec is not None:
                 found = decode_detections(
-                    data, frame, loaded.labels, spec.detections or DetectionsSpec(),
-                    params.get("score_threshold"), tensor.name,
-                )  # fmt: skip
+                    data,
+                    frame,
+                    loaded.labels,
+                    options=spec.detections or DetectionsSpec(),
+                    score_threshold=params.get("score_threshold"),
+                    name=tensor.name,
+                )
                 value = [d.to_json() for d in found]
                 if detections is None:
                     detections = found
             elif codec == "classification" and spec is not None:
-                value = top_k(data, loaded.labels, spec.classification or ClassificationSpec(),
-                              params.get("top_k"), tensor.name)  # fmt: skip
+                value = top_k(
+                    data,
+                    loaded.labels,
+                    options=spec.classification or ClassificationSpec(),
+                    k=params.get("top_k"),
+                    name=tensor.name,
+                )
             else:
                 codec, value = None, _plain(data)
             if codec is not None and codec not in body:
@@ -85,7 +96,7 @@ class FriendlyPredictor:
             else:
                 outputs[tensor.name] = value
         body["outputs"] = outputs
-        return Prediction(response, frame, detections, body)
+        return Prediction(response=response, frame=frame, detections=detections, body=body)
 
 
 def _parameters(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,7 +213,9 @@ def _fit(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 def _plain(data: np.ndarray) -> Any:
     if data.dtype == np.object_:
-        items = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
-                 for x in data.reshape(-1)]  # fmt: skip
+        items = [
+            x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+            for x in data.reshape(-1)
+        ]
         return items[0] if len(items) == 1 else np.asarray(items).reshape(data.shape).tolist()
     return data.reshape(-1)[0].item() if data.size == 1 else data.tolist()

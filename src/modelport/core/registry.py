@@ -64,7 +64,7 @@ class ModelState(StrEnum):
 TASK_ONLY = (ModelState.UNAVAILABLE, "a container model: it runs as tasks (POST /api/tasks)")
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, kw_only=True)
 class LoadedVersion:
     """One servable version: its resolved signature, batcher, instances and counters."""
 
@@ -83,8 +83,11 @@ class LoadedVersion:
         self.inputs_by_name = {t.name: t for t in self.signature.inputs}
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, kw_only=True)
 class ModelEntry:
+    """The registry's record of one model: its state, the reason it does not serve,
+    and its versions (serving, or standing in while evicted)."""
+
     name: str
     state: ModelState
     reason: str = ""
@@ -103,8 +106,11 @@ class ModelEntry:
         return self.versions[max(self.versions)] if self.versions else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IndexRow:
+    """One row of the repository index: a serving version, or a model serving none
+    (``version`` empty) with the reason."""
+
     name: str
     version: str
     state: str
@@ -112,10 +118,19 @@ class IndexRow:
 
 
 class ModelRegistry:
+    """Which models are loaded, in what state, and why not (see the module docstring).
+
+    The :class:`~modelport.core.service.InferenceService` owns one and is the only
+    caller: adapters ask the service. ``runtimes`` makes a runtime by the name in
+    model.yaml; ``caller`` is given to runtimes to call other models; ``limits`` caps
+    what stays loaded; ``gpus`` are where GPU instances may be placed.
+    """
+
     def __init__(
         self,
         repository: ModelRepository,
         runtimes: Mapping[str, RuntimeFactory],
+        *,
         caller: ModelCaller,
         limits: MemoryLimits | None = None,
         gpus: Gpus = NO_GPUS,
@@ -135,6 +150,8 @@ class ModelRegistry:
     # -- lookups (hot path) ---------------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> LoadedVersion:
+        """A serving version (the latest by default; an evicted model's stand-in loads it
+        again on its first request)."""
         entry = self.entries.get(name)
         if entry is None:
             raise ModelNotFound(f"unknown model '{name}'; GET /v2/repository/index lists them")
@@ -155,26 +172,37 @@ class ModelRegistry:
         return loaded
 
     def index(self) -> list[IndexRow]:
+        """Every model of the repository or the registry, a row per serving version."""
         names = sorted(set(self.repository.names()) | set(self.entries))
         rows: list[IndexRow] = []
         for name in names:
             entry = self.entries.get(name)
             if entry is None:
-                rows.append(IndexRow(name, "", "UNAVAILABLE", "not loaded"))
+                rows.append(
+                    IndexRow(name=name, version="", state="UNAVAILABLE", reason="not loaded")
+                )
             elif entry.versions:
                 state = entry.state.value if entry.state is not ModelState.LOADING else "READY"
-                rows += [IndexRow(name, str(v), state, "") for v in sorted(entry.versions)]
+                rows += [
+                    IndexRow(name=name, version=str(v), state=state, reason="")
+                    for v in sorted(entry.versions)
+                ]
             else:
-                rows.append(IndexRow(name, "", entry.state.value, entry.reason))
+                rows.append(
+                    IndexRow(name=name, version="", state=entry.state.value, reason=entry.reason)
+                )
         return rows
 
     # -- load / unload ----------------------------------------------------------------------
 
     async def load_all(self) -> None:
+        """Load every model of the repository at once; one failing fails only itself."""
         await asyncio.gather(*(self.load(n, raise_errors=False) for n in self.repository.names()))
         self.initial_load_done = True
 
     async def load(self, name: str, raise_errors: bool = True) -> ModelEntry:
+        """Load or reload a model (see the module docstring); with ``raise_errors``
+        False a failure is listed and logged, and only a ModelNotFound is raised."""
         room = self._room if self.limits.capped else contextlib.nullcontext()
         async with room, self._locks.setdefault(name, asyncio.Lock()):
             return await self._load_locked(name, raise_errors)
@@ -182,7 +210,7 @@ class ModelRegistry:
     async def _load_locked(self, name: str, raise_errors: bool) -> ModelEntry:
         entry = self.entries.get(name)
         if entry is None:
-            entry = self.entries[name] = ModelEntry(name, ModelState.LOADING)
+            entry = self.entries[name] = ModelEntry(name=name, state=ModelState.LOADING)
         elif not entry.versions and not entry.standby:
             # (An evicted model loading on demand stays listed as evicted until it is
             # READY: the server as a whole stays ready meanwhile.)
@@ -221,6 +249,7 @@ class ModelRegistry:
         return entry
 
     async def unload(self, name: str) -> None:
+        """Unload a model's versions; it stays listed, UNAVAILABLE ("unloaded")."""
         entry = self.entries.get(name)
         if entry is None:
             if name in self.repository.names():
@@ -241,6 +270,7 @@ class ModelRegistry:
             self.entries.pop(name, None)
 
     async def close(self) -> None:
+        """Unload every model."""
         for name in list(self.entries):
             await self.unload(name)
 
@@ -354,9 +384,14 @@ class ModelRegistry:
         try:
             for i, device in enumerate(devices):
                 ctx = RuntimeContext(
-                    spec, version, source.path, source.path / str(version), i, device,
-                    self.caller,
-                )  # fmt: skip
+                    spec=spec,
+                    version=version,
+                    model_dir=source.path,
+                    version_dir=source.path / str(version),
+                    instance=i,
+                    device=device,
+                    models=self.caller,
+                )
                 runtime = factory(ctx)
                 try:
                     await asyncio.to_thread(runtime.load)
@@ -377,15 +412,29 @@ class ModelRegistry:
             )
             batcher.start()
             loaded = LoadedVersion(
-                spec.name, version, spec, signature, _labels(source), batcher, instances,
-                stats, tuple(devices),
-            )  # fmt: skip
+                name=spec.name,
+                version=version,
+                spec=spec,
+                signature=signature,
+                labels=_labels(source),
+                batcher=batcher,
+                instances=instances,
+                stats=stats,
+                devices=tuple(devices),
+            )
         except BaseException:
             for inst in instances:
                 await asyncio.to_thread(inst.close)
             raise
         try:
-            await warm_up(spec.name, version, spec, signature, instances, loaded.stats, source.path)
+            await warm_up(
+                spec,
+                version,
+                signature=signature,
+                instances=instances,
+                stats=loaded.stats,
+                folder=source.path,
+            )
         except BaseException:
             await self._close_version(loaded)
             raise

@@ -2,7 +2,10 @@
 
 REST, gRPC, the compat APIs, the web page and the CLI all parse their wire format into
 an :class:`InferenceRequest`, call :meth:`InferenceService.infer`, and encode the
-:class:`InferenceResponse`. Validation against the model's signature lives here, once.
+:class:`InferenceResponse`. Validation against the model's signature lives here, once
+(``validation.py``). Whatever else an adapter needs to know of a model (its metadata,
+state, platform, Triton configuration, samples, counters) it asks the service too:
+the registry behind it is the service's own, and nothing outside the core reaches it.
 """
 
 from __future__ import annotations
@@ -12,52 +15,43 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import numpy as np
+from pathlib import Path
+from typing import Protocol
 
 from modelport.core.batcher import BatchResult
-from modelport.core.registry import IndexRow, LoadedVersion, ModelRegistry, ModelState
+from modelport.core.cache import MemoryLimits
+from modelport.core.caller import LoopModelCaller
+from modelport.core.instances import NO_GPUS, Gpus
+from modelport.core.registry import (
+    IndexRow,
+    LoadedVersion,
+    ModelEntry,
+    ModelRegistry,
+    ModelState,
+)
+from modelport.core.repository import ModelRepository
+from modelport.core.runtime import RuntimeFactory
 from modelport.core.stats import ModelStats
+from modelport.core.triton_config import TritonConfig, platform_of, triton_config
+from modelport.core.validation import checked_inputs, declared_outputs, output_names
 from modelport.errors import (
     Cancelled,
     Forbidden,
-    InferenceFailed,
-    InvalidInput,
     ModelNotFound,
     ModelportError,
     ModelUnavailable,
-    Overloaded,
 )
 from modelport.spec import ModelSpec, TensorSpec
-from modelport.tensors import (
-    InferenceRequest,
-    InferenceResponse,
-    RequestedOutput,
-    Tensor,
-    as_bytes_array,
-    datatype_of,
-    numpy_dtype,
-    too_many_elements,
-)
+from modelport.tensors import InferenceRequest, InferenceResponse
 
-# Triton's platform names, so clients that switch on them keep working.
-PLATFORMS = {
-    "onnx": "onnxruntime_onnx",
-    "torch": "pytorch_libtorch",
-    "tensorflow": "tensorflow_savedmodel",
-    "python": "python",
-}
+# A model's sample inputs, for the web page: ``<repository>/<model>/samples/``.
+SAMPLES_DIR = "samples"
 
 
-def platform_of(spec: ModelSpec) -> str:
-    """Triton's platform name of a model; a model served through other workers keeps
-    the platform its workers report (``parameters.platform``)."""
-    return str(spec.parameters.get("platform") or PLATFORMS.get(spec.runtime, spec.runtime))
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelMetadata:
+    """A model as KServe's metadata describes it (see :meth:`InferenceService.metadata`)."""
+
     name: str
     versions: tuple[str, ...]
     platform: str
@@ -66,7 +60,39 @@ class ModelMetadata:
     max_batch_size: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelView:
+    """One model as the service holds it now: its state (and why), the model.yaml it was
+    read from, and the versions that serve (none while evicted or unloaded)."""
+
+    name: str
+    state: ModelState
+    reason: str
+    spec: ModelSpec | None  # None: its model.yaml has not been read, or cannot be
+    versions: tuple[LoadedVersion, ...]  # oldest first
+
+    @property
+    def latest(self) -> LoadedVersion | None:
+        return self.versions[-1] if self.versions else None
+
+    @property
+    def platform(self) -> str:
+        """Triton's platform name (see :func:`platform_of`); "" without a spec."""
+        return platform_of(self.spec) if self.spec is not None else ""
+
+
+def _view(entry: ModelEntry, spec: ModelSpec | None = None) -> ModelView:
+    versions = tuple(loaded for _, loaded in sorted(entry.versions.items()))
+    return ModelView(
+        name=entry.name,
+        state=entry.state,
+        reason=entry.reason,
+        spec=spec or entry.spec,
+        versions=versions,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StartedInference:
     """A validated request on its way through the batcher (see ``InferenceService.start``)."""
 
@@ -79,6 +105,8 @@ class StartedInference:
 
 @dataclass(frozen=True, slots=True)
 class VersionStats:
+    """The counters of one model version (Triton's statistics extension)."""
+
     name: str
     version: str
     stats: ModelStats
@@ -95,41 +123,89 @@ class Peers(Protocol):
 
 
 class InferenceService:
+    """The core: models loaded from a repository, served to every adapter alike.
+
+    Built once, whole: it makes its own :class:`~modelport.core.registry.ModelRegistry`
+    (from ``repository`` and the ``runtimes`` by name) and the
+    :class:`~modelport.core.runtime.ModelCaller` its runtimes call other models through,
+    and nothing is set on it afterwards. :meth:`open` loads the models (inside the
+    event loop that will serve them), :meth:`close` unloads them.
+
+    Adapters call :meth:`infer` (or its two halves :meth:`start` and :meth:`finish`, on
+    the hot paths), the health and metadata methods, and the admin calls :meth:`load` and
+    :meth:`unload`. Every error is a :class:`~modelport.errors.ModelportError`; each
+    transport maps its kind to a status.
+
+    ``admin_refusal``: why admin calls are refused on this server ("" allows them).
+    ``max_tensor_elements``: the elements one input tensor may have (0: any).
+    ``peers``: the server's other processes (``--processes N``), told of loads and
+    unloads and asked for their counters.
+    """
+
     def __init__(
         self,
-        registry: ModelRegistry,
+        repository: ModelRepository,
+        runtimes: Mapping[str, RuntimeFactory],
+        *,
         name: str,
         version: str,
+        limits: MemoryLimits | None = None,
+        gpus: Gpus = NO_GPUS,
         admin_refusal: str = "",
         max_tensor_elements: int = 0,
         peers: Peers | None = None,
     ) -> None:
-        self.registry = registry
         self.name = name
         self.version = version
-        # Elements one input tensor may have (0: any); the decoders check it too, before
-        # they allocate, and this check covers every other way in.
+        # The decoders check max_tensor_elements too, before they allocate; this check
+        # covers every other way in.
         self.max_tensor_elements = max_tensor_elements
-        # Why admin calls (load, unload) are refused on this server; "" allows them.
         self.admin_refusal = admin_refusal
-        # With several server processes: the others, told of loads and unloads and asked
-        # for their statistics (gather_statistics adds them up).
         self._peers = peers
+        self._registry = ModelRegistry(
+            repository, runtimes, caller=LoopModelCaller(self), limits=limits, gpus=gpus
+        )
+        # The loop the models serve on, known once opened: runtimes' threads call
+        # other models through it (LoopModelCaller).
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load every model of the repository (one that fails is listed UNAVAILABLE with
+        its reason, and the others load); from now on runtimes may call models. (Not
+        :meth:`start`, which starts one inference.)"""
+        self._loop = asyncio.get_running_loop()
+        await self._registry.load_all()
+
+    async def close(self) -> None:
+        """Unload every model; each version first finishes the requests it accepted."""
+        await self._registry.close()
+
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the models serve on, for calls from other threads (a runtime
+        calling a model); ModelUnavailable before :meth:`open`."""
+        if self._loop is None:
+            raise ModelUnavailable("models cannot be called before the server has started")
+        return self._loop
 
     # -- health ---------------------------------------------------------------------------
 
     def live(self) -> bool:
+        """The process answers (KServe's liveness)."""
         return True
 
     def ready(self) -> bool:
         """Ready once every model has finished loading (failed ones do not block it)."""
-        return self.registry.initial_load_done and all(
-            e.state is not ModelState.LOADING for e in self.registry.entries.values()
+        return self._registry.initial_load_done and all(
+            e.state is not ModelState.LOADING for e in self._registry.entries.values()
         )
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether ``name`` (at ``version``, else its latest) takes requests now;
+        ModelNotFound for a model or version the server does not know."""
         try:
-            self.registry.get(name, version)
+            self._registry.get(name, version)
         except ModelUnavailable:
             return False
         return True
@@ -137,6 +213,8 @@ class InferenceService:
     # -- inference ------------------------------------------------------------------------
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Run one request: validate it against the model's signature, batch it with
+        others, and answer with the outputs requested (every declared one by default)."""
         started = self.start(request)
         with contextlib.suppress(ModelportError):  # finish() records and raises it
             await started.future
@@ -151,16 +229,18 @@ class InferenceService:
         The two halves let the HTTP fast path answer from a callback, with no task per
         request; :meth:`infer` is the same two halves with an ``await`` between them.
         """
-        loaded = self.registry.get(request.model_name, request.model_version)
+        loaded = self._registry.get(request.model_name, request.model_version)
         begun = time.perf_counter_ns()
         try:
-            inputs = _check_inputs(loaded, request.inputs, self.max_tensor_elements)
-            names = _check_outputs(loaded, request.outputs)
+            inputs = checked_inputs(loaded, request.inputs, self.max_tensor_elements)
+            names = output_names(loaded, request.outputs)
             future = loaded.batcher.submit(inputs, request.parameters, done)
         except ModelportError as exc:
             loaded.stats.record_request(False, time.perf_counter_ns() - begun, 0, exc.kind.value)
             raise
-        return StartedInference(loaded, request, names, begun, future)
+        return StartedInference(
+            loaded=loaded, request=request, names=names, begun=begun, future=future
+        )
 
     def finish(self, started: StartedInference) -> InferenceResponse:
         """The response of a started request whose future is done; raises its error."""
@@ -175,7 +255,9 @@ class InferenceService:
             if error is not None:
                 raise error
             result = started.future.result()
-            outputs = _build_outputs(loaded, result.outputs, started.names, request.outputs)
+            outputs = declared_outputs(
+                loaded, result.outputs, names=started.names, requested=request.outputs
+            )
         except ModelportError as exc:
             elapsed = time.perf_counter_ns() - started.begun
             loaded.stats.record_request(False, elapsed, 0, exc.kind.value)
@@ -186,29 +268,33 @@ class InferenceService:
     # -- metadata, repository, statistics -------------------------------------------------
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
-        loaded = self.registry.get(name, version)
-        entry = self.registry.entries[name]
+        """KServe's model metadata: versions, platform, and the signature with the batch
+        dimension (-1) in front where the model batches."""
+        loaded = self._registry.get(name, version)
+        entry = self._registry.entries[name]
         batch = (-1,) if loaded.spec.batches else ()
 
         def with_batch(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
             return tuple(t.model_copy(update={"shape": (*batch, *t.shape)}) for t in specs)
 
         return ModelMetadata(
-            name,
-            tuple(str(v) for v in sorted(entry.versions)),
-            platform_of(loaded.spec),
-            with_batch(loaded.signature.inputs),
-            with_batch(loaded.signature.outputs),
-            loaded.spec.max_batch_size,
+            name=name,
+            versions=tuple(str(v) for v in sorted(entry.versions)),
+            platform=platform_of(loaded.spec),
+            inputs=with_batch(loaded.signature.inputs),
+            outputs=with_batch(loaded.signature.outputs),
+            max_batch_size=loaded.spec.max_batch_size,
         )
 
     def get_version(self, name: str, version: str = "") -> LoadedVersion:
-        return self.registry.get(name, version)
+        """A serving version of ``name`` (its latest by default): its spec, signature,
+        labels and counters. ModelNotFound or ModelUnavailable when there is none."""
+        return self._registry.get(name, version)
 
     def version_for_label(self, name: str, label: str) -> str:
         """The version a label of ``version_labels`` in model.yaml names (TF Serving's
         version labels, e.g. ``{stable: 1, canary: 2}``)."""
-        loaded = self.registry.get(name)
+        loaded = self._registry.get(name)
         labels = loaded.spec.version_labels
         if not labels:
             raise ModelNotFound(
@@ -225,7 +311,7 @@ class InferenceService:
     def model_status(self, name: str, version: str = "") -> list[IndexRow]:
         """The state of each version of one model (or of ``version``), as in the index.
         A model that serves no version has one row, with an empty version."""
-        rows = [r for r in self.registry.index() if r.name == name]
+        rows = [r for r in self._registry.index() if r.name == name]
         if not rows:
             raise ModelNotFound(f"unknown model '{name}'")
         if version and rows[0].version:
@@ -235,20 +321,92 @@ class InferenceService:
         return rows
 
     def index(self, ready_only: bool = False) -> list[IndexRow]:
-        rows = self.registry.index()
+        """Every model of the repository (and every one served through other workers),
+        a row per serving version, with its state and the reason it does not serve."""
+        rows = self._registry.index()
         return [r for r in rows if r.state == "READY"] if ready_only else rows
 
+    def models(self) -> list[ModelView]:
+        """Every model the service has loaded or tried to, by name; reads no files, so
+        metrics and heartbeats may call it as often as they like."""
+        return [_view(entry) for _, entry in sorted(self._registry.entries.items())]
+
+    def model(self, name: str) -> ModelView:
+        """One model of the repository, loaded or not: a model not (yet) loaded has its
+        model.yaml read for the spec (None where it cannot be read)."""
+        entry = self._registry.entries.get(name)
+        spec = entry.spec if entry is not None else None
+        if spec is None:
+            with contextlib.suppress(ModelportError):
+                spec = self._registry.repository.source(name).spec
+        if entry is not None:
+            return _view(entry, spec)
+        if spec is None and name not in self._registry.repository.names():
+            raise ModelNotFound(f"unknown model '{name}'")
+        return ModelView(
+            name=name, state=ModelState.UNAVAILABLE, reason="not loaded", spec=spec, versions=()
+        )
+
+    def model_config(self, name: str, version: str = "") -> TritonConfig:
+        """The configuration of a serving version in Triton's terms, for the
+        model_configuration extension over HTTP and gRPC alike."""
+        loaded = self._registry.get(name, version)
+        return triton_config(loaded.spec, loaded.signature)
+
+    def samples_folder(self, name: str) -> Path:
+        """Where a model's sample inputs are (``<model>/samples/`` in the repository);
+        the folder may not exist. ModelNotFound for a model the server does not know."""
+        self.model_status(name)
+        return self._registry.repository.root / name / SAMPLES_DIR
+
+    # -- admin ----------------------------------------------------------------------------
+
     async def load(self, name: str) -> None:
+        """Load or reload a model, in every server process (an admin call: Forbidden
+        where admin calls are refused). Its old versions serve until the new ones are
+        ready, and keep serving if they fail."""
         self._check_admin()
-        await self.registry.load(name)
+        await self._registry.load(name)
         if self._peers is not None:
             await self._peers.broadcast("load", name)
 
     async def unload(self, name: str) -> None:
+        """Unload a model in every server process (an admin call, as :meth:`load`); it
+        stays unloaded until loaded again, whatever its files do."""
         self._check_admin()
-        await self.registry.unload(name)
+        await self._registry.unload(name)
         if self._peers is not None:
             await self._peers.broadcast("unload", name)
+
+    async def load_here(self, name: str, *, raise_errors: bool = True) -> None:
+        """Load or reload a model in this process only, with no admin check: what
+        another process was asked to do (the peers' socket), a model another worker
+        advertises (a cluster gateway), or files that changed (the watchers). With
+        ``raise_errors`` False a failed load is logged and listed, not raised (a
+        ModelNotFound still is)."""
+        await self._registry.load(name, raise_errors=raise_errors)
+
+    async def unload_here(self, name: str) -> None:
+        """Unload a model in this process only (see :meth:`load_here`)."""
+        await self._registry.unload(name)
+
+    async def forget(self, name: str) -> None:
+        """Unload a model that left the repository, here, and drop it from the index."""
+        await self._registry.remove(name)
+
+    # -- the repository's folders, for the watchers (core/watcher.py) ---------------------
+
+    def model_folders(self) -> dict[str, Path]:
+        """Each model's folder in the repository, by name."""
+        repository = self._registry.repository
+        return {name: repository.root / name for name in repository.names()}
+
+    def follows_its_files(self, name: str) -> bool:
+        """Whether a change of ``name``'s files should load it again: not when it was
+        unloaded through the API (it stays unloaded), nor while evicted by the memory
+        limits (it reads its new files when it loads on demand)."""
+        entry = self._registry.entries.get(name)
+        return entry is None or not (entry.unloaded or entry.standby)
 
     def _check_admin(self) -> None:
         if self.admin_refusal:
@@ -276,138 +434,13 @@ class InferenceService:
         if not name:
             return [
                 VersionStats(e.name, str(v), lv.stats)
-                for e in self.registry.entries.values()
+                for e in self._registry.entries.values()
                 for v, lv in sorted(e.versions.items())
             ]
-        entry = self.registry.entries.get(name)
+        entry = self._registry.entries.get(name)
         if entry is None:
             raise ModelNotFound(f"unknown model '{name}'")
         if version:
-            loaded = self.registry.get(name, version)
+            loaded = self._registry.get(name, version)
             return [VersionStats(name, version, loaded.stats)]
         return [VersionStats(name, str(v), lv.stats) for v, lv in sorted(entry.versions.items())]
-
-
-def _check_inputs(
-    loaded: LoadedVersion, tensors: tuple[Tensor, ...], max_elements: int
-) -> dict[str, np.ndarray]:
-    expected = loaded.inputs_by_name
-    batching = loaded.spec.max_batch_size
-    inputs: dict[str, np.ndarray] = {}
-    rows = -1
-    for tensor in tensors:
-        spec = expected.get(tensor.name)
-        if spec is None:
-            raise InvalidInput(
-                f"model '{loaded.name}' has no input '{tensor.name}'; "
-                f"its inputs are {list(expected)}"
-            )
-        if tensor.name in inputs:
-            raise InvalidInput(f"input '{tensor.name}' is given twice")
-        if tensor.datatype != spec.datatype:
-            raise InvalidInput(
-                f"input '{tensor.name}' has datatype {tensor.datatype}, but model "
-                f"'{loaded.name}' expects {spec.datatype}"
-            )
-        shape = tensor.data.shape
-        if max_elements and tensor.data.size > max_elements:
-            raise too_many_elements(tensor.name, shape, tensor.data.size, max_elements)
-        dims = shape[1:] if batching else shape
-        ok_rank = len(dims) == len(spec.shape) and (not batching or len(shape) >= 1)
-        if not ok_rank or any(w != -1 and w != d for w, d in zip(spec.shape, dims, strict=False)):
-            want = ("-1", *map(str, spec.shape)) if batching else tuple(map(str, spec.shape))
-            raise InvalidInput(
-                f"input '{tensor.name}' has shape {list(shape)}, but model '{loaded.name}' "
-                f"expects [{', '.join(want)}] (-1 is any size)"
-            )
-        if batching:
-            if not 1 <= shape[0] <= batching:
-                raise InvalidInput(
-                    f"input '{tensor.name}' has batch size {shape[0]}; model "
-                    f"'{loaded.name}' takes 1 to {batching} (max_batch_size)"
-                )
-            if rows not in (-1, shape[0]):
-                raise InvalidInput("all inputs of one request need the same batch size")
-            rows = shape[0]
-        inputs[tensor.name] = tensor.data
-    missing = [name for name in expected if name not in inputs]
-    if missing:
-        raise InvalidInput(f"model '{loaded.name}' needs input(s) {missing}, which are missing")
-    return inputs
-
-
-def _check_outputs(loaded: LoadedVersion, requested: tuple[RequestedOutput, ...]) -> list[str]:
-    declared = [t.name for t in loaded.signature.outputs]
-    if not requested:
-        return declared
-    names = [r.name for r in requested]
-    unknown = [n for n in names if declared and n not in declared]
-    if unknown:
-        raise InvalidInput(
-            f"model '{loaded.name}' has no output(s) {unknown}; its outputs are {declared}"
-        )
-    return names
-
-
-def _build_outputs(
-    loaded: LoadedVersion,
-    result: Mapping[str, np.ndarray],
-    names: list[str],
-    requested: tuple[RequestedOutput, ...],
-) -> tuple[Tensor, ...]:
-    specs = {t.name: t for t in loaded.signature.outputs}
-    params = {r.name: r.parameters for r in requested}
-    out: list[Tensor] = []
-    for name in names or list(result):
-        array = result.get(name)
-        if array is None:
-            raise ModelUnavailable(
-                f"model '{loaded.name}' did not produce its declared output '{name}'"
-            )
-        spec = specs.get(name)
-        array = np.asarray(array)
-        datatype = spec.datatype if spec else datatype_of(array)
-        if datatype == "BYTES":
-            array = as_bytes_array(array)
-        elif array.dtype != numpy_dtype(datatype):
-            array = array.astype(numpy_dtype(datatype))
-        out.append(Tensor(name, datatype, array, params.get(name, {})))
-    return tuple(out)
-
-
-class LoopModelCaller:
-    """A :class:`ModelCaller` for runtimes: calls the service from the runtime's thread
-    by scheduling on the event loop and waiting. Inputs are cast to the called model's
-    declared datatypes, so a pipeline can pass plain numpy arrays."""
-
-    def __init__(self) -> None:
-        self._service: InferenceService | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def bind(self, service: InferenceService, loop: asyncio.AbstractEventLoop) -> None:
-        self._service, self._loop = service, loop
-
-    def infer(
-        self, model: str, inputs: Mapping[str, Any], version: str = ""
-    ) -> dict[str, np.ndarray]:
-        if self._service is None or self._loop is None:
-            raise ModelUnavailable("models cannot be called before the server has started")
-        loaded = self._service.registry.get(model, version)
-        tensors = []
-        for name, value in inputs.items():
-            spec = loaded.inputs_by_name.get(name)
-            array = np.asarray(value)
-            if spec is not None and spec.datatype != "BYTES":
-                array = array.astype(numpy_dtype(spec.datatype), copy=False)
-            elif spec is not None:
-                array = as_bytes_array(array)
-            tensors.append(Tensor(name, spec.datatype if spec else datatype_of(array), array))
-        request = InferenceRequest(model, tuple(tensors), version)
-        future = asyncio.run_coroutine_threadsafe(self._service.infer(request), self._loop)
-        try:
-            return {t.name: t.data for t in future.result().outputs}
-        except (ModelUnavailable, Overloaded):
-            raise
-        except ModelportError as exc:
-            # The pipeline built a bad call: the pipeline's fault, not its client's.
-            raise InferenceFailed(f"calling model '{model}' failed: {exc.message}") from exc

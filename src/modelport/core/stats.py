@@ -118,18 +118,22 @@ class ModelStats:
     def counters(self) -> dict[str, Any]:
         """What the statistics extension reports, as JSON data, for :meth:`add_counters`
         in another process (the histograms stay per process: /metrics labels them)."""
+
+        def pair(duration: Duration) -> list[int]:
+            return [duration.count, duration.ns]
+
         return {
-            "durations": {name: [d.count, d.ns] for name in DURATIONS
-                          for d in (getattr(self, name),)},
+            "durations": {name: pair(getattr(self, name)) for name in DURATIONS},
             "inference_count": self.inference_count,
             "execution_count": self.execution_count,
             "last_inference_ms": self.last_inference_ms,
             "warmup_ns": self.warmup_ns,
             "failures_by_reason": dict(self.failures_by_reason),
-            "batches": {str(size): [[getattr(b, n).count, getattr(b, n).ns]
-                                    for n in BATCH_DURATIONS]
-                        for size, b in self.batches.items()},
-        }  # fmt: skip
+            "batches": {
+                str(size): [pair(getattr(b, n)) for n in BATCH_DURATIONS]
+                for size, b in self.batches.items()
+            },
+        }
 
     def add_counters(self, counters: dict[str, Any]) -> None:
         """Add another process's :meth:`counters` to these (the latest inference wins;

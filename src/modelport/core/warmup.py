@@ -42,6 +42,7 @@ def warmup_inputs(
     signature: Signature,
     spec: ModelSpec,
     sample: WarmupSpec,
+    *,
     rng: np.random.Generator,
     folder: Path | None = None,
 ) -> dict[str, np.ndarray]:
@@ -55,7 +56,9 @@ def warmup_inputs(
         how: Any = sample.inputs.get(tensor.name, "zeros")
         dtype = numpy_dtype(tensor.datatype)
         if isinstance(how, Mapping):
-            inputs[tensor.name] = _from_file(tensor, shape, spec.batches, how, folder)
+            inputs[tensor.name] = _from_file(
+                tensor, shape, batches=spec.batches, how=how, folder=folder
+            )
         elif tensor.datatype == "BYTES":
             inputs[tensor.name] = np.full(shape, b"", dtype=np.object_)
         elif how == "zeros":
@@ -70,6 +73,7 @@ def warmup_inputs(
 def _from_file(
     tensor: TensorSpec,
     shape: tuple[int, ...],
+    *,
     batches: bool,
     how: Mapping[str, Any],
     folder: Path | None,
@@ -94,9 +98,9 @@ def _from_file(
 
 
 async def warm_up(
-    name: str,
-    version: int,
     spec: ModelSpec,
+    version: int,
+    *,
     signature: Signature,
     instances: list[Instance],
     stats: ModelStats,
@@ -105,11 +109,12 @@ async def warm_up(
     """Run the ``warmup`` samples on every instance; SpecError names what failed."""
     if not spec.warmup:
         return
+    name = spec.name
     start = time.perf_counter_ns()
     rng = np.random.default_rng(0)
     try:
         for sample in spec.warmup:
-            inputs = warmup_inputs(signature, spec, sample, rng, folder)
+            inputs = warmup_inputs(signature, spec, sample, rng=rng, folder=folder)
             for _ in range(sample.count):
                 for inst in instances:
                     await asyncio.to_thread(inst.run_blocking, inputs, {})

@@ -24,7 +24,7 @@ log = logging.getLogger("modelport.observability.gpus")
 NONE = "none"  # the gpus setting's value for "use no GPU, whatever the host has"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GpuReading:
     """One GPU at one moment, as NVML reports it."""
 
@@ -84,11 +84,11 @@ class Nvml:
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         utilization = nvml.nvmlDeviceGetUtilizationRates(handle)
         return GpuReading(
-            index,
-            name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name),
-            float(utilization.gpu),
-            int(memory.used),
-            int(memory.total),
+            index=index,
+            name=name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name),
+            utilization_percent=float(utilization.gpu),
+            memory_used_bytes=int(memory.used),
+            memory_total_bytes=int(memory.total),
         )
 
 

@@ -49,21 +49,22 @@ class ModelMetrics(Collector):
         )
         histograms = {
             "request": HistogramMetricFamily(
-                "modelport_request_duration_seconds", "Request latency in the server",
+                "modelport_request_duration_seconds",
+                "Request latency in the server",
                 labels=labels,
             ),
             "queue": HistogramMetricFamily(
-                "modelport_queue_duration_seconds", "Time a request waited for an instance",
+                "modelport_queue_duration_seconds",
+                "Time a request waited for an instance",
                 labels=labels,
             ),
             "compute": HistogramMetricFamily(
-                "modelport_compute_duration_seconds", "Time a batch took to run",
-                labels=labels,
+                "modelport_compute_duration_seconds", "Time a batch took to run", labels=labels
             ),
             "batch": HistogramMetricFamily(
                 "modelport_batch_size", "Rows per executed batch", labels=labels
             ),
-        }  # fmt: skip
+        }
         depth = GaugeMetricFamily(
             "modelport_queue_depth", "Requests waiting for an instance", labels=labels
         )
@@ -73,10 +74,10 @@ class ModelMetrics(Collector):
         ready = GaugeMetricFamily(
             "modelport_model_ready", "1 when the model serves", labels=["model"]
         )
-        for entry in self.service.registry.entries.values():
-            ready.add_metric([entry.name], 1.0 if entry.versions else 0.0)
-            for number, loaded in entry.versions.items():
-                key = [entry.name, str(number)]
+        for model in self.service.models():
+            ready.add_metric([model.name], 1.0 if model.versions else 0.0)
+            for loaded in model.versions:
+                key = [model.name, str(loaded.version)]
                 s = loaded.stats
                 requests.add_metric([*key, "success"], s.success.count)
                 for reason, count in s.failures_by_reason.items():

@@ -6,7 +6,6 @@ they run from here, so a part is put together one way wherever it runs.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,12 +15,12 @@ from pathlib import Path
 
 from modelport import __version__
 from modelport.api.http.tasks import TaskRoutes
+from modelport.cluster.gateway import ClusterRepository
 from modelport.cluster.node import ClusterNode
 from modelport.core.cache import MemoryLimits
-from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
-from modelport.core.service import InferenceService, LoopModelCaller, Peers
+from modelport.core.service import InferenceService, Peers
 from modelport.observability.gpus import Nvml, discover_gpus
 from modelport.runtimes.container import ContainerRuntime
 from modelport.runtimes.fake import FakeRuntime
@@ -67,10 +66,9 @@ def build_service(
     repository: ModelRepository | None = None,
     extra_runtimes: Mapping[str, RuntimeFactory] | None = None,
     peers: Peers | None = None,
-) -> tuple[InferenceService, LoopModelCaller]:
-    """The core, wired but not started (models load in :func:`start_service`); GPU
+) -> InferenceService:
+    """The core, whole but not opened (models load in ``await service.open()``); GPU
     models are placed on the ``gpus`` setting's ids, else on those ``nvml`` finds."""
-    caller = LoopModelCaller()
     gpus = discover_gpus(settings.gpus, nvml or Nvml.open())
     log.info("GPUs for models: %s (%s)", list(gpus.ids) or "none", gpus.source)
     limits = MemoryLimits(
@@ -88,22 +86,17 @@ def build_service(
     runtimes: dict[str, RuntimeFactory] = {**RUNTIMES, "onnx": onnx, "torch": torch}
     runtimes["remote"] = remote
     runtimes.update(extra_runtimes or {})
-    repository = repository or ModelRepository(settings.repository_path)
-    registry = ModelRegistry(repository, runtimes, caller, limits, gpus)
-    service = InferenceService(
-        registry,
-        settings.server_name,
-        __version__,
+    return InferenceService(
+        repository or ModelRepository(settings.repository_path),
+        runtimes,
+        name=settings.server_name,
+        version=__version__,
+        limits=limits,
+        gpus=gpus,
         admin_refusal=core_admin_refusal(settings),
         max_tensor_elements=settings.max_tensor_elements,
         peers=peers,
     )
-    return service, caller
-
-
-async def start_service(service: InferenceService, caller: LoopModelCaller) -> None:
-    caller.bind(service, asyncio.get_running_loop())
-    await service.registry.load_all()
 
 
 def core_admin_refusal(settings: Settings) -> str:
@@ -247,9 +240,15 @@ def task_routes(
     )
 
 
-def server_node(cluster: Cluster, service: InferenceService, tasks: TaskService) -> ClusterNode:
+def server_node(
+    cluster: Cluster,
+    service: InferenceService,
+    tasks: TaskService,
+    gateway: ClusterRepository | None,
+) -> ClusterNode:
     """The node of ``modelport serve --broker``: it advertises its own models and task
-    slots to other gateways, and routes to the models of workers (a gateway)."""
+    slots to other gateways, and routes to the models of workers that ``gateway``, the
+    service's repository, lists."""
     worker = tasks.worker
     slots = tuple(s.name for s in worker.slots) if worker is not None else ()
     running = worker.running if worker is not None else {}
@@ -257,12 +256,13 @@ def server_node(cluster: Cluster, service: InferenceService, tasks: TaskService)
         cluster.client,
         cluster.keys,
         cluster.directory,
-        service,
-        cluster.worker_id,
-        "server",
-        lambda: task_models(tasks.repository),
-        slots,
-        lambda: {task: slot.name for task, slot in running.items()},
+        service=service,
+        worker_id=cluster.worker_id,
+        role="server",
+        task_models=lambda: task_models(tasks.repository),
+        slots=slots,
+        running=lambda: {task: slot.name for task, slot in running.items()},
+        gateway=gateway,
     )
 
 

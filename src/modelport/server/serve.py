@@ -38,7 +38,6 @@ from modelport.server.build import (
     build_task_service,
     pull_repository,
     server_node,
-    start_service,
     task_routes,
 )
 from modelport.server.cluster import connect
@@ -99,15 +98,17 @@ async def serve(
         if cluster is not None:
             stack.push_async_callback(cluster.close)
         local = ModelRepository(settings.repository_path)
+        # With a broker, the repository also lists the models other workers host.
+        gateway = cluster.repository(local) if cluster else None
         peers = SocketPeers(process) if process is not None else None
-        service, caller = build_service(
+        service = build_service(
             settings,
             nvml=nvml,
-            repository=cluster.repository(local) if cluster else local,
+            repository=gateway if gateway is not None else local,
             extra_runtimes=cluster.runtimes(settings) if cluster else None,
             peers=peers,
         )
-        stack.push_async_callback(service.registry.close)
+        stack.push_async_callback(service.close)
         primary = process is None or process.primary
         tasks = build_task_service(
             settings,
@@ -186,18 +187,16 @@ async def serve(
         if pulls and process is None:
             await pull_repository(settings)  # a PullError stops the server here
         await tasks.start()
-        await start_service(service, caller)
+        await service.open()
         if cluster is not None:
-            node = server_node(cluster, service, tasks)
+            node = server_node(cluster, service, tasks, gateway)
             await node.start()
             stack.push_async_callback(node.stop)
         if settings.poll_seconds:
             watcher = (
-                PullingWatcher(
-                    service.registry, settings.poll_seconds, lambda: pull_repository(settings)
-                )
+                PullingWatcher(service, settings.poll_seconds, lambda: pull_repository(settings))
                 if pulls
-                else RepositoryWatcher(service.registry, settings.poll_seconds)
+                else RepositoryWatcher(service, settings.poll_seconds)
             )
             await watcher.start()
             stack.push_async_callback(watcher.close)

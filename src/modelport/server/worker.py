@@ -24,7 +24,6 @@ from modelport.server.build import (
     build_service,
     build_task_worker,
     pull_repository,
-    start_service,
 )
 from modelport.server.cluster import connect, task_models
 from modelport.settings import Settings
@@ -50,7 +49,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     if is_url(settings.repository):
         await pull_repository(settings)  # a bucket: the same local copy serve makes
     local = ModelRepository(settings.repository_path, worker_models(settings))
-    service, caller = build_service(settings, repository=local)
+    service = build_service(settings, repository=local)
     storage = TaskStorage.open(settings)
     worker = build_task_worker(
         settings,
@@ -65,22 +64,22 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         cluster.client,
         cluster.keys,
         cluster.directory,
-        service,
-        cluster.worker_id,
-        "worker",
-        lambda: task_models(local),
-        tuple(s.name for s in worker.slots),
-        lambda: {task: slot.name for task, slot in worker.running.items()},
+        service=service,
+        worker_id=cluster.worker_id,
+        role="worker",
+        task_models=lambda: task_models(local),
+        slots=tuple(s.name for s in worker.slots),
+        running=lambda: {task: slot.name for task, slot in worker.running.items()},
     )
     async with contextlib.AsyncExitStack() as stack:
         # Stopped in the reverse order: the worker first, the Redis clients last.
         stack.push_async_callback(cluster.close)
         stack.push_async_callback(asyncio.to_thread, storage.store.close)
-        stack.push_async_callback(service.registry.close)
+        stack.push_async_callback(service.close)
         stack.push_async_callback(node.stop)
         stack.push_async_callback(worker.stop)
         stack.callback(log.info, "worker %s stopping", cluster.worker_id)
-        await start_service(service, caller)
+        await service.open()
         await node.start()
         if worker.slots:
             await worker.start()

@@ -42,8 +42,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from modelport.core.registry import ModelRegistry
-from modelport.core.watcher import RepositoryWatcher
+from modelport.core.watcher import RepositoryWatcher, WatchedModels
 
 MANIFEST = ".modelport-pull.json"
 CHUNK = 1024 * 1024
@@ -61,7 +60,7 @@ class PullError(Exception):
     message names the (redacted) URL and the reason."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RemoteFile:
     """One file of the source: its path under the URL ('/'-separated), size, checksum."""
 
@@ -142,7 +141,9 @@ def list_source(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[Remo
             raise PullError(f"{redact(url)}: unexpected path {path!r} in the listing")
         if any(p.startswith(".") for p in parts):
             continue
-        files.append(RemoteFile(key, path, int(info.get("size") or 0), checksum(info)))
+        files.append(
+            RemoteFile(key=key, path=path, size=int(info.get("size") or 0), checksum=checksum(info))
+        )
     if not files:
         raise PullError(f"{redact(url)}: no files there (a missing bucket or prefix?)")
     return files
@@ -188,7 +189,7 @@ def _local_target(dest: Path, key: str) -> Path:
 
 
 def pull(
-    url: str, dest: Path, endpoint_url: str = "", console: Console | None = None
+    url: str, dest: Path, *, endpoint_url: str = "", console: Console | None = None
 ) -> PullResult:
     """Bring ``dest`` in line with the repository at ``url`` (see the module docstring).
 
@@ -218,7 +219,7 @@ def pull(
     try:
         with _progress(console, sum(f.size for f in todo)) as advance:
             for remote in todo:
-                manifest[remote.key] = _copy(fs, remote, dest, url, advance)
+                manifest[remote.key] = _copy(fs, remote, dest=dest, url=url, advance=advance)
                 result.copied.append(remote.key)
                 result.bytes_copied += remote.size
         keys = {f.key for f in files}
@@ -232,9 +233,13 @@ def pull(
         _write_atomic(dest / MANIFEST, lambda out: out.write(json.dumps(doc, indent=1).encode()))
     log.info(
         "pulled %s into %s: %d copied (%d bytes), %d unchanged, %d removed",
-        redact(url), dest, len(result.copied), result.bytes_copied, len(result.skipped),
+        redact(url),
+        dest,
+        len(result.copied),
+        result.bytes_copied,
+        len(result.skipped),
         len(result.removed),
-    )  # fmt: skip
+    )
     return result
 
 
@@ -244,9 +249,12 @@ def _progress(console: Console | None, total: int) -> Any:
         yield lambda n: None
         return
     columns = (
-        TextColumn("[bold]pulling"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TextColumn("[bold]pulling"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
         TimeRemainingColumn(),
-    )  # fmt: skip
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("pull", total=total)
         yield lambda n: bar.advance(task, n)
@@ -255,6 +263,7 @@ def _progress(console: Console | None, total: int) -> Any:
 def _copy(
     fs: fsspec.AbstractFileSystem,
     remote: RemoteFile,
+    *,
     dest: Path,
     url: str,
     advance: Callable[[int], None],
@@ -299,11 +308,11 @@ class PullingWatcher(RepositoryWatcher):
 
     def __init__(
         self,
-        registry: ModelRegistry,
+        models: WatchedModels,
         interval_s: float,
         pull_again: Callable[[], Awaitable[object]],
     ) -> None:
-        super().__init__(registry, interval_s)
+        super().__init__(models, interval_s)
         self._pull_again = pull_again
 
     async def scan(self) -> None:
@@ -317,4 +326,4 @@ class PullingWatcher(RepositoryWatcher):
 
 async def pull_in_thread(url: str, dest: Path, endpoint_url: str = "") -> PullResult:
     """:func:`pull` off the event loop (the stores' clients block)."""
-    return await asyncio.to_thread(pull, url, dest, endpoint_url)
+    return await asyncio.to_thread(pull, url, dest, endpoint_url=endpoint_url)

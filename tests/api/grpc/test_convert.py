@@ -1,14 +1,22 @@
-"""Proto <-> tensors in process: typed contents, raw bytes, parameters, and bad input."""
+"""Proto <-> tensors in process: typed contents, raw bytes, parameters, and bad input;
+the model configuration message; the trailers of errors that ask for a retry."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from modelport.api.grpc.convert import decode_request, encode_response, parameters
+from modelport.api.grpc.convert import decode_request, encode_response, model_config, parameters
+from modelport.api.grpc.errors import error_trailers
+from modelport.api.http.errors import error_parts
+from modelport.api.http.v2 import config_json
 from modelport.codecs.v2_binary import encode_tensor
-from modelport.errors import InvalidInput
+from modelport.core.runtime import Signature
+from modelport.core.triton_config import triton_config
+from modelport.errors import InvalidInput, ModelportError, Overloaded, TooManyRequests
 from modelport.protos import grpc_service_pb2 as pb
+from modelport.protos import model_config_pb2 as config_pb
+from modelport.spec import parse_spec
 from modelport.tensors import InferenceResponse, Tensor
 
 pytestmark = pytest.mark.timeout(10)
@@ -101,3 +109,45 @@ def test_response_is_typed_only_when_every_output_can_be() -> None:
     mixed = encode_response(InferenceResponse("m", "1", (ints, half)), True)
     assert not mixed.outputs[0].HasField("contents")
     assert mixed.raw_output_contents == [ints.data.tobytes(), half.data.tobytes()]
+
+
+def test_the_model_config_message_encodes_the_one_config_value() -> None:
+    spec = parse_spec(
+        "m",
+        "runtime: onnx\nmax_batch_size: 8\nbatching: {preferred_batch_sizes: [4]}\n"
+        "instances: {count: 2, device: gpu, gpus: [1]}\nversion_policy: {all: true}\n"
+        "inputs: [{name: x, datatype: BYTES, shape: [3]}]\n"
+        "outputs: [{name: y, datatype: FP32, shape: [2]}]\nparameters: {k: [1]}\n",
+        "model.yaml",
+    )
+    config = triton_config(spec, Signature(spec.inputs, spec.outputs))
+    message = model_config(config)
+    assert (message.name, message.platform, message.backend) == ("m", "onnxruntime_onnx", "onnx")
+    assert message.input[0].data_type == config_pb.TYPE_STRING
+    assert list(message.input[0].dims) == [3] and message.output[0].data_type == config_pb.TYPE_FP32
+    group = message.instance_group[0]
+    assert (group.count, group.kind, list(group.gpus)) == (2, group.KIND_GPU, [1])
+    assert message.version_policy.HasField("all")
+    assert list(message.dynamic_batching.preferred_batch_size) == [4]
+    assert message.parameters["k"].string_value == "[1]"
+    # HTTP encodes the same value (api/http/v2.py), field for field.
+    http = config_json(config)
+    assert http["input"] == [{"name": "x", "dims": [3], "data_type": "TYPE_STRING"}]
+    assert http["instance_group"] == [{"count": 2, "kind": "KIND_GPU"}]
+    assert http["dynamic_batching"]["preferred_batch_size"] == [4]
+
+
+@pytest.mark.parametrize(
+    ("error", "trailers"),
+    [
+        (Overloaded("busy", retry_after=0.2), (("retry-after", "1"),)),
+        (TooManyRequests("limit", retry_after=2.6), (("retry-after", "3"),)),
+        (InvalidInput("bad"), ()),
+    ],
+)
+def test_retry_later_errors_carry_a_retry_after_trailer(
+    error: ModelportError, trailers: tuple[tuple[str, str], ...]
+) -> None:
+    assert error_trailers(error) == trailers
+    _, _, headers = error_parts(error)
+    assert [(k.decode(), v.decode()) for k, v in headers if k == b"retry-after"] == list(trailers)

@@ -182,13 +182,13 @@ async def inproc_keyed(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient,
     from modelport.api.http.auth import AuthMiddleware
     from modelport.observability.metrics import metrics_registry
     from modelport.security.access import AccessPolicy, Guard
-    from modelport.server.build import build_service, start_service
+    from modelport.server.build import build_service
     from modelport.settings import Settings
 
     repo, _ = build_auth_repository(tmp_path)
     settings = Settings(repository=str(repo))
-    service, caller = build_service(settings)
-    await start_service(service, caller)
+    service = build_service(settings)
+    await service.open()
     store = KeyStore(tmp_path / "keys.json")
     token = store.create("inproc", ["infer"]).token
     _, asgi = create_app(service, metrics_registry(service), settings.max_request_bytes)
@@ -198,7 +198,7 @@ async def inproc_keyed(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient,
         async with httpx.AsyncClient(transport=transport, base_url="http://inproc") as client:
             yield client, token
     finally:
-        await service.registry.close()
+        await service.close()
 
 
 async def test_the_middleware_guards_the_asgi_infer_path(

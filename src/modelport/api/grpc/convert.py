@@ -8,7 +8,6 @@ in kind, except that FP16 and BF16, which have no typed list, always travel raw.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
-from modelport.core.registry import IndexRow, LoadedVersion
+from modelport.core.registry import IndexRow
 from modelport.core.service import ModelMetadata, VersionStats
 from modelport.core.stats import Duration
+from modelport.core.triton_config import ConfigTensor, TritonConfig, VersionChoice
 from modelport.errors import InvalidInput
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import model_config_pb2 as config_pb
@@ -106,7 +106,7 @@ def decode_request(
                 )
             data = decode_tensor(name, datatype, shape, raw[i])
         else:
-            data = _from_contents(name, datatype, shape, item.contents)
+            data = _from_contents(name, datatype, shape, contents=item.contents)
         tensors.append(Tensor(name, datatype, data, _parameters_of(item)))
     outputs = tuple(RequestedOutput(o.name, _parameters_of(o)) for o in message.outputs)
     request = InferenceRequest(
@@ -121,7 +121,7 @@ def decode_request(
 
 
 def _from_contents(
-    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
+    name: str, datatype: str, shape: tuple[int, ...], *, contents: pb.InferTensorContents
 ) -> np.ndarray:
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
@@ -207,51 +207,44 @@ def metadata_response(meta: ModelMetadata) -> pb.ModelMetadataResponse:
     )
 
 
-def _triton_type(datatype: str) -> str:
-    """The name of Triton's DataType value (protobuf takes enum values by name)."""
-    return "TYPE_STRING" if datatype == "BYTES" else "TYPE_" + datatype
+def model_config(config: TritonConfig) -> config_pb.ModelConfig:
+    """Triton's model configuration as its protobuf message."""
 
+    def tensors(items: tuple[ConfigTensor, ...], kind: Any) -> list[Any]:
+        return [kind(name=t.name, data_type=t.data_type, dims=t.dims) for t in items]
 
-def model_config(loaded: LoadedVersion, platform: str) -> config_pb.ModelConfig:
-    """The model's configuration in Triton's format, built from its model.yaml."""
-    spec = loaded.spec
-    config = config_pb.ModelConfig(
-        name=spec.name,
-        platform=platform,
-        backend=spec.runtime,
-        max_batch_size=spec.max_batch_size,
-        input=[
-            config_pb.ModelInput(name=t.name, data_type=_triton_type(t.datatype), dims=t.shape)
-            for t in loaded.signature.inputs
-        ],
-        output=[
-            config_pb.ModelOutput(name=t.name, data_type=_triton_type(t.datatype), dims=t.shape)
-            for t in loaded.signature.outputs
-        ],
+    group = config.instance_group
+    message = config_pb.ModelConfig(
+        name=config.name,
+        platform=config.platform,
+        backend=config.backend,
+        max_batch_size=config.max_batch_size,
+        input=tensors(config.inputs, config_pb.ModelInput),
+        output=tensors(config.outputs, config_pb.ModelOutput),
         instance_group=[
             config_pb.ModelInstanceGroup(
-                count=spec.instances.count,
-                kind=config_pb.ModelInstanceGroup.KIND_GPU
-                if spec.instances.device == "gpu"
-                else config_pb.ModelInstanceGroup.KIND_CPU,
-                gpus=spec.instances.gpus,
+                count=group.count,
+                kind=config_pb.ModelInstanceGroup.Kind.Value(group.kind.value),
+                gpus=group.gpus,
             )
         ],
     )
-    policy = spec.version_policy
-    if policy.all:
-        config.version_policy.all.SetInParent()
-    elif policy.specific is not None:
-        config.version_policy.specific.versions.extend(policy.specific)
+    policy = config.version_policy
+    if policy.choice is VersionChoice.ALL:
+        message.version_policy.all.SetInParent()
+    elif policy.choice is VersionChoice.SPECIFIC:
+        message.version_policy.specific.versions.extend(policy.versions)
     else:
-        config.version_policy.latest.num_versions = policy.latest or 1
-    if spec.batches:
-        config.dynamic_batching.preferred_batch_size.extend(spec.batching.preferred_batch_sizes)
-        config.dynamic_batching.max_queue_delay_microseconds = spec.batching.max_queue_delay_us
-    for key, value in spec.parameters.items():
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-        config.parameters[key].string_value = text
-    return config
+        message.version_policy.latest.num_versions = policy.num_versions
+    batching = config.dynamic_batching
+    if batching is not None:
+        message.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_size)
+        message.dynamic_batching.max_queue_delay_microseconds = (
+            batching.max_queue_delay_microseconds
+        )
+    for key, text in config.parameters.items():
+        message.parameters[key].string_value = text
+    return message
 
 
 def index_response(rows: list[IndexRow]) -> pb.RepositoryIndexResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from modelport.errors import ErrorKind, ModelportError, Overloaded, TooManyRequests
+from modelport.errors import ErrorKind, ModelportError, RetryLater
 
 STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -27,8 +27,17 @@ STATUS: dict[ErrorKind, grpc.StatusCode] = {
 RETRY_AFTER = "retry-after"
 
 
+def error_trailers(exc: ModelportError) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata a call ending with ``exc`` carries besides its status:
+    ``retry-after`` in whole seconds (at least one) for a :class:`RetryLater`."""
+    if isinstance(exc, RetryLater):
+        return ((RETRY_AFTER, str(max(1, round(exc.retry_after)))),)
+    return ()
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: ModelportError) -> None:
     """End the call with the status of ``exc``'s kind and its message (never returns)."""
-    if isinstance(exc, Overloaded | TooManyRequests):
-        context.set_trailing_metadata(((RETRY_AFTER, str(max(1, round(exc.retry_after)))),))
+    trailers = error_trailers(exc)
+    if trailers:
+        context.set_trailing_metadata(trailers)
     await context.abort(STATUS[exc.kind], exc.message)

@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from modelport.api.grpc.errors import RETRY_AFTER, STATUS
+from modelport.api.grpc.errors import STATUS, error_trailers
 from modelport.api.grpc.h2 import PROTOCOL_ERROR, H2Connection, Stream
 from modelport.api.grpc.hpack_codec import HeaderList, encode_literal
 from modelport.api.grpc.wire import (
@@ -41,7 +41,7 @@ from modelport.api.grpc.wire import (
     read_head,
 )
 from modelport.codecs.compression import InflatedTooLarge
-from modelport.errors import ModelportError, Overloaded, TooManyRequests
+from modelport.errors import ModelportError
 from modelport.security.access import Grant
 
 log = logging.getLogger("modelport.grpc")
@@ -444,9 +444,9 @@ class Call:
         if isinstance(answer, bytes):
             self.reply(answer)
         elif isinstance(answer, ModelportError):
-            if isinstance(answer, Overloaded | TooManyRequests):
-                retry = str(max(1, round(answer.retry_after)))
-                self.context.set_trailing_metadata(((RETRY_AFTER, retry),))
+            trailers = error_trailers(answer)
+            if trailers:
+                self.context.set_trailing_metadata(trailers)
             self.finish(STATUS[answer.kind], answer.message)
         else:
             log.error("gRPC %s failed", self.path, exc_info=answer)

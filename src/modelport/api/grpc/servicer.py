@@ -119,10 +119,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
-        name = routed_model(request.name, context)
-        loaded = self.service.get_version(name, request.version)
-        platform = self.service.metadata(name, request.version).platform
-        return pb.ModelConfigResponse(config=convert.model_config(loaded, platform))
+        config = self.service.model_config(routed_model(request.name, context), request.version)
+        return pb.ModelConfigResponse(config=convert.model_config(config))
 
     @maps_errors
     async def ModelStatistics(

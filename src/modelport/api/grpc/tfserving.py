@@ -140,11 +140,11 @@ def decode_input(name: str, proto: tensor_pb2.TensorProto, max_elements: int = 0
         if datatype == "BYTES":
             raise InvalidInput(f"input '{name}': DT_STRING values go in string_val")
         return Tensor(name, datatype, decode_tensor(name, datatype, shape, proto.tensor_content))
-    return Tensor(name, datatype, _from_values(name, datatype, shape, proto))
+    return Tensor(name, datatype, _from_values(name, datatype, shape, proto=proto))
 
 
 def _from_values(
-    name: str, datatype: str, shape: tuple[int, ...], proto: tensor_pb2.TensorProto
+    name: str, datatype: str, shape: tuple[int, ...], *, proto: tensor_pb2.TensorProto
 ) -> np.ndarray:
     field, wide_type = VALUE_FIELD[datatype]
     values = getattr(proto, field)
@@ -165,15 +165,15 @@ def _from_values(
     if len(wide) < count:  # TensorFlow pads a short list with its last value
         wide = np.concatenate([wide, np.repeat(wide[-1:], count - len(wide))])
     if datatype == "FP16":
-        _check_range(name, field, wide, np.dtype(np.uint16))
+        _check_range(name, field, wide=wide, dtype=np.dtype(np.uint16))
         return wide.astype(np.uint16).view(np.float16).reshape(shape)
     dtype = DATATYPES[datatype]
     if dtype.kind in "iu" and dtype != wide.dtype:
-        _check_range(name, field, wide, dtype)
+        _check_range(name, field, wide=wide, dtype=dtype)
     return wide.astype(dtype, copy=False).reshape(shape)
 
 
-def _check_range(name: str, field: str, wide: np.ndarray, dtype: np.dtype[Any]) -> None:
+def _check_range(name: str, field: str, *, wide: np.ndarray, dtype: np.dtype[Any]) -> None:
     info = np.iinfo(dtype)
     if wide.size and (wide.min() < info.min or wide.max() > info.max):
         raise InvalidInput(f"input '{name}': a value in {field} is out of the range of {dtype}")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import orjson
 from fastapi import Response
 
-from modelport.errors import ErrorKind, ModelportError, Overloaded, TooManyRequests, Unauthenticated
+from modelport.errors import ErrorKind, ModelportError, RetryLater, Unauthenticated
 
 STATUS: dict[ErrorKind, int] = {
     ErrorKind.NOT_FOUND: 404,
@@ -27,16 +30,21 @@ STATUS: dict[ErrorKind, int] = {
 def error_parts(exc: ModelportError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """Status, JSON body and extra headers for a core error."""
     headers: list[tuple[bytes, bytes]] = []
-    if isinstance(exc, Overloaded | TooManyRequests):
+    if isinstance(exc, RetryLater):
+        # Whole seconds, at least one: Retry-After takes no fractions, and 0 invites a storm.
         headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
     elif isinstance(exc, Unauthenticated):
         headers.append((b"www-authenticate", b'Bearer realm="modelport"'))
     return STATUS[exc.kind], orjson.dumps({"error": exc.message}), headers
 
 
-def error_response(exc: ModelportError) -> Response:
-    """A framework response for a core error (the routes outside the fast path)."""
+def error_response(exc: ModelportError, extra: Mapping[str, Any] | None = None) -> Response:
+    """A framework response for a core error (the routes outside the fast path): the
+    app's one handler answers with it; a compat API whose body has fields of its own
+    besides ``error`` passes them as ``extra``."""
     status, body, headers = error_parts(exc)
+    if extra:
+        body = orjson.dumps({**extra, "error": exc.message})
     response = Response(body, status, media_type="application/json")
     for key, value in headers:
         response.headers[key.decode()] = value.decode()

@@ -19,22 +19,23 @@ query, the form or the JSON ``parameters``. ``POST /predictor/`` (form fields
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 
-from modelport.api.http.errors import error_parts
+from modelport.api.http.errors import error_response
 from modelport.core.friendly import FriendlyPredictor, PredictCall
 from modelport.core.registry import LoadedVersion
-from modelport.core.service import PLATFORMS, InferenceService
+from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput, ModelNotFound, ModelportError
 from modelport.spec import TensorSpec
 
 PARAMETERS = ("score_threshold", "top_k")
-SAMPLES_DIR = "samples"
 SAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
@@ -62,7 +63,6 @@ def _stats(loaded: LoadedVersion) -> dict[str, Any]:
 
 def model_summary(service: InferenceService, name: str) -> dict[str, Any]:
     """One model as the page's list shows it: state, runtime, devices, counters."""
-    entry = service.registry.entries.get(name)
     rows = service.model_status(name)
     row = rows[0]
     summary: dict[str, Any] = {
@@ -76,16 +76,12 @@ def model_summary(service: InferenceService, name: str) -> dict[str, Any]:
         "description": "",
         "stats": None,
     }
-    spec = entry.spec if entry is not None else None
-    loaded = entry.latest if entry is not None else None
-    if spec is None:
-        try:
-            spec = service.registry.repository.source(name).spec
-        except ModelportError:
-            spec = None
-    if spec is not None:
-        summary.update(runtime=spec.runtime, description=spec.description,
-                       platform=PLATFORMS.get(spec.runtime, spec.runtime))  # fmt: skip
+    model = service.model(name)
+    if model.spec is not None:
+        summary.update(
+            runtime=model.spec.runtime, description=model.spec.description, platform=model.platform
+        )
+    loaded = model.latest
     if loaded is not None:
         summary["devices"] = sorted(set(loaded.devices))
         summary["stats"] = _stats(loaded)
@@ -111,7 +107,7 @@ def model_card(service: InferenceService, name: str, version: str = "") -> dict[
 
 
 def _samples(service: InferenceService, name: str) -> list[Path]:
-    folder = service.registry.repository.root / name / SAMPLES_DIR
+    folder = service.samples_folder(name)
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES)
@@ -124,14 +120,20 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type="application/json")
 
 
-def _error(exc: ModelportError, extra: dict[str, Any] | None = None) -> Response:
-    status, body, headers = error_parts(exc)
-    if extra:
-        body = orjson.dumps({**extra, **orjson.loads(body)})
-    response = Response(body, status, media_type="application/json")
-    for key, value in headers:
-        response.headers[key.decode()] = value.decode()
-    return response
+class _DetectorServerRoute(APIRoute):
+    """The FastAPI + Redis detector server's errors: its ``{"success": false, "error":
+    ...}`` body, with the status and headers of the error's kind."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ModelportError as exc:
+                return error_response(exc, extra={"success": False})
+
+        return answer
 
 
 def _too_large(limit: int) -> Response:
@@ -140,8 +142,9 @@ def _too_large(limit: int) -> Response:
 
 async def read_call(request: Request, max_body: int) -> PredictCall:
     """A friendly request's values and parameters, whichever way it was sent."""
-    call = PredictCall(parameters={k: v for k, v in request.query_params.items()
-                                   if k in PARAMETERS})  # fmt: skip
+    call = PredictCall(
+        parameters={k: v for k, v in request.query_params.items() if k in PARAMETERS}
+    )
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
@@ -204,20 +207,13 @@ def build_predict_router(service: InferenceService, max_body: int) -> APIRouter:
 
     @router.get("/api/models/{model}", summary="A model's signature, labels and samples")
     async def describe(model: str, version: str = "") -> Response:
-        try:
-            return _json(model_card(service, model, version))
-        except ModelportError as exc:
-            return _error(exc)
+        return _json(model_card(service, model, version))
 
     @router.get("/api/models/{model}/samples/{sample}", summary="A sample input file")
     async def sample(model: str, sample: str) -> Response:
-        try:
-            service.model_status(model)
-            found = {p.name: p for p in _samples(service, model)}.get(sample)
-            if found is None:
-                raise ModelNotFound(f"model '{model}' has no sample '{sample}'")
-        except ModelportError as exc:
-            return _error(exc)
+        found = {p.name: p for p in _samples(service, model)}.get(sample)
+        if found is None:
+            raise ModelNotFound(f"model '{model}' has no sample '{sample}'")
         media = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
         return Response(found.read_bytes(), media_type=media)
 
@@ -228,14 +224,13 @@ def build_predict_router(service: InferenceService, max_body: int) -> APIRouter:
     async def predict(model: str, request: Request, version: str = "") -> Response:
         if over_limit(request):
             return _too_large(max_body)
-        try:
-            call = await read_call(request, max_body)
-            result = await predictor.predict(model, version, call)
-        except ModelportError as exc:
-            return _error(exc)
+        call = await read_call(request, max_body)
+        result = await predictor.predict(model, version, call)
         return _json(result.body)
 
-    @router.post(
+    detector_server = APIRouter(tags=["friendly API"], route_class=_DetectorServerRoute)
+
+    @detector_server.post(
         "/predictor/",
         summary="The FastAPI + Redis detector server's route: form fields model_type, file",
     )
@@ -243,19 +238,17 @@ def build_predict_router(service: InferenceService, max_body: int) -> APIRouter:
         failed = {"success": False}
         if over_limit(request):
             return _json({**failed, "error": f"request body is over {max_body} bytes"}, 413)
-        try:
-            call = await read_call(request, max_body)
-            model = call.named.pop("model_type", None)
-            if not isinstance(model, str) or not model:
-                raise InvalidInput("form field 'model_type' (the model's name) is missing")
-            if not call.unnamed and "file" not in call.named:
-                raise InvalidInput("form field 'file' (the image) is missing")
-            result = await predictor.predict(model, "", call)
-            if result.detections is None:
-                raise InvalidInput(f"model '{model}' has no output with codec 'detections'")
-        except ModelportError as exc:
-            return _error(exc, failed)
+        call = await read_call(request, max_body)
+        model = call.named.pop("model_type", None)
+        if not isinstance(model, str) or not model:
+            raise InvalidInput("form field 'model_type' (the model's name) is missing")
+        if not call.unnamed and "file" not in call.named:
+            raise InvalidInput("form field 'file' (the image) is missing")
+        result = await predictor.predict(model, "", call)
+        if result.detections is None:
+            raise InvalidInput(f"model '{model}' has no output with codec 'detections'")
         predictions = [d.to_predictor_json() for d in result.detections]
         return _json({"success": True, "predictions": predictions})
 
+    router.include_router(detector_server)
     return router

@@ -14,12 +14,14 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from modelport.api.http.errors import error_parts, error_response
+from modelport.api.http.errors import error_parts
 from modelport.codecs.compression import ENCODINGS, InflatedTooLarge, inflate
 from modelport.codecs.v2_json import DecodedRequest, decode_request, encode_response
 from modelport.core.service import InferenceService
 from modelport.core.stats import Duration, ModelStats
+from modelport.core.triton_config import ConfigTensor, TritonConfig
 from modelport.errors import InvalidInput, ModelportError, TooLarge, Unsupported
+from modelport.spec import TensorSpec
 from modelport.tensors import InferenceResponse
 
 EXTENSIONS = [
@@ -30,8 +32,18 @@ EXTENSIONS = [
     "parameters",
 ]
 HEADER_LENGTH = "inference-header-content-length"
-
-_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+# The infer route reads its body raw; this tells the OpenAPI page what it takes.
+_INFER_EXAMPLE = {"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+_INFER_BODY_DOC = {
+    "requestBody": {
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "example": {"inputs": [_INFER_EXAMPLE]}}
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        }
+    }
+}
 
 # A compressed body up to this size is inflated on the event loop: deflate tops out near
 # 1032:1, so that is at most about a megabyte of output, a millisecond's work. A larger
@@ -148,6 +160,38 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type="application/json")
 
 
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def config_json(config: TritonConfig) -> dict[str, Any]:
+    """Triton's model configuration as its HTTP API answers it (the fields Triton's
+    clients read, and modelport's own model.yaml under ``modelport``)."""
+
+    def tensors(items: tuple[ConfigTensor, ...]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "dims": list(t.dims), "data_type": t.data_type} for t in items]
+
+    batching = config.dynamic_batching
+    return {
+        "name": config.name,
+        "platform": config.platform,
+        "backend": config.backend,
+        "max_batch_size": config.max_batch_size,
+        "input": tensors(config.inputs),
+        "output": tensors(config.outputs),
+        "instance_group": [
+            {"count": config.instance_group.count, "kind": config.instance_group.kind.value}
+        ],
+        "dynamic_batching": {
+            "preferred_batch_size": list(batching.preferred_batch_size),
+            "max_queue_delay_microseconds": batching.max_queue_delay_microseconds,
+        }
+        if batching is not None
+        else None,
+        "modelport": config.spec.model_dump(mode="json"),
+    }
+
+
 def _duration(d: Duration) -> dict[str, int]:
     return {"count": d.count, "ns": d.ns}
 
@@ -201,8 +245,8 @@ def build_router(service: InferenceService, max_body: int) -> APIRouter:
 
     @router.get("/v2/models/stats", summary="Statistics of every model")
     async def all_stats() -> Response:
-        return _json({"model_stats": [stats_json(s.name, s.version, s.stats)
-                                      for s in await service.gather_statistics()]})  # fmt: skip
+        found = await service.gather_statistics()
+        return _json({"model_stats": [stats_json(s.name, s.version, s.stats) for s in found]})
 
     @router.post("/v2/repository/index", summary="Every model in the repository and its state")
     async def repository_index(request: Request) -> Response:
@@ -212,124 +256,82 @@ def build_router(service: InferenceService, max_body: int) -> APIRouter:
             try:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError:
-                return error_response(InvalidInput('body must be JSON, e.g. {"ready": true}'))
+                raise InvalidInput('body must be JSON, e.g. {"ready": true}') from None
             ready_only = bool(isinstance(doc, dict) and doc.get("ready"))
         rows = service.index(ready_only)
-        return _json([
-            {"name": r.name, **({"version": r.version} if r.version else {}),
-             "state": r.state, "reason": r.reason}
-            for r in rows
-        ])  # fmt: skip
+        return _json(
+            [
+                {
+                    "name": r.name,
+                    **({"version": r.version} if r.version else {}),
+                    "state": r.state,
+                    "reason": r.reason,
+                }
+                for r in rows
+            ]
+        )
 
     @router.post("/v2/repository/models/{model}/load", summary="Load or reload a model")
     async def load(model: str, request: Request) -> Response:
         body = await request.body()
-        try:
-            if body.strip():
+        if body.strip():
+            try:
                 doc = orjson.loads(body)
-                if isinstance(doc, dict) and (doc.get("parameters") or {}).get("config"):
-                    raise Unsupported(
-                        "loading with an override config is not supported; "
-                        "edit the model's model.yaml and load again"
-                    )
-            await service.load(model)
-        except orjson.JSONDecodeError:
-            return error_response(InvalidInput("body must be JSON"))
-        except ModelportError as exc:
-            return error_response(exc)
+            except orjson.JSONDecodeError:
+                raise InvalidInput("body must be JSON") from None
+            if isinstance(doc, dict) and (doc.get("parameters") or {}).get("config"):
+                raise Unsupported(
+                    "loading with an override config is not supported; "
+                    "edit the model's model.yaml and load again"
+                )
+        await service.load(model)
         return _json({})
 
     @router.post("/v2/repository/models/{model}/unload", summary="Unload a model")
     async def unload(model: str) -> Response:
-        try:
-            await service.unload(model)
-        except ModelportError as exc:
-            return error_response(exc)
+        await service.unload(model)
         return _json({})
 
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        _model_routes(router, service, infer, prefix)
+        _model_routes(router, service, infer=infer, prefix=prefix)
     return router
 
 
 def _model_routes(
-    router: APIRouter, service: InferenceService, infer: InferHandler, prefix: str
+    router: APIRouter, service: InferenceService, *, infer: InferHandler, prefix: str
 ) -> None:
     @router.get(prefix, summary="Model metadata")
     async def metadata(model: str, version: str = "") -> Response:
-        try:
-            meta = service.metadata(model, version)
-        except ModelportError as exc:
-            return error_response(exc)
-        return _json({
-            "name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
-            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-                       for t in meta.inputs],
-            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-                        for t in meta.outputs],
-        })  # fmt: skip
+        meta = service.metadata(model, version)
+        return _json(
+            {
+                "name": meta.name,
+                "versions": list(meta.versions),
+                "platform": meta.platform,
+                "inputs": [_tensor_metadata(t) for t in meta.inputs],
+                "outputs": [_tensor_metadata(t) for t in meta.outputs],
+            }
+        )
 
     @router.get(prefix + "/ready", summary="Model readiness")
     async def model_ready(model: str, version: str = "") -> Response:
-        try:
-            ok = service.model_ready(model, version)
-        except ModelportError as exc:
-            return error_response(exc)
+        ok = service.model_ready(model, version)
         return Response(status_code=200 if ok else 503)
 
     @router.get(prefix + "/config", summary="Model configuration (Triton's format)")
     async def config(model: str, version: str = "") -> Response:
-        try:
-            loaded = service.get_version(model, version)
-        except ModelportError as exc:
-            return error_response(exc)
-        spec = loaded.spec
-
-        def tensors(items: Any) -> list[dict[str, Any]]:
-            return [{"name": t.name, "dims": list(t.shape),
-                     "data_type": _TRITON_TYPES.get(t.datatype, "TYPE_" + t.datatype)}
-                    for t in items]  # fmt: skip
-
-        return _json({
-            "name": spec.name,
-            "platform": service.metadata(model, version).platform,
-            "backend": spec.runtime,
-            "max_batch_size": spec.max_batch_size,
-            "input": tensors(loaded.signature.inputs),
-            "output": tensors(loaded.signature.outputs),
-            "instance_group": [{"count": spec.instances.count,
-                                "kind": "KIND_GPU" if spec.instances.device == "gpu"
-                                else "KIND_CPU"}],
-            "dynamic_batching": {
-                "preferred_batch_size": list(spec.batching.preferred_batch_sizes),
-                "max_queue_delay_microseconds": spec.batching.max_queue_delay_us,
-            } if spec.batches else None,
-            "modelport": spec.model_dump(mode="json"),
-        })  # fmt: skip
+        return _json(config_json(service.model_config(model, version)))
 
     @router.get(prefix + "/stats", summary="Model statistics (Triton's extension)")
     async def stats(model: str, version: str = "") -> Response:
-        try:
-            found = await service.gather_statistics(model, version)
-        except ModelportError as exc:
-            return error_response(exc)
+        found = await service.gather_statistics(model, version)
         return _json({"model_stats": [stats_json(s.name, s.version, s.stats) for s in found]})
 
     @router.post(
         prefix + "/infer",
         summary="Run inference (JSON tensors, or JSON + binary tensor data)",
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "application/json": {"schema": {"type": "object", "example": {
-                        "inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32",
-                                    "data": [1, 2, 3, 4]}]}}},
-                    "application/octet-stream": {"schema": {"type": "string",
-                                                            "format": "binary"}},
-                }
-            }
-        },
-    )  # fmt: skip
+        openapi_extra=_INFER_BODY_DOC,
+    )
     async def infer_route(model: str, request: Request, version: str = "") -> Response:
         status, body, headers = await infer(
             model, version, await request.body(), dict(request.headers)

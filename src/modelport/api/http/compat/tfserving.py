@@ -1,10 +1,11 @@
 """TensorFlow Serving's REST API (its port 8501), so TF Serving clients only change the
 address: model status, metadata and ``:predict``, at a version or a version label.
 
-Each route parses, calls the core service, encodes with ``codecs/tfserving_json`` and
-maps errors, as the v2 routes do. Errors are ``{"error": "..."}`` with the statuses TF
-Serving answers: 400 a bad request, 404 an unknown model, version or label, 503 a model
-not loaded or overloaded.
+Each route parses, calls the core service and encodes with ``codecs/tfserving_json``,
+as the v2 routes do; a core error is answered by the app's one handler. TF Serving's
+errors have the same ``{"error": "..."}`` body, with the statuses TF Serving answers:
+400 a bad request, 404 an unknown model, version or label, 503 a model not loaded or
+overloaded.
 
 Labels (``/labels/{l}``) name versions through ``version_labels`` in model.yaml
 (``{stable: 1, canary: 2}``); a model without them answers 404 saying so.
@@ -18,7 +19,6 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from modelport.api.http.errors import error_response
 from modelport.codecs.tfserving_json import (
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
@@ -28,7 +28,7 @@ from modelport.codecs.tfserving_json import (
     version_status,
 )
 from modelport.core.service import InferenceService
-from modelport.errors import ModelNotFound, ModelportError, Unsupported
+from modelport.errors import ModelNotFound, Unsupported
 from modelport.spec import TensorSpec
 
 _PREDICT_PATH = re.compile(
@@ -58,30 +58,26 @@ def build_tfserving_router(service: InferenceService) -> APIRouter:
         return service.version_for_label(model, label) if label else version
 
     async def status(model: str, version: str = "", label: str = "") -> Response:
-        try:
-            version = resolve(model, version, label)
-            rows = service.model_status(model, version)
-        except ModelportError as exc:
-            return error_response(exc)
+        version = resolve(model, version, label)
+        rows = service.model_status(model, version)
         statuses = [version_status(r.state, r.reason, r.version or version) for r in rows]
         return _json({"model_version_status": statuses})
 
     async def metadata(model: str, version: str = "", label: str = "") -> Response:
-        try:
-            version = resolve(model, version, label)
-            served = str(service.get_version(model, version).version)
-            meta = service.metadata(model, served)
-        except ModelportError as exc:
-            return error_response(exc)
+        version = resolve(model, version, label)
+        served = str(service.get_version(model, version).version)
+        meta = service.metadata(model, served)
         signature = {
             "inputs": {t.name: _tensor_info(t) for t in meta.inputs},
             "outputs": {t.name: _tensor_info(t) for t in meta.outputs},
             "method_name": PREDICT_METHOD,
         }
-        return _json({
-            "model_spec": {"name": model, "signature_name": "", "version": served},
-            "metadata": {"signature_def": {"signature_def": {DEFAULT_SIGNATURE: signature}}},
-        })  # fmt: skip
+        return _json(
+            {
+                "model_spec": {"name": model, "signature_name": "", "version": served},
+                "metadata": {"signature_def": {"signature_def": {DEFAULT_SIGNATURE: signature}}},
+            }
+        )
 
     for suffix in ("", "/versions/{version}", "/labels/{label}"):
         prefix = "/v1/models/{model}" + suffix
@@ -94,31 +90,40 @@ def build_tfserving_router(service: InferenceService) -> APIRouter:
         "/v1/models/{rest:path}",
         summary="Predict: POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict",
         openapi_extra={
-            "requestBody": {"content": {"application/json": {"schema": {
-                "type": "object", "example": {"instances": [[1.0, 2.0, 3.0, 4.0]]}}}}}
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "example": {"instances": [[1.0, 2.0, 3.0, 4.0]]},
+                        }
+                    }
+                }
+            }
         },
-    )  # fmt: skip
+    )
     async def predict(rest: str, request: Request) -> Response:
-        try:
-            match = _PREDICT_PATH.match(rest)
-            if match is not None and match["verb"] in ("classify", "regress"):
-                raise Unsupported(f"':{match['verb']}' is not supported; use ':predict'")
-            if match is None or match["verb"] != "predict":
-                raise ModelNotFound(
-                    f"Malformed request: POST /v1/models/{rest}; expected "
-                    "/v1/models/<model>[/versions/<version>|/labels/<label>]:predict"
-                )
-            model = match["model"]
-            version = resolve(model, match["version"] or "", match["label"] or "")
-            loaded = service.get_version(model, version)
-            decoded = decode_predict(
-                await request.body(), model, str(loaded.version),
-                loaded.signature.inputs, loaded.spec.batches, loaded.spec.runtime,
-            )  # fmt: skip
-            response = await service.infer(decoded.request)
-            body = encode_predict(response, decoded)
-        except ModelportError as exc:
-            return error_response(exc)
+        match = _PREDICT_PATH.match(rest)
+        if match is not None and match["verb"] in ("classify", "regress"):
+            raise Unsupported(f"':{match['verb']}' is not supported; use ':predict'")
+        if match is None or match["verb"] != "predict":
+            raise ModelNotFound(
+                f"Malformed request: POST /v1/models/{rest}; expected "
+                "/v1/models/<model>[/versions/<version>|/labels/<label>]:predict"
+            )
+        model = match["model"]
+        version = resolve(model, match["version"] or "", match["label"] or "")
+        loaded = service.get_version(model, version)
+        decoded = decode_predict(
+            await request.body(),
+            model,
+            str(loaded.version),
+            inputs=loaded.signature.inputs,
+            batched=loaded.spec.batches,
+            runtime=loaded.spec.runtime,
+        )
+        response = await service.infer(decoded.request)
+        body = encode_predict(response, decoded)
         return Response(body, 200, media_type="application/json")
 
     return router

@@ -1,0 +1,114 @@
+"""A request checked against its model's signature, and the model's outputs made to
+match it: the validation every transport's requests go through, once, in the core
+(:meth:`~modelport.core.service.InferenceService.start` and ``finish``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from modelport.core.registry import LoadedVersion
+from modelport.errors import InvalidInput, ModelUnavailable
+from modelport.tensors import (
+    RequestedOutput,
+    Tensor,
+    as_bytes_array,
+    datatype_of,
+    numpy_dtype,
+    too_many_elements,
+)
+
+
+def checked_inputs(
+    loaded: LoadedVersion, tensors: tuple[Tensor, ...], max_elements: int
+) -> dict[str, np.ndarray]:
+    """The request's inputs by name, once each has the name, datatype and shape (batch
+    size included) the model declares; ``max_elements`` caps one tensor (0: any)."""
+    expected = loaded.inputs_by_name
+    batching = loaded.spec.max_batch_size
+    inputs: dict[str, np.ndarray] = {}
+    rows = -1
+    for tensor in tensors:
+        spec = expected.get(tensor.name)
+        if spec is None:
+            raise InvalidInput(
+                f"model '{loaded.name}' has no input '{tensor.name}'; "
+                f"its inputs are {list(expected)}"
+            )
+        if tensor.name in inputs:
+            raise InvalidInput(f"input '{tensor.name}' is given twice")
+        if tensor.datatype != spec.datatype:
+            raise InvalidInput(
+                f"input '{tensor.name}' has datatype {tensor.datatype}, but model "
+                f"'{loaded.name}' expects {spec.datatype}"
+            )
+        shape = tensor.data.shape
+        if max_elements and tensor.data.size > max_elements:
+            raise too_many_elements(tensor.name, shape, tensor.data.size, max_elements)
+        dims = shape[1:] if batching else shape
+        ok_rank = len(dims) == len(spec.shape) and (not batching or len(shape) >= 1)
+        if not ok_rank or any(w != -1 and w != d for w, d in zip(spec.shape, dims, strict=False)):
+            want = ("-1", *map(str, spec.shape)) if batching else tuple(map(str, spec.shape))
+            raise InvalidInput(
+                f"input '{tensor.name}' has shape {list(shape)}, but model '{loaded.name}' "
+                f"expects [{', '.join(want)}] (-1 is any size)"
+            )
+        if batching:
+            if not 1 <= shape[0] <= batching:
+                raise InvalidInput(
+                    f"input '{tensor.name}' has batch size {shape[0]}; model "
+                    f"'{loaded.name}' takes 1 to {batching} (max_batch_size)"
+                )
+            if rows not in (-1, shape[0]):
+                raise InvalidInput("all inputs of one request need the same batch size")
+            rows = shape[0]
+        inputs[tensor.name] = tensor.data
+    missing = [name for name in expected if name not in inputs]
+    if missing:
+        raise InvalidInput(f"model '{loaded.name}' needs input(s) {missing}, which are missing")
+    return inputs
+
+
+def output_names(loaded: LoadedVersion, requested: tuple[RequestedOutput, ...]) -> list[str]:
+    """The outputs to answer with: those requested (each one the model declares), or
+    every declared one."""
+    declared = [t.name for t in loaded.signature.outputs]
+    if not requested:
+        return declared
+    names = [r.name for r in requested]
+    unknown = [n for n in names if declared and n not in declared]
+    if unknown:
+        raise InvalidInput(
+            f"model '{loaded.name}' has no output(s) {unknown}; its outputs are {declared}"
+        )
+    return names
+
+
+def declared_outputs(
+    loaded: LoadedVersion,
+    result: Mapping[str, np.ndarray],
+    *,
+    names: list[str],
+    requested: tuple[RequestedOutput, ...],
+) -> tuple[Tensor, ...]:
+    """The runtime's ``result`` as the response's tensors: the ``names`` outputs, each
+    cast to its declared datatype and carrying its request's parameters."""
+    specs = {t.name: t for t in loaded.signature.outputs}
+    params = {r.name: r.parameters for r in requested}
+    out: list[Tensor] = []
+    for name in names or list(result):
+        array = result.get(name)
+        if array is None:
+            raise ModelUnavailable(
+                f"model '{loaded.name}' did not produce its declared output '{name}'"
+            )
+        spec = specs.get(name)
+        array = np.asarray(array)
+        datatype = spec.datatype if spec else datatype_of(array)
+        if datatype == "BYTES":
+            array = as_bytes_array(array)
+        elif array.dtype != numpy_dtype(datatype):
+            array = array.astype(numpy_dtype(datatype))
+        out.append(Tensor(name, datatype, array, params.get(name, {})))
+    return tuple(out)
