@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from run import HOST, WRK_SCRIPT, HttpRun, free_port, machine, median_run, wrk
 
-from task_fixtures import import_busybox_image
+from support.task_fixtures import import_busybox_image
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_S = 60.0
