@@ -28,7 +28,8 @@ import grpc
 import pytest
 
 from modelport.api.grpc import native
-from modelport.api.grpc.h2 import KEEPALIVE_IDLE_S, MAX_STREAMS, WRITE_HIGH, H2Connection
+from modelport.api.grpc.h2 import H2Connection
+from modelport.api.grpc.h2_flow import KEEPALIVE_IDLE_S, MAX_STREAMS, WRITE_HIGH
 from modelport.api.grpc.native import NativeGrpcServer
 from modelport.errors import ModelUnavailable
 from support.raw_h2 import (

@@ -27,7 +27,8 @@ from typing import Any
 import grpc
 
 from modelport.api.grpc.errors import RETRY_AFTER, STATUS
-from modelport.api.grpc.h2 import PROTOCOL_ERROR, H2Connection, Stream
+from modelport.api.grpc.h2 import H2Connection
+from modelport.api.grpc.h2_flow import PROTOCOL_ERROR, Stream
 from modelport.api.grpc.hpack_codec import HeaderList, encode_literal
 from modelport.api.grpc.wire import (
     BARE_HEAD,
