@@ -87,7 +87,9 @@ class CallContext:
 
     __slots__ = ("_call", "_deadline", "_metadata", "_peer", "code_", "details_", "trailing")
 
-    def __init__(self, metadata: Metadata, deadline: float | None, peer: str, call: Call) -> None:
+    def __init__(
+        self, call: Call, *, metadata: Metadata, deadline: float | None, peer: str
+    ) -> None:
         self._metadata = metadata
         self._deadline = deadline
         self._peer = peer
@@ -150,7 +152,7 @@ class Call:
     )
 
     def __init__(
-        self, server: Methods, conn: H2Connection, stream: Stream, headers: list[Any]
+        self, server: Methods, *, conn: H2Connection, stream: Stream, headers: list[Any]
     ) -> None:
         self.server, self.conn, self.stream = server, conn, stream
         self.state = CallState.OPEN
@@ -171,7 +173,7 @@ class Call:
         path = self.path = head.path
         self.encoding = head.encoding
         deadline = None if not head.timeout else deadline_of(head.timeout)
-        self.context = CallContext(head.metadata, deadline, conn.peer, self)
+        self.context = CallContext(self, metadata=head.metadata, deadline=deadline, peer=conn.peer)
         if head.problem is not None:
             self.finish(*head.problem)
             return
@@ -378,7 +380,7 @@ class Call:
         self._stop_timer()
         framed = b"\x00" + len(message).to_bytes(4, "big") + message
         trailers = OK_TRAILERS + metadata_block(self.context.trailing)
-        self.conn.send(self.stream, HEAD, framed, trailers)
+        self.conn.send(self.stream, headers=HEAD, data=framed, trailers=trailers)
 
     async def send_message(self, message: bytes) -> None:
         """One message of a streamed answer (its headers go with the first)."""
@@ -387,7 +389,7 @@ class Call:
         framed = b"\x00" + len(message).to_bytes(4, "big") + message
         head = HEAD if self.state is CallState.OPEN else None
         self.state = CallState.STREAMING
-        self.conn.send(self.stream, head, framed)
+        self.conn.send(self.stream, headers=head, data=framed)
         if self.conn.blocked(self.stream):
             await self.conn.drained(self.stream)
 
@@ -408,4 +410,4 @@ class Call:
             block = BARE_HEAD + block
         if self.queue is not None:
             self.queue.put_nowait(None)
-        self.conn.send(self.stream, None, None, block)
+        self.conn.send(self.stream, trailers=block)

@@ -161,12 +161,13 @@ class H2Connection(asyncio.Protocol):
     def send(
         self,
         stream: Stream,
+        *,
         headers: bytes | None = None,
         data: bytes | None = None,
         trailers: bytes | None = None,
     ) -> None:
         """Queue what the stream answers; ``trailers`` end it (END_STREAM)."""
-        self.out.send(stream, headers, data, trailers)
+        self.out.send(stream, headers=headers, data=data, trailers=trailers)
 
     def blocked(self, stream: Stream) -> bool:
         return bool(stream.out)

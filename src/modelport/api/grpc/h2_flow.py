@@ -157,6 +157,7 @@ class Outbox:
     def send(
         self,
         stream: Stream,
+        *,
         headers: bytes | None = None,
         data: bytes | None = None,
         trailers: bytes | None = None,

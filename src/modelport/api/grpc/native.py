@@ -105,7 +105,7 @@ class NativeGrpcServer:
                     conn.go_away()
 
     def open(self, conn: H2Connection, stream: Stream, headers: list[tuple[bytes, bytes]]) -> Call:
-        return Call(self, conn, stream, headers)
+        return Call(self, conn=conn, stream=stream, headers=headers)
 
     async def stop(self, grace: float | None) -> None:
         if self._sweeper is not None:
