@@ -50,8 +50,11 @@ def successes(base: str) -> int:
     assert status == 200, body
     total = 0.0
     for line in body.decode().splitlines():
-        if line.startswith("modelport_requests_total{") and 'model="mlp"' in line \
-                and 'outcome="success"' in line:  # fmt: skip
+        if (
+            line.startswith("modelport_requests_total{")
+            and 'model="mlp"' in line
+            and 'outcome="success"' in line
+        ):
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
 
@@ -59,10 +62,23 @@ def successes(base: str) -> int:
 def h2load(port: int, data: Path, clients: int, seconds: float) -> tuple[float, float, int]:
     """req/s, mean latency in ms, and requests completed."""
     cmd = [
-        "h2load", f"http://{HOST}:{port}{PATH}", "-c", str(clients), "-m", "1",
-        "-D", str(int(seconds)), "-t", "1", "-d", str(data),
-        "-H", "content-type: application/grpc", "-H", "te: trailers",
-    ]  # fmt: skip
+        "h2load",
+        f"http://{HOST}:{port}{PATH}",
+        "-c",
+        str(clients),
+        "-m",
+        "1",
+        "-D",
+        str(int(seconds)),
+        "-t",
+        "1",
+        "-d",
+        str(data),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done", out)
@@ -113,8 +129,9 @@ def main() -> None:
                     f"  {clients:4d}  {statistics.median(rates):9,.0f}  "
                     f"{statistics.median(means):8.3f}  {failed:7d}  "
                     f"{statistics.median(other):9.2f}   (req/s per run: "
-                    + ", ".join(f"{r:,.0f}" for r in rates) + ")"
-                )  # fmt: skip
+                    + ", ".join(f"{r:,.0f}" for r in rates)
+                    + ")"
+                )
 
 
 if __name__ == "__main__":

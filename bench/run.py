@@ -284,8 +284,17 @@ def server(
     With ``processes`` > 1 the pid is the supervisor's; ready means every process is."""
     port = free_port()
     exe = ROOT / ".venv" / "bin" / "modelport"
-    cmd = [str(exe), "serve", str(repo), "--host", HOST, "--port", str(port),
-           "--processes", str(processes)]  # fmt: skip
+    cmd = [
+        str(exe),
+        "serve",
+        str(repo),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--processes",
+        str(processes),
+    ]
     # gRPC stays on (as in a default `modelport serve`), on a port of its own.
     env = {"MODELPORT_GRPC_PORT": str(grpc_port or free_port()), **os.environ}
     with log_path.open("wb") as log:
@@ -329,13 +338,19 @@ def request_body(width: int) -> bytes:
 def binary_request_body(width: int) -> tuple[bytes, int]:
     """The row of :func:`request_body` in binary form, and its JSON header's length."""
     data = np.random.default_rng(2).standard_normal(width).astype(np.float32)
-    head = json.dumps({
-        "inputs": [{
-            "name": "INPUT0", "datatype": "FP32", "shape": [1, width],
-            "parameters": {"binary_data_size": data.nbytes},
-        }],
-        "parameters": {"binary_data_output": True},
-    }).encode()  # fmt: skip
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "INPUT0",
+                    "datatype": "FP32",
+                    "shape": [1, width],
+                    "parameters": {"binary_data_size": data.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     return head + data.tobytes(), len(head)
 
 
@@ -360,9 +375,17 @@ def wrk(
 ) -> HttpRun:
     threads = max(1, min(threads, connections))
     cmd = [
-        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s",
-        "--latency", "-s", str(script), url,
-    ]  # fmt: skip
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "5s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     env = {**os.environ, "BENCH_BODY": str(body_path), "BENCH_JSON_LENGTH": str(json_length)}
     with CpuMeter(server_pid) as meter:
         done = subprocess.run(
@@ -398,8 +421,10 @@ def serve_heavy(
         for _ in range(args.repeats)
     ]
     m = median_run(runs)
-    log(f"  c=64: {m.requests_per_s:,.0f} rows/s, p50 {m.p50_ms:.2f} ms, "
-        f"p99 {m.p99_ms:.2f} ms, errors {m.errors}, other cpu {m.other_cpu:.2f}")  # fmt: skip
+    log(
+        f"  c=64: {m.requests_per_s:,.0f} rows/s, p50 {m.p50_ms:.2f} ms, "
+        f"p99 {m.p99_ms:.2f} ms, errors {m.errors}, other cpu {m.other_cpu:.2f}"
+    )
     if best_ort:
         share = m.requests_per_s / best_ort
         log(f"  served / best in-process batched: {share:.1%} (target > 85%)")
@@ -413,9 +438,21 @@ def profiler(pid: int, path: Path | None, seconds: float) -> Iterator[None]:
     if path is None:
         yield
         return
-    cmd = [str(spy), "record", "--pid", str(pid), "--duration", f"{max(1, int(seconds))}",
-           "--rate", "200", "--nonblocking", "--format", "raw" if path.suffix == ".txt"
-           else "flamegraph", "-o", str(path)]  # fmt: skip
+    cmd = [
+        str(spy),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        f"{max(1, int(seconds))}",
+        "--rate",
+        "200",
+        "--nonblocking",
+        "--format",
+        "raw" if path.suffix == ".txt" else "flamegraph",
+        "-o",
+        str(path),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield
@@ -470,9 +507,11 @@ def main() -> None:
     mlp = ServingSettings(64, args.instances, args.intra_op, args.max_queue_delay_us)
     heavy = ServingSettings(args.heavy_max_batch, args.heavy_instances, args.heavy_intra_op)
     build(repo, mlp, None if args.no_heavy else heavy)
-    log(f"mlp: instances={args.instances} intra_op={args.intra_op} "
+    log(
+        f"mlp: instances={args.instances} intra_op={args.intra_op} "
         f"max_queue_delay_us={args.max_queue_delay_us}; heavy: instances="
-        f"{args.heavy_instances} intra_op={args.heavy_intra_op}")  # fmt: skip
+        f"{args.heavy_instances} intra_op={args.heavy_intra_op}"
+    )
 
     results: dict[str, float] = {}
     try:
@@ -481,11 +520,15 @@ def main() -> None:
             path = repo / "mlp" / "1" / "model.onnx"
             n, secs = args.repeats, args.ort_seconds
             rate, other = ort_median(path, MLP_SIZES[0], 1, 1, False, secs, n)
-            log(f"  single rows, intra_op=1 spinning=off: {rate:,.0f} rows/s  "
-                f"(other cpu {other:.2f})")  # fmt: skip
+            log(
+                f"  single rows, intra_op=1 spinning=off: {rate:,.0f} rows/s  "
+                f"(other cpu {other:.2f})"
+            )
             rate, other = ort_median(path, MLP_SIZES[0], 64, 1, False, secs, n)
-            log(f"  batch 64,    intra_op=1 spinning=off: {rate:,.0f} rows/s  "
-                f"(other cpu {other:.2f})")  # fmt: skip
+            log(
+                f"  batch 64,    intra_op=1 spinning=off: {rate:,.0f} rows/s  "
+                f"(other cpu {other:.2f})"
+            )
             best, label = ort_best_batched(path, MLP_SIZES[0], secs, n, log)
             log(f"  batch 64,    best ({label}): {best:,.0f} rows/s")
         if not args.no_inprocess and not args.no_heavy:
@@ -508,8 +551,10 @@ def main() -> None:
                 check_answer(base, "mlp", mlp_body.read_bytes(), MLP_SIZES[-1])
                 url = f"{base}/v2/models/mlp/infer"
                 wrk(url, mlp_body, script, max(levels), args.wrk_threads, 2.0)  # warm-up
-                log(f"  {'c':>4} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-                    f"{'other cpu':>9}")  # fmt: skip
+                log(
+                    f"  {'c':>4} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+                    f"{'other cpu':>9}"
+                )
                 for c in levels:
                     runs = []
                     for i in range(args.repeats):
@@ -521,8 +566,10 @@ def main() -> None:
                     m = median_run(runs)
                     results[f"c{c}_rps"] = m.requests_per_s
                     each = ", ".join(f"{r.requests_per_s:,.0f}" for r in runs)
-                    log(f"  {c:>4} {m.requests_per_s:>10,.0f} {m.p50_ms:>8.3f} {m.p99_ms:>8.2f} "
-                        f"{m.errors:>7} {m.other_cpu:>9.2f}   (req/s per run: {each})")  # fmt: skip
+                    log(
+                        f"  {c:>4} {m.requests_per_s:>10,.0f} {m.p50_ms:>8.3f} {m.p99_ms:>8.2f} "
+                        f"{m.errors:>7} {m.other_cpu:>9.2f}   (req/s per run: {each})"
+                    )
             if not args.no_heavy:
                 binary_script = tmp / "post_binary.lua"
                 binary_script.write_text(WRK_BINARY_SCRIPT)
@@ -536,9 +583,15 @@ def main() -> None:
                 ):
                     log(f"\n== served heavy ({label}): POST /v2/models/heavy/infer, one row ==")
                     results[f"heavy {label}"] = serve_heavy(
-                        f"{base}/v2/models/heavy/infer", body, lua, length, args, pid,
-                        results.get("heavy_ort"), log,
-                    )  # fmt: skip
+                        f"{base}/v2/models/heavy/infer",
+                        body,
+                        lua,
+                        length,
+                        args,
+                        pid,
+                        results.get("heavy_ort"),
+                        log,
+                    )
         if args.profile:
             log(f"\nprofile of the server at c={max(levels)}: {args.profile}")
     finally:

@@ -261,7 +261,9 @@ async def inproc_client(
     service = build_service(settings)
     await service.open()
     _, asgi = create_app(
-        service, metrics_registry(service), max_request_bytes or settings.max_request_bytes
+        service,
+        metrics=metrics_registry(service),
+        max_body=max_request_bytes or settings.max_request_bytes,
     )
     transport = httpx.ASGITransport(app=asgi)
     try:

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from modelport.core.batcher import QUIET_S, DynamicBatcher
+from modelport.core.batch_policy import QUIET_S
+from modelport.core.batcher import DynamicBatcher
 from modelport.core.instances import Instance
-from modelport.core.runtime import Signature
+from modelport.core.runtime import InlineRuntime, Signature
 from modelport.core.stats import ModelStats
 from modelport.spec import BatchingSpec
 
@@ -24,9 +25,8 @@ from modelport.spec import BatchingSpec
 class Recorder:
     """Echoes ``x`` to ``y``; records batch sizes and the thread each batch ran on."""
 
-    def __init__(self, delay: float, inline: bool = False) -> None:
+    def __init__(self, delay: float) -> None:
         self.delay = delay
-        self.runs_inline = inline
         self.batches: list[int] = []
         self.threads: list[int] = []
 
@@ -49,9 +49,23 @@ class Recorder:
         pass
 
 
+class InlineRecorder(Recorder):
+    """A Recorder that is an InlineRuntime: it may run on the loop's thread."""
+
+    def infer_inline(
+        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        return self.infer(inputs, parameters)
+
+
 def _batcher(runtime: Recorder, **options: Any) -> DynamicBatcher:
     batcher = DynamicBatcher(
-        "m", [Instance(runtime, "m-0")], 8, BatchingSpec(), ModelStats(), **options
+        "m",
+        [Instance(runtime, "m-0")],
+        max_batch_size=8,
+        batching=BatchingSpec(),
+        stats=ModelStats(),
+        **options,
     )
     batcher.start()
     return batcher
@@ -103,8 +117,9 @@ async def test_a_straggler_after_the_echo_window_runs_alone() -> None:
 
 
 async def test_small_lone_requests_run_inline_and_batches_on_the_thread() -> None:
-    runtime = Recorder(delay=0.0, inline=True)
+    runtime = InlineRecorder(delay=0.0)
     batcher = _batcher(runtime)
+    assert isinstance(runtime, InlineRuntime)
     loop_thread = threading.get_ident()
     await batcher.infer(_row(1), {})  # compute unknown yet: runs on the instance thread
     assert runtime.threads[-1] != loop_thread
@@ -118,7 +133,8 @@ async def test_small_lone_requests_run_inline_and_batches_on_the_thread() -> Non
 
 
 async def test_runtimes_that_call_back_never_run_inline() -> None:
-    runtime = Recorder(delay=0.0, inline=False)
+    runtime = Recorder(delay=0.0)
+    assert not isinstance(runtime, InlineRuntime)
     batcher = _batcher(runtime)
     for i in range(3):
         await batcher.infer(_row(i), {})
@@ -130,7 +146,7 @@ class LoneRecorder(Recorder):
     """A runtime with a lone path of its own (as ONNX Runtime's spinning session)."""
 
     def __init__(self) -> None:
-        super().__init__(delay=0.0, inline=True)
+        super().__init__(delay=0.0)
         self.lone: list[int] = []
 
     def infer_inline(

@@ -39,7 +39,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
     service = build_service(Settings(repository=str(EXAMPLES)))
     await service.open()
-    _, asgi = create_app(service, metrics_registry(service), 64 * 1024 * 1024)
+    _, asgi = create_app(service, metrics=metrics_registry(service), max_body=64 * 1024 * 1024)
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=asgi), base_url="http://examples"

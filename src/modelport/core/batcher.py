@@ -1,28 +1,17 @@
 """Dynamic batching: concurrent requests to one model version merged into batches.
 
-The scheduling rule is *work-conserving*: an instance that is free takes whatever is
-waiting right now and runs it. A lone request on an idle model therefore runs at once,
-never held back for company; under load, requests pile up while every instance is busy,
-and the next free instance takes them all (up to ``max_batch_size`` rows). So batches
-grow with load by themselves, without a fixed delay taxing every request.
+:class:`DynamicBatcher` owns the queue, the instances and the one timer; *when* a batch
+runs, where, and how big is :class:`~modelport.core.batch_policy.BatchPolicy`'s call
+(``batch_policy.py``: work-conserving takes, ``preferred_batch_sizes``,
+``max_queue_delay_us``, the echo rule, lone requests run inline). In short: a lone
+request on an idle model runs at once, never held back for company; under load,
+requests pile up while every instance is busy, and the next free instance takes them
+all (up to ``max_batch_size`` rows), so batches grow with load without a fixed delay
+taxing every request.
 
 Scheduling happens in one callback per event-loop iteration (``_flush``), after the
 loop has read every request that arrived together, so requests that came in at once
 are batched at once, with no timer.
-
-``preferred_batch_sizes``: when more rows wait than the smallest preferred size, the
-batch is cut to the largest preferred size that fits (the rest waits for the next
-instance), unless a full ``max_batch_size`` batch can be formed.
-
-``max_queue_delay_us``: when a batch formed from several waiting requests is still below
-its target size, wait up to this long for more. It never applies to a lone request.
-
-The echo rule: right after a batch of several requests finishes, their clients are about
-to send again. If fewer rows wait than that batch had, the free instance
-waits up to a quarter of that batch's compute time (at most 10 ms) for them. Without it,
-a model whose cost is mostly fixed per batch (weights streamed from memory) alternates
-a batch of 1 with a batch of 63 at c=64 and serves half the rows it could. A lone
-request on an idle model is never held back: the rule follows a multi-request batch only.
 
 A request whose future was cancelled before it ran (its client gave up) is dropped
 from the queue, not computed. A request's rows are never split across batches;
@@ -33,18 +22,6 @@ which fails the whole batch at once).
 
 ``max_queue_size`` bounds the waiting requests: past it, ``submit`` raises
 :class:`Overloaded` at once.
-
-Small models: a thread hop, with the GIL handed over twice, costs 100-300 µs on a
-loaded VM, as much as a small model's whole compute. When a runtime allows it
-(``Instance.inline``), the model is idle, nothing else waits, and the model's measured
-one-request compute is under ``inline_budget_ns`` (0.5 ms: the longest other requests
-may wait for it), the request runs on the loop's thread instead. Under load there is always company
-waiting or a batch running, so batches still go to the instance threads.
-
-A lone request on a quiet model (no batch of two or more requests in the last
-``QUIET_S``) goes to the runtime's ``infer_inline`` (``Instance.infer_inline``): ONNX
-Runtime's has threads that spin, halving a small model's row, which pays only while
-nothing else wants the CPU. Otherwise it runs inline through the usual ``infer``.
 
 ``submit``'s ``done``: called straight after the request's future is resolved, in the same
 loop callback. A done-callback of the future itself waits for the next loop iteration
@@ -59,19 +36,23 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from modelport.core.batch_policy import (
+    ECHO_CAP_S,
+    INLINE_BUDGET_NS,
+    BatchPolicy,
+    History,
+    RunInline,
+    Snapshot,
+    WaitUntil,
+)
 from modelport.core.instances import Instance
 from modelport.core.stats import ModelStats
 from modelport.errors import InferenceFailed, ModelportError, ModelUnavailable, Overloaded
 from modelport.spec import BatchingSpec
-
-INLINE_BUDGET_NS = 500_000
-ECHO_FRACTION = 0.25
-QUIET_S = 0.1  # after a multi-request batch, lone requests skip the runtime's lone path
-ECHO_CAP_S = 0.010
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +62,39 @@ class BatchResult:
     outputs: dict[str, np.ndarray]
     queue_ns: int
     batch_size: int
+
+
+class Batcher(Protocol):
+    """What a model version's slot holds: :class:`DynamicBatcher`, or the stand-in of an
+    evicted version (``cache.OnDemandBatcher``). The service queues requests on it."""
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to run."""
+
+    @property
+    def busy(self) -> int:
+        """Instances running a batch now."""
+
+    def start(self) -> None:
+        """Bind to the running event loop."""
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
+    ) -> BatchResult:
+        """Queue one request and wait for its outputs."""
+
+    def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        parameters: Mapping[str, Any],
+        done: Callable[[], None] | None = None,
+    ) -> asyncio.Future[BatchResult]:
+        """Queue one request; the future resolves with its outputs, then ``done`` is
+        called (at once, not a loop iteration later)."""
+
+    async def close(self, drain_seconds: float = 30.0) -> None:
+        """Refuse new requests, finish the accepted ones (up to ``drain_seconds``), stop."""
 
 
 @dataclass(slots=True, eq=False)
@@ -117,6 +131,7 @@ class DynamicBatcher:
         self,
         name: str,
         instances: Sequence[Instance],
+        *,
         max_batch_size: int,
         batching: BatchingSpec,
         stats: ModelStats,
@@ -126,25 +141,21 @@ class DynamicBatcher:
         self.name = name
         self.instances = list(instances)
         self.max_batch_size = max_batch_size
-        self.batching = batching
+        self.max_queue_size = batching.max_queue_size
         self.stats = stats
-        self.inline_budget_ns = inline_budget_ns
-        self.echo_cap_s = echo_cap_s
+        self.policy = BatchPolicy.of(
+            max_batch_size, batching, inline_budget_ns=inline_budget_ns, echo_cap_s=echo_cap_s
+        )
+        self._history = History()
         self._free = list(reversed(self.instances))
         self._pending: deque[_Pending] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
-        self._deadline = 0.0
         # uvloop answers call_at with a plain Handle (no when()) for a wait under 0.5 ms,
         # so the timer's deadline is kept here.
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0
-        self._echo_until = 0.0
-        self._busy_until = 0.0  # lone requests use the lone path from then on
-        self._echo_rows = 0
         self._closed = False
-        self._single_ns = -1.0  # moving average of a one-request compute; -1 = unknown
-        self._target = max(batching.preferred_batch_sizes or (max_batch_size,))
 
     @property
     def queue_depth(self) -> int:
@@ -172,7 +183,7 @@ class DynamicBatcher:
         called (at once, not a loop iteration later)."""
         if self._closed:
             raise ModelUnavailable(f"model '{self.name}' is unloading")
-        if len(self._pending) >= self.batching.max_queue_size:
+        if len(self._pending) >= self.max_queue_size:
             raise Overloaded(
                 f"model '{self.name}' is overloaded: {len(self._pending)} requests already "
                 f"waiting (batching.max_queue_size); retry shortly or add instances",
@@ -197,46 +208,43 @@ class DynamicBatcher:
 
     def _flush(self) -> None:
         self._scheduled = False
+        loop = self._loop
+        assert loop is not None
         while self._free and self._pending:
             idle = len(self._free) == len(self.instances)
             batch = self._take()
             if not batch:  # only requests their clients gave up on were waiting
                 continue
-            if self._should_wait(batch):
+            instance = self._free[-1]
+            moment = Snapshot(
+                now=loop.time(),
+                requests=len(batch),
+                rows=sum(p.rows for p in batch),
+                waiting=len(self._pending),
+                idle=idle,
+                inline=instance.inline,
+                history=self._history,
+            )
+            decision = self.policy.decide(moment)
+            self._history = decision.history
+            if isinstance(decision, WaitUntil):
                 self._pending.extendleft(reversed(batch))
+                self._wake_at(decision.until)
                 return
-            instance = self._free.pop()
-            if idle and not self._pending and self._inline_ok(instance, batch):
-                self._run_inline(instance, batch)
+            self._free.pop()
+            if isinstance(decision, RunInline):
+                self._run_inline(instance, batch, decision.lone)
             else:
                 self._dispatch(instance, batch)
 
-    def _should_wait(self, batch: list[_Pending]) -> bool:
-        """Hold a partial batch back for company, per the two rules in the docstring."""
+    def _wake_at(self, until: float) -> None:
+        """Flush again at ``until``, unless a timer already comes sooner."""
         assert self._loop is not None
-        rows = sum(p.rows for p in batch)
-        now = self._loop.time()
-        until = 0.0
-        delay = self.batching.max_queue_delay_us
-        if delay and len(batch) > 1 and rows < self._target:
-            if not self._deadline:
-                self._deadline = now + delay / 1e6
-            until = self._deadline
-        else:
-            self._deadline = 0.0
-        if self._echo_until > now and rows < self._echo_rows and rows < self._target:
-            until = max(until, self._echo_until)
-        else:
-            self._echo_until = 0.0
-        if until <= now:
-            self._deadline = 0.0
-            return False
         timer = self._timer
         if timer is None or timer.cancelled() or self._timer_at > until:
             if timer is not None:
                 timer.cancel()
             self._timer, self._timer_at = self._loop.call_at(until, self._on_timer), until
-        return True
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -265,25 +273,11 @@ class DynamicBatcher:
             else:
                 skipped.append(item)
         pending.extendleft(reversed(skipped))
-        return self._cut_to_preferred(batch, rows)
-
-    def _cut_to_preferred(self, batch: list[_Pending], rows: int) -> list[_Pending]:
-        preferred = [p for p in self.batching.preferred_batch_sizes if p <= rows]
-        if not preferred or rows >= self.max_batch_size:
+        if len(batch) == 1:
             return batch
-        limit, kept, used = preferred[-1], [], 0
-        for item in batch:
-            if used + item.rows > limit:
-                break
-            kept.append(item)
-            used += item.rows
-        if not kept:
-            return batch
-        self._pending.extendleft(reversed(batch[len(kept) :]))
-        return kept
-
-    def _inline_ok(self, instance: Instance, batch: list[_Pending]) -> bool:
-        return instance.inline and len(batch) == 1 and 0 <= self._single_ns < self.inline_budget_ns
+        kept = self.policy.cut([p.rows for p in batch])
+        pending.extendleft(reversed(batch[kept:]))
+        return batch[:kept]
 
     # -- execution --------------------------------------------------------------------------
 
@@ -297,7 +291,7 @@ class DynamicBatcher:
                 name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
             }
         t_in = time.perf_counter_ns()
-        run = instance.infer_inline if lone else instance.runtime.infer
+        run = instance.infer_lone if lone else instance.runtime.infer
         outputs = run(inputs, batch[0].parameters)
         t_run = time.perf_counter_ns()
         results = self._split(outputs, batch)
@@ -308,12 +302,11 @@ class DynamicBatcher:
         future = instance.call(partial(self._work, instance, batch))
         future.add_done_callback(partial(self._finished, instance, batch, started))
 
-    def _run_inline(self, instance: Instance, batch: list[_Pending]) -> None:
+    def _run_inline(self, instance: Instance, batch: list[_Pending], lone: bool) -> None:
         started = time.perf_counter_ns()
         assert self._loop is not None
         future: asyncio.Future[_Ran] = self._loop.create_future()
         try:
-            lone = self._loop.time() >= self._busy_until
             future.set_result(self._work(instance, batch, lone))
         except Exception as exc:
             future.set_exception(exc)
@@ -334,16 +327,14 @@ class DynamicBatcher:
             ran = future.result()
             size = sum(p.rows for p in batch)
             self.stats.record_batch(size, ran.input_ns, ran.infer_ns, ran.output_ns)
-            compute = ran.input_ns + ran.infer_ns + ran.output_ns
-            if len(batch) > 1 and self._loop is not None:
-                # The clients just answered are likely to send again at once: give them
-                # a quarter of this batch's compute time to catch the next batch.
-                window = min(ECHO_FRACTION * compute / 1e9, self.echo_cap_s)
-                self._echo_until, self._echo_rows = self._loop.time() + window, size
-                self._busy_until = self._loop.time() + QUIET_S
-            else:
-                avg = self._single_ns
-                self._single_ns = compute if avg < 0 else 0.8 * avg + 0.2 * compute
+            if self._loop is not None:
+                self._history = self.policy.learn(
+                    self._history,
+                    requests=len(batch),
+                    rows=size,
+                    compute_ns=ran.input_ns + ran.infer_ns + ran.output_ns,
+                    now=self._loop.time(),
+                )
             for p, out in zip(batch, ran.results, strict=True):
                 if not p.future.done():
                     p.future.set_result(BatchResult(out, started - p.enqueued_ns, size))
@@ -379,9 +370,11 @@ class DynamicBatcher:
         except Exception as exc:  # as the loop does for a failing callback: log, go on
             if self._loop is not None:
                 self._loop.call_exception_handler(
-                    {"message": f"model '{self.name}': a request's done callback failed",
-                     "exception": exc}
-                )  # fmt: skip
+                    {
+                        "message": f"model '{self.name}': a request's done callback failed",
+                        "exception": exc,
+                    }
+                )
 
     def _split(
         self, outputs: dict[str, np.ndarray], batch: list[_Pending]

@@ -16,11 +16,11 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from modelport.core.batcher import BatchResult
+from modelport.core.batcher import Batcher, BatchResult
 from modelport.errors import ModelUnavailable
 from modelport.numbers import natural
 
@@ -97,24 +97,12 @@ def files_size(folder: Path, versions: Iterable[int]) -> int:
     return total
 
 
-class Submitter(Protocol):
-    """The part of a batcher the service uses: queue a request, get a future (and a call
-    to ``done`` once it is resolved)."""
-
-    def submit(
-        self,
-        inputs: dict[str, np.ndarray],
-        parameters: Mapping[str, Any],
-        done: Callable[[], None] | None = None,
-    ) -> asyncio.Future[BatchResult]: ...
-
-
 class OnDemandBatcher:
     """Stands in for an evicted version's batcher: a request loads the model again
     (``load`` returns the new version's batcher, raising if the model cannot load or
     takes too long) and then runs on it. Same interface as ``DynamicBatcher``."""
 
-    def __init__(self, name: str, load: Callable[[], Awaitable[Submitter]]) -> None:
+    def __init__(self, name: str, load: Callable[[], Awaitable[Batcher]]) -> None:
         self.name = name
         self._load = load
         self._tasks: set[asyncio.Task[None]] = set()

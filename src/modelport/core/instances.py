@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from modelport.core.runtime import Runtime
+from modelport.core.runtime import InlineRuntime, Runtime
 from modelport.errors import ModelUnavailable
 from modelport.spec import ModelSpec
 
@@ -24,20 +24,18 @@ T = TypeVar("T")
 class Instance:
     """One loaded runtime and its thread.
 
-    ``inline`` is true when the runtime says a call may run on the event loop's own
-    thread (``runs_inline = True``: it never calls back into the server); the batcher
-    uses that for a lone request whose measured compute is shorter than a thread hop,
-    through ``infer_inline`` (the runtime's own, when it has a faster way for one
-    request: runtimes/onnx.py, else its ``infer``).
+    ``inline`` is true when the runtime is an :class:`InlineRuntime` (it never calls
+    back into the server), so the batcher may run a lone request on the event loop's own
+    thread, through ``infer_lone`` on a quiet model (``core/batch_policy.py``).
     """
 
     def __init__(self, runtime: Runtime, name: str) -> None:
         self.runtime = runtime
         self.name = name
-        self.inline = bool(getattr(runtime, "runs_inline", False))
-        self.infer_inline: Callable[
+        self.inline = isinstance(runtime, InlineRuntime)
+        self.infer_lone: Callable[
             [dict[str, np.ndarray], Mapping[str, Any]], dict[str, np.ndarray]
-        ] = getattr(runtime, "infer_inline", runtime.infer)
+        ] = runtime.infer_inline if isinstance(runtime, InlineRuntime) else runtime.infer
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     def call(self, work: Callable[[], T]) -> asyncio.Future[T]:

@@ -21,13 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from modelport.core.batcher import DynamicBatcher
+from modelport.core.batcher import Batcher, DynamicBatcher
 from modelport.core.cache import (
     EVICTED_REASON,
     MemoryLimits,
     OnDemandBatcher,
     Resident,
-    Submitter,
     files_size,
     make_room,
 )
@@ -73,7 +72,7 @@ class LoadedVersion:
     spec: ModelSpec
     signature: Signature
     labels: tuple[str, ...]
-    batcher: DynamicBatcher | OnDemandBatcher  # the second stands in while evicted
+    batcher: Batcher  # an OnDemandBatcher stands in while evicted
     instances: list[Instance]
     stats: ModelStats
     devices: tuple[str, ...]
@@ -307,7 +306,7 @@ class ModelRegistry:
         if not task.cancelled():
             task.exception()  # the waiting requests got it; nobody else needs it
 
-    async def _batcher_after_load(self, name: str, version: int) -> Submitter:
+    async def _batcher_after_load(self, name: str, version: int) -> Batcher:
         await self.load_evicted(name)
         return self.get(name, str(version)).batcher
 
@@ -353,7 +352,7 @@ class ModelRegistry:
             log.info("model %s unloaded to stay under %s", entry.name, setting)
 
     def _stand_in(self, loaded: LoadedVersion) -> LoadedVersion:
-        async def load() -> Submitter:
+        async def load() -> Batcher:
             return await self._batcher_after_load(loaded.name, loaded.version)
 
         return dataclasses.replace(loaded, batcher=OnDemandBatcher(loaded.name, load), instances=[])
@@ -408,7 +407,11 @@ class ModelRegistry:
             )
             stats = ModelStats()
             batcher = DynamicBatcher(
-                f"{spec.name}", instances, spec.max_batch_size, spec.batching, stats
+                spec.name,
+                instances,
+                max_batch_size=spec.max_batch_size,
+                batching=spec.batching,
+                stats=stats,
             )
             batcher.start()
             loaded = LoadedVersion(

@@ -3,7 +3,9 @@
 A runtime is created per model version and per instance by a :data:`RuntimeFactory`
 given a :class:`RuntimeContext`. The core calls ``load`` once (in a worker thread),
 then ``infer`` with whole batches from the instance's own thread, then ``unload``.
-``runtimes/fake.py`` is the smallest complete example.
+``runtimes/fake.py`` is the smallest complete example. A runtime that never calls back
+into the server may also be an :class:`InlineRuntime`, so a lone small request can run
+on the event loop's own thread.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -49,6 +51,12 @@ class RuntimeContext:
 
 
 class Runtime(Protocol):
+    """How the core runs a model: one object per model version and instance.
+
+    ``load``, ``infer`` and ``unload`` are called from the instance's own thread, one at
+    a time, so an implementation needs no locks of its own.
+    """
+
     def load(self) -> None:
         """Read the model files and get ready to run; raise SpecError if they are unusable."""
 
@@ -62,6 +70,24 @@ class Runtime(Protocol):
 
     def unload(self) -> None:
         """Release what ``load`` took."""
+
+
+@runtime_checkable
+class InlineRuntime(Runtime, Protocol):
+    """A runtime the batcher may call on the event loop's own thread.
+
+    Implementing it declares that ``infer`` never calls back into the server (a python
+    pipeline calling other models must not: it would wait on the loop it blocks). The
+    batcher then runs a lone request whose measured compute is shorter than a thread
+    hop inline (``core/batch_policy.py``), through ``infer_inline`` while the model is
+    quiet and through ``infer`` otherwise.
+    """
+
+    def infer_inline(
+        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Run one lone request; a runtime with a faster way for one request than for
+        a batch (ONNX Runtime's spinning session) uses it here, else calls ``infer``."""
 
 
 RuntimeFactory = Callable[[RuntimeContext], Runtime]

@@ -63,9 +63,9 @@ _ONNX_TYPES = {
 
 
 class OnnxRuntime:
-    # A session never calls back into the server, so the batcher may run a lone small
-    # request on the event loop's thread, saving a thread hop (see core/batcher.py).
-    runs_inline = True
+    """An ONNX model, and an :class:`~modelport.core.runtime.InlineRuntime`: a session
+    never calls back into the server, so the batcher may run a lone small request on
+    the event loop's thread, saving a thread hop (see core/batch_policy.py)."""
 
     def __init__(self, context: RuntimeContext, model_key: KeyProvider | None = None) -> None:
         """``model_key`` gives the key of encrypted model files (app.py passes one built

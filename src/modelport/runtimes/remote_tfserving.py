@@ -17,7 +17,8 @@ import numpy as np
 
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.errors import ModelportError
-from modelport.protos.tensorflow.core.framework import tensor_pb2, types_pb2
+from modelport.protos.datatypes import TF_DATATYPES, TF_VALUES, V2_DATATYPES
+from modelport.protos.tensorflow.core.framework import tensor_pb2
 from modelport.protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -37,34 +38,6 @@ from modelport.tensors import element_count, numpy_dtype
 
 DEFAULT_SIGNATURE = "serving_default"
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
-# v2 datatype <-> TF DataType, and the typed list of a TensorProto that holds it.
-TF_TYPES: dict[str, int] = {
-    "BOOL": types_pb2.DT_BOOL,
-    "UINT8": types_pb2.DT_UINT8,
-    "UINT16": types_pb2.DT_UINT16,
-    "UINT32": types_pb2.DT_UINT32,
-    "UINT64": types_pb2.DT_UINT64,
-    "INT8": types_pb2.DT_INT8,
-    "INT16": types_pb2.DT_INT16,
-    "INT32": types_pb2.DT_INT32,
-    "INT64": types_pb2.DT_INT64,
-    "FP16": types_pb2.DT_HALF,
-    "FP32": types_pb2.DT_FLOAT,
-    "FP64": types_pb2.DT_DOUBLE,
-    "BYTES": types_pb2.DT_STRING,
-}
-V2_TYPES = {tf: v2 for v2, tf in TF_TYPES.items()}
-VALUES = {
-    **dict.fromkeys(("UINT8", "UINT16", "INT8", "INT16", "INT32"), "int_val"),
-    "BOOL": "bool_val",
-    "UINT32": "uint32_val",
-    "UINT64": "uint64_val",
-    "INT64": "int64_val",
-    "FP16": "half_val",
-    "FP32": "float_val",
-    "FP64": "double_val",
-    "BYTES": "string_val",
-}
 
 
 class TfServingClient:
@@ -127,7 +100,7 @@ class TfServingClient:
         request = predict_pb2.PredictRequest(model_spec=self._spec())
         for name, (datatype, array) in inputs.items():
             proto = request.inputs[name]
-            proto.dtype = TF_TYPES[datatype]
+            proto.dtype = TF_DATATYPES[datatype]
             for size in array.shape:
                 proto.tensor_shape.dim.add(size=size)
             if datatype == "BYTES":
@@ -148,15 +121,15 @@ class TfServingClient:
 
 def _tensor(name: str, info: Any) -> RemoteTensor:
     shape = tuple(int(d.size) for d in info.tensor_shape.dim)
-    return RemoteTensor(name, V2_TYPES[info.dtype], shape)
+    return RemoteTensor(name, V2_DATATYPES[info.dtype], shape)
 
 
 def _array(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
-    datatype = V2_TYPES[proto.dtype]
+    datatype = V2_DATATYPES[proto.dtype]
     shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
     if proto.tensor_content:
         return decode_tensor(name, datatype, shape, proto.tensor_content)
-    values = list(getattr(proto, VALUES[datatype]))
+    values = list(getattr(proto, TF_VALUES[datatype].field))
     count = element_count(shape)
     if values and len(values) < count:  # TensorFlow pads a short list with its last value
         values += values[-1:] * (count - len(values))

@@ -15,6 +15,7 @@ from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.errors import ModelportError
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
+from modelport.protos.datatypes import V2_CONTENTS
 from modelport.protos.parameters import set_parameters
 from modelport.runtimes.remote_client import (
     GrpcChannel,
@@ -27,18 +28,6 @@ from modelport.spec import RemoteSpec
 from modelport.tensors import as_bytes_array, numpy_dtype
 
 JSON_LENGTH = "Inference-Header-Content-Length"
-# The typed list of InferTensorContents that carries each datatype (a remote answering
-# without raw_output_contents); FP16 has none.
-_TYPED = {
-    **dict.fromkeys(("UINT8", "UINT16", "UINT32"), "uint_contents"),
-    **dict.fromkeys(("INT8", "INT16", "INT32"), "int_contents"),
-    "BOOL": "bool_contents",
-    "UINT64": "uint64_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 
 class HttpV2Client:
@@ -221,7 +210,7 @@ def _error_text(response: httpx.Response) -> str:
 
 
 def _typed(tensor: pb.ModelInferResponse.InferOutputTensor, shape: tuple[int, ...]) -> np.ndarray:
-    field = _TYPED[tensor.datatype]
+    field = V2_CONTENTS[tensor.datatype].field
     values = list(getattr(tensor.contents, field))
     if tensor.datatype == "BYTES":
         array = np.empty(len(values), np.object_)

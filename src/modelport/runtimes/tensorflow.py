@@ -97,9 +97,9 @@ _THREADS = _ProcessThreads()
 
 
 class TensorflowRuntime:
-    # A signature never calls back into the server, so the batcher may run a lone small
-    # request on the event loop's thread (see core/batcher.py).
-    runs_inline = True
+    """A SavedModel, and an :class:`~modelport.core.runtime.InlineRuntime`: a signature
+    never calls back into the server, so the batcher may run a lone small request on the
+    event loop's thread (see core/batch_policy.py)."""
 
     def __init__(self, context: RuntimeContext) -> None:
         self.context = context
@@ -238,6 +238,11 @@ class TensorflowRuntime:
                     f"{_op_message(str(exc.message))}"
                 ) from None
         return {n: t.numpy() for n, t in results.items()}
+
+    def infer_inline(
+        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        return self.infer(inputs, parameters)
 
     def _refusal(self, name: Any) -> str:
         model = self.context.spec.name

@@ -22,7 +22,7 @@ import uvicorn
 from modelport.api.grpc.server import STOP_GRACE_S, start_grpc_server
 from modelport.api.http.app import create_app
 from modelport.api.http.auth import AuthMiddleware
-from modelport.api.http.fastpath import http_protocol
+from modelport.api.http.fastpath import FastPathConfig, http_protocol
 from modelport.api.http.v2 import InferHandler
 from modelport.api.peer import peer_app
 from modelport.core.repository import ModelRepository
@@ -121,10 +121,10 @@ async def serve(
         metrics = metrics_registry(service, nvml)
         _, asgi = create_app(
             service,
-            metrics,
-            settings.max_request_bytes,
-            task_routes(settings, tasks, cluster),
-            functools.partial(peers.metrics, metrics) if peers is not None else None,
+            metrics=metrics,
+            max_body=settings.max_request_bytes,
+            tasks=task_routes(settings, tasks, cluster),
+            metrics_text=functools.partial(peers.metrics, metrics) if peers is not None else None,
         )
         admit = None
         if guard is not None:
@@ -133,13 +133,13 @@ async def serve(
         if settings.grpc_port:  # 0 turns gRPC off
             grpc_server = await start_grpc_server(
                 service,
-                settings.host,
-                settings.grpc_port,
-                settings.grpc_max_message_bytes,
-                settings.grpc_max_concurrent_rpcs,
-                settings.grpc_listeners,
-                guard,
-                tls,
+                host=settings.host,
+                port=settings.grpc_port,
+                max_message_bytes=settings.grpc_max_message_bytes,
+                max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+                listeners=settings.grpc_listeners,
+                guard=guard,
+                tls=tls,
                 shared_port=process is not None,
                 transport=settings.grpc_transport,
                 max_idle_s=settings.grpc_max_idle_s,
@@ -152,10 +152,12 @@ async def serve(
             loop="uvloop",
             http=http_protocol(
                 InferHandler(service, settings.max_request_bytes),
-                settings.max_request_bytes,
-                admit,
-                settings.request_header_timeout_s,
-                settings.request_body_timeout_s,
+                FastPathConfig(
+                    max_request_bytes=settings.max_request_bytes,
+                    admit=admit,
+                    header_timeout_s=settings.request_header_timeout_s,
+                    body_timeout_s=settings.request_body_timeout_s,
+                ),
             ),
             lifespan="off",
             access_log=False,

@@ -28,7 +28,9 @@ import grpc
 import pytest
 
 from modelport.api.grpc import native
-from modelport.api.grpc.h2 import KEEPALIVE_IDLE_S, MAX_STREAMS, WRITE_HIGH, H2Connection
+from modelport.api.grpc.call import FastDone
+from modelport.api.grpc.h2 import H2Connection
+from modelport.api.grpc.h2_flow import KEEPALIVE_IDLE_S, MAX_STREAMS, WRITE_HIGH
 from modelport.api.grpc.native import NativeGrpcServer
 from modelport.errors import ModelUnavailable
 from support.raw_h2 import (
@@ -58,9 +60,9 @@ REFUSED_STREAM = 7
 class Held:
     """The fast method's calls, held until the test answers them: work in progress."""
 
-    calls: list[tuple[asyncio.Future[Any], native.FastDone]]
+    calls: list[tuple[asyncio.Future[Any], FastDone]]
 
-    def start(self, raw: bytes, context: Any, done: native.FastDone) -> asyncio.Future[Any]:
+    def start(self, raw: bytes, context: Any, done: FastDone) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.calls.append((future, done))
         return future
@@ -78,7 +80,7 @@ class Served:
 
 
 async def _serve(max_idle_s: float = 0.0) -> Served:
-    server = NativeGrpcServer(1 << 20, max_idle_s=max_idle_s)
+    server = NativeGrpcServer(max_message_bytes=1 << 20, max_idle_s=max_idle_s)
     held = Held([])
     server.handlers[PATH] = grpc.unary_unary_rpc_method_handler(
         lambda request, context: request,

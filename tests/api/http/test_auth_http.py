@@ -191,7 +191,9 @@ async def inproc_keyed(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient,
     await service.open()
     store = KeyStore(tmp_path / "keys.json")
     token = store.create("inproc", ["infer"]).token
-    _, asgi = create_app(service, metrics_registry(service), settings.max_request_bytes)
+    _, asgi = create_app(
+        service, metrics=metrics_registry(service), max_body=settings.max_request_bytes
+    )
     guarded = AuthMiddleware(asgi, Guard(store, AccessPolicy()))
     transport = httpx.ASGITransport(app=guarded)
     try:

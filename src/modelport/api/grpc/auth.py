@@ -20,14 +20,21 @@ from modelport.errors import ModelportError
 from modelport.security.access import Grant, Guard, Need
 
 V2 = "/inference.GRPCInferenceService/"
-HEALTH_METHODS = frozenset({
-    "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
-    V2 + "ServerLive", V2 + "ServerReady",
-})  # fmt: skip
-ADMIN_METHODS = frozenset({
-    V2 + "RepositoryModelLoad", V2 + "RepositoryModelUnload",
-    "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
-})  # fmt: skip
+HEALTH_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        V2 + "ServerLive",
+        V2 + "ServerReady",
+    }
+)
+ADMIN_METHODS = frozenset(
+    {
+        V2 + "RepositoryModelLoad",
+        V2 + "RepositoryModelUnload",
+        "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+    }
+)
 
 Context: TypeAlias = grpc.aio.ServicerContext
 

@@ -22,6 +22,7 @@ from modelport.core.triton_config import ConfigTensor, TritonConfig, VersionChoi
 from modelport.errors import InvalidInput
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import model_config_pb2 as config_pb
+from modelport.protos.datatypes import V2_CONTENTS
 from modelport.protos.parameters import set_parameters
 from modelport.spec import TensorSpec
 from modelport.tensors import (
@@ -33,33 +34,6 @@ from modelport.tensors import (
     checked_count,
     element_count,
 )
-
-# v2 datatype -> the InferTensorContents list that carries it. Narrow integers travel
-# widened (INT8 in int_contents, UINT16 in uint_contents...); FP16 has no list.
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-# The numpy type each list holds, before narrowing to the tensor's own datatype.
-_WIDE = {
-    "bool_contents": np.bool_,
-    "uint_contents": np.uint32,
-    "uint64_contents": np.uint64,
-    "int_contents": np.int32,
-    "int64_contents": np.int64,
-    "fp32_contents": np.float32,
-    "fp64_contents": np.float64,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +97,12 @@ def decode_request(
 def _from_contents(
     name: str, datatype: str, shape: tuple[int, ...], *, contents: pb.InferTensorContents
 ) -> np.ndarray:
-    field = CONTENTS_FIELD.get(datatype)
-    if field is None:
+    typed = V2_CONTENTS.get(datatype)
+    if typed is None:
         raise InvalidInput(
             f"input '{name}': {datatype} has no typed contents list; send it in raw_input_contents"
         )
+    field = typed.field
     values = getattr(contents, field)
     count = element_count(shape)
     if len(values) != count:
@@ -139,7 +114,7 @@ def _from_contents(
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array.reshape(shape)
-    wide: np.ndarray = np.array(values, dtype=_WIDE[field])
+    wide: np.ndarray = np.array(values, dtype=typed.wide)
     dtype = DATATYPES[datatype]
     if dtype != wide.dtype and wide.size:
         info = np.iinfo(dtype)
@@ -157,14 +132,14 @@ def encode_response(response: InferenceResponse, typed: bool) -> pb.ModelInferRe
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     set_parameters(message.parameters, response.parameters)
-    typed = typed and all(t.datatype in CONTENTS_FIELD for t in response.outputs)
+    typed = typed and all(t.datatype in V2_CONTENTS for t in response.outputs)
     raw: list[bytes] = []
     for tensor in response.outputs:
         out = message.outputs.add(
             name=tensor.name, datatype=tensor.datatype, shape=tensor.data.shape
         )
         if typed:
-            values = getattr(out.contents, CONTENTS_FIELD[tensor.datatype])
+            values = getattr(out.contents, V2_CONTENTS[tensor.datatype].field)
             values.extend(tensor.data.ravel().tolist())
         else:
             raw.append(encode_tensor(tensor.data, tensor.datatype))

@@ -1,9 +1,11 @@
 """HTTP/2 (RFC 9113), the server side, as much of it as gRPC uses: the native transport.
 
-:class:`H2Connection` is an ``asyncio.Protocol`` that parses frames, keeps the
-connection's and each stream's flow-control windows, and hands each new request
-stream to a :class:`StreamHandler` made by the ``opener`` it was given (the gRPC layer,
-``api/grpc/native.py``). It knows nothing of gRPC.
+:class:`H2Connection` is an ``asyncio.Protocol`` that parses frames, keeps the streams
+and the windows of what it receives, and hands each new request stream to a
+:class:`StreamHandler` made by the ``opener`` it was given (the gRPC layer,
+``api/grpc/native.py``). It knows nothing of gRPC. The frames' numbers, a stream's
+state and the sending side (``Outbox``: one ``write`` per turn, data held back by the
+peer's windows) are ``h2_flow.py``.
 
 Sending: a handler calls :meth:`H2Connection.send` with a header block, data and/or a
 trailer block; they leave at once as far as the peer's windows allow (in one
@@ -19,96 +21,64 @@ plain HTTP/1.1 request is answered 400 naming the port's protocol), CONNECT.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-import struct
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Protocol
 
+from modelport.api.grpc.h2_flow import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONNECTION_WINDOW,
+    CONTINUATION,
+    DATA,
+    DEFAULT_FRAME_SIZE,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    GOAWAY_STRUCT,
+    HEADERS,
+    HTTP1_ANSWER,
+    HTTP1_TEXT,
+    ID,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_BLOCK,
+    MAX_STREAMS,
+    MAX_WINDOW,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    S_FRAME_SIZE,
+    S_WINDOW,
+    SERVER_SETTINGS,
+    SETTING_STRUCT,
+    SETTINGS,
+    WINDOW_UPDATE,
+    WRITE_HIGH,
+    WRITE_LOW,
+    H2ProtocolError,
+    Inbox,
+    Outbox,
+    Stream,
+    StreamHandler,
+    frame,
+    keep_alive,
+    unpad,
+)
 from modelport.api.grpc.hpack_codec import HeaderDecoder, HpackError
 
 log = logging.getLogger("modelport.grpc")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
-ENHANCE_YOUR_CALM = 11
-S_TABLE_SIZE, S_PUSH, S_MAX_STREAMS, S_WINDOW, S_FRAME_SIZE, S_HEADER_LIST = range(1, 7)
-
-MAX_WINDOW = 2**31 - 1
-DEFAULT_WINDOW = 65_535
-DEFAULT_FRAME_SIZE = 16_384
-# What this server advertises.
-STREAM_WINDOW = 1 << 20  # bytes a stream may send ahead of its handler
-CONNECTION_WINDOW = 1 << 24
-MAX_FRAME_SIZE = 1 << 20
-MAX_STREAMS = 256  # streams open at once on one connection
-MAX_HEADER_BLOCK = 64 * 1024
-# Past WRITE_HIGH bytes not yet taken by the peer, the connection stops reading it.
-WRITE_HIGH, WRITE_LOW = 4 << 20, 1 << 20
-# TCP keepalive: a peer silent for KEEPALIVE_IDLE_S is probed every KEEPALIVE_INTERVAL_S,
-# and after KEEPALIVE_PROBES unanswered probes the kernel ends the connection: a client
-# that vanished (power cut, network gone) with a stream open does not hold it forever.
-KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 60, 10, 6
-
-_ID = struct.Struct(">I")
-_FRAME_HEAD = struct.Struct(">BHBBI")  # length (24 bits), type, flags, stream id
-_SETTING = struct.Struct(">HI")
-_GOAWAY = struct.Struct(">II")
-HTTP1_ANSWER = (
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n"
-    b"content-length: %d\r\n\r\n%s"
-)
-HTTP1_TEXT = b"this port speaks gRPC (HTTP/2); send HTTP/1.1 requests to the HTTP port\n"
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    size = len(payload)
-    return _FRAME_HEAD.pack(size >> 16, size & 0xFFFF, kind, flags, stream_id) + payload
-
-
-class StreamHandler(Protocol):
-    """What the connection calls for one request stream (the gRPC call)."""
-
-    def data(self, payload: bytes, end: bool) -> None: ...
-
-    def reset(self) -> bool:
-        """The stream ended without an answer: reset (by the client, or for breaking
-        flow control), or the connection is gone. Nothing more can be sent on it.
-
-        True if work it started still runs: it then calls
-        :meth:`H2Connection.orphan_done` once that work has stopped."""
-
-
-class Stream:
-    __slots__ = (
-        "handler", "id", "local_closed", "out", "recv_window", "remote_closed", "send_window"
-    )  # fmt: skip
-
-    def __init__(self, stream_id: int, send_window: int) -> None:
-        self.id = stream_id
-        self.handler: StreamHandler | None = None
-        self.remote_closed = False
-        self.local_closed = False
-        self.send_window = send_window
-        self.recv_window = STREAM_WINDOW  # what the client may still send
-        # Waiting for window: [kind, payload, end]; headers only wait behind data.
-        self.out: deque[tuple[int, bytes, bool]] = deque()
-
-
 Opener = Callable[["H2Connection", Stream, list[tuple[bytes, bytes]]], StreamHandler]
-
-
-class ConnectionError_(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
 
 
 class H2Connection(asyncio.Protocol):
@@ -116,23 +86,15 @@ class H2Connection(asyncio.Protocol):
         self.opener = opener
         self.on_close = on_close
         self.transport: asyncio.Transport | None = None
+        self.out = Outbox(self._ended_locally)
+        self.inbox = Inbox(self.out)
         self.streams: dict[int, Stream] = {}
         self.decoder = HeaderDecoder()
         self.last_stream = 0
-        self.send_window = DEFAULT_WINDOW
-        self.peer_stream_window = DEFAULT_WINDOW
-        self.peer_frame_size = DEFAULT_FRAME_SIZE
-        self.received_unacked = 0
         self.going_away = False
         self.peer = ""
         self._buffer = bytearray()
-        self.preface_seen = False
         self._continuing: tuple[int, bytearray, bool] | None = None
-        self._frames: list[bytes] = []
-        self._receiving = False
-        self._blocked: dict[int, Stream] = {}
-        self._drained: dict[int, asyncio.Future[None]] = {}
-        self._unacked: dict[int, int] = {}
         # Streams reset before their handler finished, whose work still runs. They count
         # against MAX_STREAMS until it stops, so resetting streams as fast as they are
         # opened (CVE-2023-44487, "rapid reset") cannot start unbounded work.
@@ -140,39 +102,31 @@ class H2Connection(asyncio.Protocol):
         self.paused = False  # reading stopped: the peer is not reading what we send
         self.opened_at = self.idle_since = time.monotonic()
 
+    @property
+    def preface_seen(self) -> bool:
+        return self.out.open
+
     # -- asyncio ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = self.out.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
-        _keep_alive(transport.get_extra_info("socket"))
+        keep_alive(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"ipv{6 if ':' in str(peer[0]) else 4}:{peer[0]}:{peer[1]}"
-        settings = b"".join(
-            _SETTING.pack(key, value)
-            for key, value in (
-                (S_MAX_STREAMS, MAX_STREAMS),
-                (S_WINDOW, STREAM_WINDOW),
-                (S_FRAME_SIZE, MAX_FRAME_SIZE),
-                (S_HEADER_LIST, MAX_HEADER_BLOCK),
-            )
-        )
-        self._frames.append(frame(SETTINGS, 0, 0, settings))
-        opening = _ID.pack(CONNECTION_WINDOW - DEFAULT_WINDOW)
-        # Sent once the client's preface is seen (_flush): an HTTP/1.1 client must get
-        # its 400 answer alone, not after these frames.
-        self._frames.append(frame(WINDOW_UPDATE, 0, 0, opening))
+        self.out.add(frame(SETTINGS, 0, 0, SERVER_SETTINGS))
+        opening = ID.pack(CONNECTION_WINDOW - DEFAULT_WINDOW)
+        # Sent once the client's preface is seen (Outbox.open): an HTTP/1.1 client must
+        # get its 400 answer alone, not after these frames.
+        self.out.add(frame(WINDOW_UPDATE, 0, 0, opening))
 
     def connection_lost(self, exc: Exception | None) -> None:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             if stream.handler is not None:
                 stream.handler.reset()
-        for waiter in self._drained.values():
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drained.clear()
+        self.out.close()
         self.transport = None
         self.on_close(self)
 
@@ -191,95 +145,49 @@ class H2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
-        self._receiving = True
+        self.out.holding = True
         try:
-            if not self.preface_seen and not self._read_preface():
+            if not self.out.open and not self._read_preface():
                 return
             self._read_frames()
-        except ConnectionError_ as exc:
+        except H2ProtocolError as exc:
             self.close(exc.code, str(exc))
         finally:
-            self._receiving = False
-            self._flush()
+            self.out.holding = False
+            self.out.flush()
 
-    # -- sending (the handlers' side) ------------------------------------------------------
+    # -- the handlers' side ----------------------------------------------------------------
 
     def send(
         self,
         stream: Stream,
+        *,
         headers: bytes | None = None,
         data: bytes | None = None,
         trailers: bytes | None = None,
     ) -> None:
         """Queue what the stream answers; ``trailers`` end it (END_STREAM)."""
-        if stream.local_closed or self.transport is None:
-            return
-        size = 0 if data is None else len(data)
-        room = min(self.send_window, stream.send_window, self.peer_frame_size)
-        if not stream.out and size <= room:  # the usual answer: all of it leaves now
-            self._send_now(stream, headers, data, trailers)
-            return
-        out = stream.out
-        if headers is not None:
-            out.append((HEADERS, headers, False))
-        if data is not None:
-            out.append((DATA, data, False))
-        if trailers is not None:
-            out.append((HEADERS, trailers, True))
-        self._send_queued(stream)
-        if not self._receiving:
-            self._flush()
-
-    def _send_now(
-        self, stream: Stream, headers: bytes | None, data: bytes | None, trailers: bytes | None
-    ) -> None:
-        if headers is not None:
-            self._emit_headers(stream.id, headers, False)
-        if data is not None:
-            self._frames.append(frame(DATA, 0, stream.id, data))
-            self.send_window -= len(data)
-            stream.send_window -= len(data)
-        if trailers is not None:
-            self._emit_headers(stream.id, trailers, True)
-            self._ended_locally(stream)
-        if not self._receiving:
-            self._flush()
+        self.out.send(stream, headers=headers, data=data, trailers=trailers)
 
     def blocked(self, stream: Stream) -> bool:
         return bool(stream.out)
 
     async def drained(self, stream: Stream) -> None:
         """Wait until what ``stream`` sent has left (or the connection is gone)."""
-        if not stream.out or self.transport is None:
-            return
-        waiter = self._drained.get(stream.id)
-        if waiter is None:
-            waiter = self._drained[stream.id] = asyncio.get_running_loop().create_future()
-        await waiter
+        await self.out.drained(stream)
 
     def reset(self, stream: Stream, code: int) -> None:
         """End the stream now (RST_STREAM), dropping what it had not sent."""
         if self.streams.pop(stream.id, None) is None:
             return
         stream.local_closed = stream.remote_closed = True
-        stream.out.clear()
         self._forget(stream)
-        self._frames.append(frame(RST_STREAM, 0, stream.id, _ID.pack(code)))
-        if not self._receiving:
-            self._flush()
+        self.out.add(frame(RST_STREAM, 0, stream.id, ID.pack(code)))
+        self.out.flush_soon()
 
     def consumed(self, stream: Stream, size: int) -> None:
         """The handler has taken ``size`` bytes of the stream's data: open its window."""
-        if stream.remote_closed or size <= 0:
-            return
-        unacked = self._unacked.get(stream.id, 0) + size
-        if unacked >= STREAM_WINDOW // 2:
-            self._frames.append(frame(WINDOW_UPDATE, 0, stream.id, _ID.pack(unacked)))
-            stream.recv_window += unacked
-            unacked = 0
-            if not self._receiving:
-                self._flush()
-        self._unacked[stream.id] = unacked
+        self.inbox.consumed(stream, size)
 
     def close(self, code: int = NO_ERROR, reason: str = "") -> None:
         """GOAWAY, then close: every stream not yet answered is dropped."""
@@ -288,8 +196,8 @@ class H2Connection(asyncio.Protocol):
         if code != NO_ERROR:
             log.info("closing gRPC connection from %s: %s", self.peer, reason)
         debug = reason.encode()[:200]
-        self._frames.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(self.last_stream, code) + debug))
-        self._flush()
+        self.out.add(frame(GOAWAY, 0, 0, GOAWAY_STRUCT.pack(self.last_stream, code) + debug))
+        self.out.flush()
         self.transport.close()
 
     def go_away(self) -> None:
@@ -297,86 +205,39 @@ class H2Connection(asyncio.Protocol):
         if self.going_away or self.transport is None:
             return
         self.going_away = True
-        self._frames.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(self.last_stream, NO_ERROR)))
-        self._flush()
+        self.out.add(frame(GOAWAY, 0, 0, GOAWAY_STRUCT.pack(self.last_stream, NO_ERROR)))
+        self.out.flush()
         if not self.streams:
             self.transport.close()
 
-    def _flush(self) -> None:
-        if self._frames and self.transport is not None and self.preface_seen:
-            frames, self._frames = self._frames, []
-            self.transport.write(b"".join(frames))
+    def orphan_done(self) -> None:
+        """A reset stream's handler has stopped its work (see :meth:`StreamHandler.reset`)."""
+        self.orphans = max(0, self.orphans - 1)
 
-    def _send_queued(self, stream: Stream) -> None:
-        out = stream.out
-        while out:
-            kind, payload, end = out[0]
-            if kind == HEADERS:
-                out.popleft()
-                self._emit_headers(stream.id, payload, end)
-                if end:
-                    self._ended_locally(stream)
-                continue
-            room = min(self.send_window, stream.send_window, self.peer_frame_size)
-            if payload and room <= 0:
-                break
-            chunk, rest = payload[:room], payload[room:]
-            flags = END_STREAM if end and not rest else 0
-            self._frames.append(frame(DATA, flags, stream.id, chunk))
-            self.send_window -= len(chunk)
-            stream.send_window -= len(chunk)
-            if rest:
-                out[0] = (DATA, rest, end)
-            else:
-                out.popleft()
-                if end:
-                    self._ended_locally(stream)
-        if out:
-            self._blocked[stream.id] = stream
-        else:
-            self._blocked.pop(stream.id, None)
-            waiter = self._drained.pop(stream.id, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-    def _emit_headers(self, stream_id: int, block: bytes, end: bool) -> None:
-        size = self.peer_frame_size
-        first, rest = block[:size], block[size:]
-        flags = (END_STREAM if end else 0) | (0 if rest else END_HEADERS)
-        self._frames.append(frame(HEADERS, flags, stream_id, first))
-        while rest:
-            piece, rest = rest[:size], rest[size:]
-            self._frames.append(frame(CONTINUATION, 0 if rest else END_HEADERS, stream_id, piece))
+    # -- a stream's end --------------------------------------------------------------------
 
     def _ended_locally(self, stream: Stream) -> None:
         stream.local_closed = True
         stream.out.clear()
         if not stream.remote_closed:
             # Answered before the client finished sending: it need not send the rest.
-            self._frames.append(frame(RST_STREAM, 0, stream.id, _ID.pack(NO_ERROR)))
+            self.out.add(frame(RST_STREAM, 0, stream.id, ID.pack(NO_ERROR)))
         self.streams.pop(stream.id, None)
         self._forget(stream)
         if self.going_away and not self.streams and self.transport is not None:
-            self._flush()
+            self.out.flush()
             self.transport.close()
 
     def _abandon(self, stream: Stream) -> None:
         if stream.handler is not None and stream.handler.reset():
             self.orphans += 1
 
-    def orphan_done(self) -> None:
-        """A reset stream's handler has stopped its work (see :meth:`StreamHandler.reset`)."""
-        self.orphans = max(0, self.orphans - 1)
-
     def _forget(self, stream: Stream) -> None:
         """``stream`` has left ``streams``: drop what was kept for it."""
         if not self.streams:
             self.idle_since = time.monotonic()
-        self._blocked.pop(stream.id, None)
-        self._unacked.pop(stream.id, None)
-        waiter = self._drained.pop(stream.id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.inbox.forget(stream)
+        self.out.forget(stream)
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -390,7 +251,7 @@ class H2Connection(asyncio.Protocol):
             self._not_http2()
             return False
         del buffer[: len(PREFACE)]
-        self.preface_seen = True
+        self.out.open = True
         return True
 
     def _not_http2(self) -> None:
@@ -406,11 +267,11 @@ class H2Connection(asyncio.Protocol):
             while size - pos >= 9 and self.transport is not None:
                 length = (buffer[pos] << 16) | (buffer[pos + 1] << 8) | buffer[pos + 2]
                 if length > MAX_FRAME_SIZE:
-                    raise ConnectionError_(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
+                    raise H2ProtocolError(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
                 if size - pos - 9 < length:
                     break
                 kind, flags = buffer[pos + 3], buffer[pos + 4]
-                stream_id = _ID.unpack_from(buffer, pos + 5)[0] & 0x7FFFFFFF
+                stream_id = ID.unpack_from(buffer, pos + 5)[0] & 0x7FFFFFFF
                 payload = bytes(buffer[pos + 9 : pos + 9 + length])
                 pos += 9 + length
                 self._frame(kind, flags, stream_id, payload)
@@ -419,7 +280,7 @@ class H2Connection(asyncio.Protocol):
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuing is not None and kind != CONTINUATION:
-            raise ConnectionError_(PROTOCOL_ERROR, "a header block was interrupted")
+            raise H2ProtocolError(PROTOCOL_ERROR, "a header block was interrupted")
         if kind == DATA:
             self._on_data(flags, stream_id, payload)
         elif kind == HEADERS:
@@ -432,9 +293,9 @@ class H2Connection(asyncio.Protocol):
             self._on_settings(flags, stream_id, payload)
         elif kind == PING:
             if len(payload) != 8 or stream_id:
-                raise ConnectionError_(FRAME_SIZE_ERROR, "a PING is 8 bytes on stream 0")
+                raise H2ProtocolError(FRAME_SIZE_ERROR, "a PING is 8 bytes on stream 0")
             if not flags & ACK:
-                self._frames.append(frame(PING, ACK, 0, payload))
+                self.out.add(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
             self._on_reset(stream_id, payload)
         elif kind == GOAWAY:
@@ -442,20 +303,17 @@ class H2Connection(asyncio.Protocol):
             if not self.streams and self.transport is not None:
                 self.transport.close()
         elif kind == PUSH_PROMISE:
-            raise ConnectionError_(PROTOCOL_ERROR, "a client cannot push")
+            raise H2ProtocolError(PROTOCOL_ERROR, "a client cannot push")
         # PRIORITY and unknown kinds are ignored, as the protocol allows
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "DATA on stream 0")
-        self.received_unacked += len(payload)
-        if self.received_unacked >= CONNECTION_WINDOW // 2:
-            self._frames.append(frame(WINDOW_UPDATE, 0, 0, _ID.pack(self.received_unacked)))
-            self.received_unacked = 0
+            raise H2ProtocolError(PROTOCOL_ERROR, "DATA on stream 0")
+        self.inbox.received(len(payload))
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed:
             if stream_id > self.last_stream:
-                raise ConnectionError_(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
+                raise H2ProtocolError(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
             return  # a stream already answered or reset: its late data is dropped
         stream.recv_window -= len(payload)
         if stream.recv_window < 0:  # sent past its window: its handler is not keeping up
@@ -464,10 +322,10 @@ class H2Connection(asyncio.Protocol):
             return
         padding = 0
         if flags & PADDED:
-            payload, padding = _unpad(payload)
+            payload, padding = unpad(payload)
         end = bool(flags & END_STREAM)
         if padding:
-            self.consumed(stream, padding + 1)
+            self.inbox.consumed(stream, padding + 1)
         if end:
             stream.remote_closed = True
         if stream.handler is not None:
@@ -477,9 +335,9 @@ class H2Connection(asyncio.Protocol):
 
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if len(payload) > MAX_HEADER_BLOCK:
-            raise ConnectionError_(ENHANCE_YOUR_CALM, "a header block over 64 KiB")
+            raise H2ProtocolError(ENHANCE_YOUR_CALM, "a header block over 64 KiB")
         if flags & PADDED:
-            payload, _ = _unpad(payload)
+            payload, _ = unpad(payload)
         if flags & PRIORITY_FLAG:
             payload = payload[5:]
         if flags & END_HEADERS:
@@ -489,11 +347,11 @@ class H2Connection(asyncio.Protocol):
 
     def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuing is None or self._continuing[0] != stream_id:
-            raise ConnectionError_(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+            raise H2ProtocolError(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
         block = self._continuing[1]
         block += payload
         if len(block) > MAX_HEADER_BLOCK:
-            raise ConnectionError_(ENHANCE_YOUR_CALM, "a header block over 64 KiB")
+            raise H2ProtocolError(ENHANCE_YOUR_CALM, "a header block over 64 KiB")
         if flags & END_HEADERS:
             end = self._continuing[2]
             self._continuing = None
@@ -503,22 +361,22 @@ class H2Connection(asyncio.Protocol):
         try:
             headers = self.decoder.decode(block)
         except HpackError as exc:
-            raise ConnectionError_(COMPRESSION_ERROR, str(exc)) from None
+            raise H2ProtocolError(COMPRESSION_ERROR, str(exc)) from None
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: they end its side
             if not end:
-                raise ConnectionError_(PROTOCOL_ERROR, "trailers without END_STREAM")
+                raise H2ProtocolError(PROTOCOL_ERROR, "trailers without END_STREAM")
             stream.remote_closed = True
             if stream.handler is not None:
                 stream.handler.data(b"", True)
             return
         if stream_id % 2 == 0 or stream_id <= self.last_stream:
-            raise ConnectionError_(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
+            raise H2ProtocolError(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
         self.last_stream = stream_id
         if self.going_away or len(self.streams) + self.orphans >= MAX_STREAMS:
-            self._frames.append(frame(RST_STREAM, 0, stream_id, _ID.pack(REFUSED_STREAM)))
+            self.out.add(frame(RST_STREAM, 0, stream_id, ID.pack(REFUSED_STREAM)))
             return
-        stream = Stream(stream_id, self.peer_stream_window)
+        stream = Stream(stream_id, self.out.stream_window)
         self.streams[stream_id] = stream
         stream.handler = self.opener(self, stream, headers)
         if end and not stream.remote_closed:
@@ -527,16 +385,15 @@ class H2Connection(asyncio.Protocol):
 
     def _on_window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "a WINDOW_UPDATE is 4 bytes")
-        increment = _ID.unpack(payload)[0] & 0x7FFFFFFF
+            raise H2ProtocolError(FRAME_SIZE_ERROR, "a WINDOW_UPDATE is 4 bytes")
+        increment = ID.unpack(payload)[0] & 0x7FFFFFFF
         if stream_id == 0:
             if increment == 0:
-                raise ConnectionError_(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0")
-            self.send_window += increment
-            if self.send_window > MAX_WINDOW:
-                raise ConnectionError_(FLOW_CONTROL_ERROR, "the window grew past 2^31-1")
-            for blocked in list(self._blocked.values()):
-                self._send_queued(blocked)
+                raise H2ProtocolError(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0")
+            self.out.window += increment
+            if self.out.window > MAX_WINDOW:
+                raise H2ProtocolError(FLOW_CONTROL_ERROR, "the window grew past 2^31-1")
+            self.out.send_blocked()
             return
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -547,60 +404,41 @@ class H2Connection(asyncio.Protocol):
             return
         stream.send_window += increment
         if stream.out:
-            self._send_queued(stream)
+            self.out.send_queued(stream)
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
-            raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise H2ProtocolError(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
             return
         if len(payload) % 6:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
+            raise H2ProtocolError(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
         for offset in range(0, len(payload), 6):
-            key, value = _SETTING.unpack_from(payload, offset)
+            key, value = SETTING_STRUCT.unpack_from(payload, offset)
             if key == S_WINDOW:
                 if value > MAX_WINDOW:
-                    raise ConnectionError_(FLOW_CONTROL_ERROR, "initial window past 2^31-1")
-                delta = value - self.peer_stream_window
-                self.peer_stream_window = value
+                    raise H2ProtocolError(FLOW_CONTROL_ERROR, "initial window past 2^31-1")
+                delta = value - self.out.stream_window
+                self.out.stream_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
             elif key == S_FRAME_SIZE:
                 if not DEFAULT_FRAME_SIZE <= value < 1 << 24:
-                    raise ConnectionError_(PROTOCOL_ERROR, f"max frame size {value}")
-                self.peer_frame_size = value
-        self._frames.append(frame(SETTINGS, ACK, 0))
-        for stream in list(self._blocked.values()):
-            self._send_queued(stream)
+                    raise H2ProtocolError(PROTOCOL_ERROR, f"max frame size {value}")
+                self.out.frame_size = value
+        self.out.add(frame(SETTINGS, ACK, 0))
+        self.out.send_blocked()
 
     def _on_reset(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4 or stream_id == 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "a bad RST_STREAM")
+            raise H2ProtocolError(PROTOCOL_ERROR, "a bad RST_STREAM")
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             if stream_id > self.last_stream:
-                raise ConnectionError_(PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
+                raise H2ProtocolError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
             return
         stream.local_closed = stream.remote_closed = True
-        stream.out.clear()
         self._forget(stream)
         self._abandon(stream)
         if self.going_away and not self.streams and self.transport is not None:
             self.transport.close()
-
-
-def _unpad(payload: bytes) -> tuple[bytes, int]:
-    if not payload or payload[0] >= len(payload):
-        raise ConnectionError_(PROTOCOL_ERROR, "padding longer than the frame")
-    padding = payload[0]
-    return payload[1 : len(payload) - padding], padding
-
-
-def _keep_alive(sock: socket.socket | None) -> None:
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):  # the TCP_KEEP* options are Linux's
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)

@@ -101,6 +101,7 @@ class NativeServer:
 
 async def start_grpc_server(
     service: InferenceService,
+    *,
     host: str,
     port: int,
     max_message_bytes: int,
@@ -134,9 +135,16 @@ async def start_grpc_server(
     interceptors = [AuthInterceptor(guard)] if guard is not None else []
     if transport == "native":
         return await _start_native(
-            service, host, port, max_message_bytes, max_concurrent_rpcs, guard, tls,
-            shared_port, max_idle_s,
-        )  # fmt: skip
+            service,
+            host=host,
+            port=port,
+            max_message_bytes=max_message_bytes,
+            max_concurrent_rpcs=max_concurrent_rpcs,
+            guard=guard,
+            tls=tls,
+            shared_port=shared_port,
+            max_idle_s=max_idle_s,
+        )
     if max_concurrent_rpcs:
         listeners = 1
     credentials = _credentials(tls)
@@ -174,6 +182,7 @@ async def start_grpc_server(
 
 async def _start_native(
     service: InferenceService,
+    *,
     host: str,
     port: int,
     max_message_bytes: int,
@@ -184,7 +193,12 @@ async def _start_native(
     max_idle_s: float,
 ) -> NativeServer:
     admit = None if guard is None else functools.partial(admit_call, guard, "infer")
-    native = NativeGrpcServer(max_message_bytes, max_concurrent_rpcs, admit, max_idle_s)
+    native = NativeGrpcServer(
+        max_message_bytes=max_message_bytes,
+        max_concurrent_rpcs=max_concurrent_rpcs,
+        admit=admit,
+        max_idle_s=max_idle_s,
+    )
     servicer = InferenceServicer(service)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, native)
     add_tfserving_services(service, native)

@@ -42,13 +42,13 @@ from modelport.codecs.tfserving_json import (
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
     SIGNATURE_PARAMETER,
-    TF_DTYPES,
     signature_parameters,
     version_status,
 )
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput
+from modelport.protos.datatypes import TF_DATATYPES, TF_VALUES, V2_DATATYPES
 from modelport.protos.tensorflow.core.framework import (
     tensor_pb2,
     tensor_shape_pb2,
@@ -77,29 +77,7 @@ PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 SIGNATURE_DEF = "signature_def"
 
-# v2 datatype <-> TF DataType number.
-TF_TYPES: dict[str, types_pb2.DataType] = {
-    v2: types_pb2.DataType.Value(tf) for v2, tf in TF_DTYPES.items()
-}
-V2_TYPES: dict[int, str] = {tf: v2 for v2, tf in TF_TYPES.items()}
-# The TensorProto list that carries each datatype's values, and the numpy type it holds
-# before narrowing (TensorFlow's own choice: narrow integers travel in int_val).
-VALUE_FIELD: dict[str, tuple[str, type[np.generic]]] = {
-    "BOOL": ("bool_val", np.bool_),
-    "UINT8": ("int_val", np.int32),
-    "UINT16": ("int_val", np.int32),
-    "UINT32": ("uint32_val", np.uint32),
-    "UINT64": ("uint64_val", np.uint64),
-    "INT8": ("int_val", np.int32),
-    "INT16": ("int_val", np.int32),
-    "INT32": ("int_val", np.int32),
-    "INT64": ("int64_val", np.int64),
-    "FP16": ("half_val", np.int32),
-    "FP32": ("float_val", np.float32),
-    "FP64": ("double_val", np.float64),
-    "BYTES": ("string_val", np.object_),
-}
-_LISTS = sorted({field for field, _ in VALUE_FIELD.values()})
+_LISTS = sorted({values.field for values in TF_VALUES.values()})
 
 # Methods modelport does not offer, answered UNIMPLEMENTED without reading their
 # messages (the first three carry tf.Example; the .proto files leave them out).
@@ -124,9 +102,9 @@ def decode_input(name: str, proto: tensor_pb2.TensorProto, max_elements: int = 0
     More than ``max_elements`` elements (0: any) are refused before anything is
     allocated: TensorFlow pads a short value list, so a tiny message can claim a shape of
     any size."""
-    datatype = V2_TYPES.get(proto.dtype)
+    datatype = V2_DATATYPES.get(proto.dtype)
     if datatype is None:
-        known = ", ".join(types_pb2.DataType.Name(t) for t in V2_TYPES)
+        known = ", ".join(types_pb2.DataType.Name(t) for t in V2_DATATYPES)
         raise InvalidInput(
             f"input '{name}': dtype {_dtype_name(proto.dtype)} is not supported; use one of {known}"
         )
@@ -146,7 +124,7 @@ def decode_input(name: str, proto: tensor_pb2.TensorProto, max_elements: int = 0
 def _from_values(
     name: str, datatype: str, shape: tuple[int, ...], *, proto: tensor_pb2.TensorProto
 ) -> np.ndarray:
-    field, wide_type = VALUE_FIELD[datatype]
+    field, wide_type = TF_VALUES[datatype].field, TF_VALUES[datatype].wide
     values = getattr(proto, field)
     count = element_count(shape)
     if len(values) > count or (not values and count):
@@ -182,7 +160,7 @@ def _check_range(name: str, field: str, *, wide: np.ndarray, dtype: np.dtype[Any
 def encode_output(tensor: Tensor, proto: tensor_pb2.TensorProto) -> None:
     """Fill ``proto`` with ``tensor``, as TF Serving answers: numbers in
     ``tensor_content``, strings in ``string_val``."""
-    proto.dtype = TF_TYPES[tensor.datatype]
+    proto.dtype = TF_DATATYPES[tensor.datatype]
     _set_shape(proto.tensor_shape, tensor.data.shape)
     if tensor.datatype == "BYTES":
         proto.string_val.extend(tensor.data.ravel().tolist())
@@ -238,7 +216,7 @@ def _signature_def(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ..
         for spec in specs:
             info = infos[spec.name]
             info.name = spec.name
-            info.dtype = TF_TYPES[spec.datatype]
+            info.dtype = TF_DATATYPES[spec.datatype]
             _set_shape(info.tensor_shape, spec.shape)
     return signatures
 

@@ -9,10 +9,11 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import ClientDisconnect
 
+from modelport.api.http.asgi import ASGIApp, TagRequests
 from modelport.api.http.compat.inference_server import build_inference_server_router
 from modelport.api.http.compat.tfserving import build_tfserving_router
 from modelport.api.http.errors import error_response
-from modelport.api.http.fastpath import ASGIApp, InferFastPath, new_request_id
+from modelport.api.http.fastpath import InferFastPath
 from modelport.api.http.limits import BodyLimit
 from modelport.api.http.predict import build_predict_router
 from modelport.api.http.tasks import PREFIX as TASKS_PREFIX
@@ -22,11 +23,11 @@ from modelport.api.http.web import build_web_router
 from modelport.api.http.workers import build_workers_router
 from modelport.core.service import InferenceService
 from modelport.errors import ModelportError
-from modelport.observability.metrics import request_id
 
 
 def create_app(
     service: InferenceService,
+    *,
     metrics: CollectorRegistry,
     max_body: int,
     tasks: TaskRoutes | None = None,
@@ -47,16 +48,6 @@ def create_app(
     app.include_router(build_predict_router(service, max_body))
     app.include_router(build_web_router())
 
-    @app.middleware("http")
-    async def tag_request(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        rid = request.headers.get("x-request-id") or new_request_id()
-        request_id.set(rid)
-        response = await call_next(request)
-        response.headers["x-request-id"] = rid
-        return response
-
     @app.exception_handler(ModelportError)
     async def core_error(request: Request, exc: ModelportError) -> Response:
         return error_response(exc)  # a core error a route did not catch itself
@@ -76,7 +67,8 @@ def create_app(
     exempt: tuple[str, ...] = ()
     if tasks is not None:
         exempt = tuple(p for p in (TASKS_PREFIX, tasks.compat_prefix) if p)
-    limited = BodyLimit(app, max_body, exempt)
+    # Every request's id: TagRequests for the routes, the fast path for infer requests.
+    limited = BodyLimit(TagRequests(app), max_body, exempt)
     return app, InferFastPath(limited, InferHandler(service, max_body), max_body)
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import re
 
-from modelport.api.http.errors import error_parts
-from modelport.api.http.fastpath import ASGIApp, Receive, Scope, Send
+from modelport.api.http.asgi import Answer, ASGIApp, Receive, Scope, Send, send_answer
 from modelport.api.http.tasks import PREFIX as TASKS_PREFIX
 from modelport.errors import ModelportError
 from modelport.security.access import Grant, Guard, Need
@@ -70,14 +69,7 @@ class AuthMiddleware:
         try:
             grant = self.admit(scope)
         except ModelportError as exc:
-            status, body, headers = error_parts(exc)
-            await send({
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *headers],
-            })  # fmt: skip
-            await send({"type": "http.response.body", "body": body})
+            await send_answer(send, Answer.of_error(exc))
             return
         try:
             await self.app(scope, receive, send)

@@ -1,6 +1,9 @@
 """The hot path: ``POST /v2/models/{m}[/versions/{v}]/infer`` answered without a framework.
 
-Two doors lead to the same :class:`InferHandler`:
+One routine, :class:`FastInfer`, parses, queues and answers an infer request, with no
+task of its own: the core's two halves (``start``/``finish``) run when the body is in
+and from the batch's callback. It tags every answer with the request's id and logs a
+5xx with it. Two doors lead to it:
 
 - :class:`InferFastPath`, an ASGI middleware in front of FastAPI. Any ASGI server (and
   the in-process tests, through httpx's ASGI transport) goes through it.
@@ -11,53 +14,158 @@ Two doors lead to the same :class:`InferHandler`:
   request. Every other request, keep-alive, pipelining and shutdown stay uvicorn's.
   It leans on uvicorn's ``HttpToolsProtocol`` internals (the request cycle's ``body``,
   ``more_body``, ``response_complete``), so pyproject.toml bounds uvicorn's version and
-  the server tests exercise it on every run.
+  the server tests exercise it on every run. What it knows of an infer request lives
+  in one :class:`FastRequest`, in one slot of the connection.
+
+Both doors answer 413 for a body over ``max_request_bytes`` as ``limits.py`` words it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
-import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from modelport.api.http.errors import error_parts
+from modelport.api.http.asgi import (
+    REQUEST_ID,
+    Answer,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    request_id_for,
+    send_answer,
+)
+from modelport.api.http.limits import body_too_large
 from modelport.api.http.v2 import InferHandler, inflates_off_loop
 from modelport.codecs.v2_json import DecodedRequest
-from modelport.core.service import StartedInference
 from modelport.errors import ModelportError
 from modelport.observability.metrics import request_id
 from modelport.security.access import Grant
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 log = logging.getLogger("modelport.http")
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
-_ids = itertools.count(1)
-_PREFIX = uuid.uuid4().hex[:8]
+_CRASHED = Answer(500, b'{"error":"internal error; see the server log"}')
+_STATUS_LINES = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus if s.value >= 200
+}
 
 
-def new_request_id() -> str:
-    """Unique per process run, and cheaper than a uuid per request."""
-    return f"{_PREFIX}-{next(_ids):x}"
+@dataclass(frozen=True, slots=True)
+class FastPathConfig:
+    """How the fast path treats an infer request."""
+
+    max_request_bytes: int
+    # API keys (api/http/auth.py): admits an infer request (its ASGI scope) or raises a
+    # ModelportError; None when keys are off. Other requests are checked by the ASGI
+    # app's middleware.
+    admit: Callable[[Scope], Grant] | None = None
+    header_timeout_s: float = 30.0  # a request's headers must arrive within this
+    body_timeout_s: float = 60.0  # and its body may pause at most this long
 
 
-def _too_large(limit: int) -> bytes:
-    return orjson.dumps({
-        "error": f"request body is over the limit of {limit} bytes (max_request_bytes); "
-        "send smaller batches or raise the limit"
-    })  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class InferTarget:
+    """Which model an infer request asks, its headers, and its id."""
+
+    model: str
+    version: str
+    headers: dict[str, str]
+    rid: str
+
+    @classmethod
+    def of(cls, match: re.Match[str], raw_headers: Iterable[tuple[bytes, bytes]]) -> InferTarget:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
+        rid = request_id_for(headers.get("x-request-id"))
+        return cls(match.group(1), match.group(2) or "", headers, rid)
+
+
+class FastInfer:
+    """Parse, queue and answer one infer request: the routine both doors run."""
+
+    def __init__(self, handler: InferHandler) -> None:
+        self.handler = handler
+
+    def start(
+        self, target: InferTarget, body: bytes, answer: Callable[[Answer], None]
+    ) -> asyncio.Future[Any] | None:
+        """Parse and queue the request. ``answer`` is called once with its answer: now,
+        for a request refused at once, or from the batch's callback. Returns the queued
+        work (cancel it when the client leaves), or None. A compressed body over
+        ``v2.INLINE_INFLATE_BYTES`` is inflated in a worker thread first (the returned
+        work is then that inflation); an uncompressed one costs one check more."""
+        if inflates_off_loop(body, target.headers):
+            return asyncio.ensure_future(self._inflate_then_queue(target, body, answer))
+        try:
+            decoded = self.handler.parse(target.model, target.version, body, target.headers)
+        except Exception as exc:
+            answer(self._failed(target, exc))
+            return None
+        return self._queue(target, decoded, answer)
+
+    async def _inflate_then_queue(
+        self, target: InferTarget, body: bytes, answer: Callable[[Answer], None]
+    ) -> None:
+        try:
+            inflated = await self.handler.inflate_off_loop(body, target.headers)
+            del body
+            decoded = self.handler.decode(target.model, target.version, inflated, target.headers)
+        except Exception as exc:
+            answer(self._failed(target, exc))
+            return
+        self._queue(target, decoded, answer)
+
+    def _queue(
+        self, target: InferTarget, decoded: DecodedRequest, answer: Callable[[Answer], None]
+    ) -> asyncio.Future[Any] | None:
+        handler = self.handler
+        service = handler.service
+
+        def done() -> None:  # called by the batcher once the future is resolved
+            try:
+                response = service.finish(started)
+                reply = self.tagged(
+                    target, Answer(*handler.reply(response, decoded, target.headers))
+                )
+            except Exception as exc:
+                reply = self._failed(target, exc)
+            answer(reply)
+
+        try:
+            started = service.start(decoded.request, done)
+        except Exception as exc:
+            answer(self._failed(target, exc))
+            return None
+        return started.future
+
+    def _failed(self, target: InferTarget, exc: Exception) -> Answer:
+        """A core error's answer, or a crash logged with the request's id (both tagged)."""
+        if isinstance(exc, ModelportError):
+            return self.tagged(target, Answer.of_error(exc))
+        request_id.set(target.rid)
+        log.error("infer %s crashed", target.model, exc_info=exc)
+        return self.tagged(target, _CRASHED)
+
+    def refuse(self, target: InferTarget, exc: ModelportError) -> Answer:
+        """The answer to a request refused before its body was read."""
+        return self.tagged(target, Answer.of_error(exc))
+
+    @staticmethod
+    def tagged(target: InferTarget, answer: Answer) -> Answer:
+        """Every answer carries the request's id; a failure is logged with it."""
+        if answer.status >= 500:
+            request_id.set(target.rid)
+            log.warning(
+                "infer %s failed with %d: %s", target.model, answer.status, answer.body[:300]
+            )
+        return answer.with_header(REQUEST_ID, target.rid.encode("latin-1"))
 
 
 class InferFastPath:
@@ -65,27 +173,37 @@ class InferFastPath:
 
     def __init__(self, app: ASGIApp, infer: InferHandler, max_body: int) -> None:
         self.app = app
-        self.infer = infer
+        self.infer = FastInfer(infer)
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             match = INFER_PATH.match(scope["path"])
             if match is not None:
-                await self._infer(match.group(1), match.group(2) or "", scope, receive, send)
+                await self._infer(InferTarget.of(match, scope["headers"]), receive, send)
                 return
         await self.app(scope, receive, send)
 
-    async def _infer(
-        self, model: str, version: str, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        body = await self._read_body(headers, receive)
+    async def _infer(self, target: InferTarget, receive: Receive, send: Send) -> None:
+        request_id.set(target.rid)  # this door has a task of its own: its logs carry it
+        body = await self._read_body(target.headers, receive)
         if body is None:
-            await _send(send, 413, _too_large(self.max_body), [])
+            await send_answer(send, self.infer.refuse(target, body_too_large(self.max_body)))
             return
-        status, out, extra = await _answer(self.infer, model, version, body, headers)
-        await _send(send, status, out, extra)
+        answered: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+
+        def answer(reply: Answer) -> None:
+            if not answered.done():
+                answered.set_result(reply)
+
+        work = self.infer.start(target, body, answer)
+        try:
+            reply = await answered
+        except asyncio.CancelledError:
+            if work is not None:  # the batcher drops it if it has not run yet
+                work.cancel()
+            raise
+        await send_answer(send, reply)
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
         declared = headers.get("content-length", "")
@@ -103,67 +221,46 @@ class InferFastPath:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def _answer(
-    infer: InferHandler, model: str, version: str, body: bytes, headers: dict[str, str]
-) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    rid = headers.get("x-request-id") or new_request_id()
-    request_id.set(rid)
-    status, out, extra = await infer(model, version, body, headers)
-    if status >= 500:
-        log.warning("infer %s failed with %d: %s", model, status, out[:300])
-    extra.append((b"x-request-id", rid.encode()))
-    return status, out, extra
-
-
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    if not any(k == b"content-type" for k, _ in headers):
-        headers = [(b"content-type", b"application/json"), *headers]
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-length", str(len(body)).encode()), *headers],
-    })  # fmt: skip
-    await send({"type": "http.response.body", "body": body})
-
-
-_CRASHED: tuple[int, bytes, list[tuple[bytes, bytes]]] = (
-    500,
-    b'{"error":"internal error; see the server log"}',
-    [],
-)
-_STATUS_LINES = {
-    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus if s.value >= 200
-}
-
-
-def _response_bytes(
-    status: int, body: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
-) -> bytes:
+def _response_bytes(answer: Answer, keep_alive: bool) -> bytes:
+    status = answer.status
     head = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Error\r\n".encode()]
-    if not any(k == b"content-type" for k, _ in headers):
+    if not any(k == b"content-type" for k, _ in answer.headers):
         head.append(b"content-type: application/json\r\n")
-    for key, value in headers:
+    for key, value in answer.headers:
         head.append(b"%s: %s\r\n" % (key, value))
     if not keep_alive:
         head.append(b"connection: close\r\n")
-    head.append(b"content-length: %d\r\n\r\n" % len(body))
-    head.append(body)
+    head.append(b"content-length: %d\r\n\r\n" % len(answer.body))
+    head.append(answer.body)
     return b"".join(head)
+
+
+@dataclass(frozen=True, slots=True)
+class FastRequest:
+    """One infer request on a connection, from its headers to its answer."""
+
+    cycle: RequestResponseCycle  # uvicorn's, for its body and keep-alive state
+    target: InferTarget
+    grant: Grant | None  # its place under its API key's limit, held until answered
+    started: bool = False  # parsed and queued (or answered at once)
+    work: asyncio.Future[Any] | None = None  # what it queued, cancelled if the client goes
+
+    def running(self, work: asyncio.Future[Any] | None) -> FastRequest:
+        return FastRequest(self.cycle, self.target, self.grant, True, work)
 
 
 class _FastInferProtocol(HttpToolsProtocol):
     """uvicorn's protocol, with infer requests answered straight from the parser."""
 
-    infer: InferHandler
-    max_body: int
-    # API keys (api/http/auth.py): admits an infer request or raises a ModelportError;
-    # None when keys are off. Other requests are checked by the ASGI app's middleware.
-    admit: Callable[[Scope], Grant] | None
-    header_timeout_s: float
-    body_timeout_s: float
+    infer: FastInfer
+    fast_config: FastPathConfig
     _slow_watch: asyncio.TimerHandle | None  # the class's sweep of slow requests
     header_since: float | None = None  # when the headers of the request being read began
     body_since: float | None = None  # when its body last moved, while one is expected
+    # The latest infer request on this connection: the one being read, or the one
+    # answered last (a pipelined request that follows it is read by uvicorn, and is
+    # started here once this one is answered).
+    fast: FastRequest | None = None
 
     # -- slow clients: uvicorn times out a connection idle between requests; these
     # cover the rest (a connection that never sends, headers or a body that trickle in).
@@ -194,12 +291,16 @@ class _FastInferProtocol(HttpToolsProtocol):
         has not moved for ``body_timeout_s``."""
         cls._slow_watch = None
         now = loop.time()
+        header_timeout, body_timeout = (
+            cls.fast_config.header_timeout_s,
+            cls.fast_config.body_timeout_s,
+        )
         for conn in list(connections):
             since = conn.header_since
-            if since is not None and now - since > cls.header_timeout_s:
+            if since is not None and now - since > header_timeout:
                 conn.header_since = None
                 conn._timed_out(
-                    f"the request's headers did not arrive within {cls.header_timeout_s:g} s "
+                    f"the request's headers did not arrive within {header_timeout:g} s "
                     "(request_header_timeout_s); send them at once"
                 )
             body = conn.body_since
@@ -208,11 +309,10 @@ class _FastInferProtocol(HttpToolsProtocol):
             cycle = conn.cycle
             if conn.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
                 conn.body_since = now  # waiting on us, not on the client
-            elif now - body > cls.body_timeout_s:
+            elif now - body > body_timeout:
                 conn.body_since = None
                 conn._timed_out(
-                    f"the request's body stopped for {cls.body_timeout_s:g} s "
-                    "(request_body_timeout_s)"
+                    f"the request's body stopped for {body_timeout:g} s (request_body_timeout_s)"
                 )
         if connections:
             cls._slow_watch = loop.call_later(1.0, cls._sweep, connections, loop)
@@ -221,9 +321,16 @@ class _FastInferProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.cycle is None or not self.cycle.response_complete:
-            body = orjson.dumps({"error": message})
-            self.transport.write(_response_bytes(408, body, [], keep_alive=False))
+            answer = Answer(408, orjson.dumps({"error": message}))
+            self.transport.write(_response_bytes(answer, keep_alive=False))
         self.transport.close()
+
+    # -- infer requests ---------------------------------------------------------------------
+
+    def _current(self) -> FastRequest | None:
+        """The infer request the parser is reading now, if it is one."""
+        fast = self.fast
+        return fast if fast is not None and fast.cycle is self.cycle else None
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         scope = cycle.scope
@@ -231,198 +338,92 @@ class _FastInferProtocol(HttpToolsProtocol):
         if match is None:
             super()._start_asgi_task(cycle, app)
             return
-        cycle.fast_target = (match.group(1), match.group(2) or "")  # type: ignore[attr-defined]
-        cycle.fast_started = False  # type: ignore[attr-defined]
-        cycle.fast_grant = None  # type: ignore[attr-defined]
-        if self.admit is not None:
+        target = InferTarget.of(match, scope["headers"])
+        grant = None
+        if self.fast_config.admit is not None:
             try:
                 # Held from here until the answer is written (_finish releases it).
-                cycle.fast_grant = self.admit(cast(Scope, scope))  # type: ignore[attr-defined]
+                grant = self.fast_config.admit(cast(Scope, scope))
             except ModelportError as exc:
                 # Refused before the body is read: answer now, drop the rest, close.
-                self._finish(cycle, *error_parts(exc), close=cycle.more_body)
+                self.fast = FastRequest(cycle, target, None, started=True)
+                self._finish(self.fast, self.infer.refuse(target, exc), close=cycle.more_body)
                 return
+        fast = self.fast = FastRequest(cycle, target, grant)
         if cycle.waiting_for_100_continue:
             cycle.waiting_for_100_continue = False
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > self.max_body:
-            self._finish(cycle, 413, _too_large(self.max_body), [], close=True)
+        declared = target.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.fast_config.max_request_bytes:
+            self._refuse_too_large(fast)
         elif not cycle.more_body:
-            self._start_fast(cycle)
+            self._start_fast(fast)
+
+    def _refuse_too_large(self, fast: FastRequest) -> None:
+        refusal = body_too_large(self.fast_config.max_request_bytes)
+        self._finish(fast, self.infer.refuse(fast.target, refusal), close=True)
 
     def on_body(self, body: bytes) -> None:
         self.body_since = self.loop.time()
-        cycle = self.cycle
-        if getattr(cycle, "fast_target", None) is None:
+        fast = self._current()
+        if fast is None:
             super().on_body(body)
             return
+        cycle = fast.cycle
         if cycle.response_complete:
             return  # answered early; the rest of the body is dropped
         cycle.body += body
-        if len(cycle.body) > self.max_body:
-            self._finish(cycle, 413, _too_large(self.max_body), [], close=True)
+        if len(cycle.body) > self.fast_config.max_request_bytes:
+            self._refuse_too_large(fast)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        cycle = self.cycle
+        fast = self._current()
         super().connection_lost(exc)
-        if cycle is None or cycle.response_complete:
+        if fast is None or fast.cycle.response_complete:
             return
         # A request cut off before its body was complete never reaches _finish: give its
         # place under the key's limit back here (a started one is released when answered).
-        if not getattr(cycle, "fast_started", True):
-            grant = getattr(cycle, "fast_grant", None)
-            if grant is not None:
-                grant.release()
+        if not fast.started and fast.grant is not None:
+            fast.grant.release()
         # A queued request whose client is gone is dropped before it runs (the batcher
         # skips cancelled requests); its callback still comes, and writes nothing.
-        future = getattr(cycle, "fast_future", None)
-        if future is not None:
-            future.cancel()
+        if fast.work is not None:
+            fast.work.cancel()
 
     def on_message_complete(self) -> None:
         self.body_since = None
         super().on_message_complete()
-        cycle = self.cycle
-        if getattr(cycle, "fast_target", None) is None:
+        fast = self._current()
+        if fast is None:
             return
-        if not cycle.response_complete:
-            self._start_fast(cycle)
-        elif not cycle.keep_alive:
+        if not fast.cycle.response_complete:
+            self._start_fast(fast)
+        elif not fast.cycle.keep_alive:
             # Answered early (413): the client has now sent everything and read the answer.
             self.transport.close()
 
-    def _start_fast(self, cycle: RequestResponseCycle) -> None:
-        """Parse, validate and queue the request now; answer from the batch's callback.
-
-        No task per request: the core's two halves (``start``/``finish``) run here and in
-        ``_complete``, which the batcher calls as soon as the batch is done (in the same
-        loop iteration: a future's done-callback would wait for the next one). A compressed
-        body over ``INLINE_INFLATE_BYTES`` is first inflated in a worker thread
-        (``_inflate_then_start``); an uncompressed one costs one check more.
-        """
-        if cycle.fast_started:  # type: ignore[attr-defined]
+    def _start_fast(self, fast: FastRequest) -> None:
+        """Parse, validate and queue the request now; answer from the batch's callback,
+        which the batcher calls as soon as the batch is done (in the same loop
+        iteration: a future's done-callback would wait for the next one)."""
+        if fast.started:
             return
-        cycle.fast_started = True  # type: ignore[attr-defined]
-        model, version = cycle.fast_target  # type: ignore[attr-defined]
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in cycle.scope["headers"]}
-        rid = headers.get("x-request-id") or new_request_id()
-        body = bytes(cycle.body)
-        if inflates_off_loop(body, headers):
-            # Inflating it may take a while: in a worker thread, and on from there.
-            cycle.fast_inflating = self.loop.create_task(  # type: ignore[attr-defined]
-                self._inflate_then_start(cycle, rid, model, version, body, headers)
-            )
-            return
-        try:
-            decoded = self.infer.parse(model, version, body, headers)
-        except ModelportError as exc:
-            self._answer(cycle, rid, model, *error_parts(exc))
-            return
-        except Exception:
-            log.exception("infer %s crashed", model)
-            self._answer(cycle, rid, model, *_CRASHED)
-            return
-        self._start_decoded(cycle, rid, model, headers, decoded)
+        work = self.infer.start(
+            fast.target, bytes(fast.cycle.body), lambda answer: self._finish(fast, answer)
+        )
+        if self.fast is fast:  # (an answer given at once may have started the next one)
+            self.fast = fast.running(work)
 
-    async def _inflate_then_start(
-        self,
-        cycle: RequestResponseCycle,
-        rid: str,
-        model: str,
-        version: str,
-        body: bytes,
-        headers: dict[str, str],
-    ) -> None:
-        """A compressed body: inflated off the event loop, then decoded and queued."""
-        try:
-            inflated = await self.infer.inflate_off_loop(body, headers)
-            del body
-            if cycle.disconnected:  # nobody reads the answer: _finish writes nothing
-                self._finish(cycle, 499, b"", [], close=True)
-                return
-            decoded = self.infer.decode(model, version, inflated, headers)
-        except ModelportError as exc:
-            self._answer(cycle, rid, model, *error_parts(exc))
-            return
-        except Exception:
-            log.exception("infer %s crashed", model)
-            self._answer(cycle, rid, model, *_CRASHED)
-            return
-        self._start_decoded(cycle, rid, model, headers, decoded)
-
-    def _start_decoded(
-        self,
-        cycle: RequestResponseCycle,
-        rid: str,
-        model: str,
-        headers: dict[str, str],
-        decoded: DecodedRequest,
-    ) -> None:
-        """Queue a decoded request; ``_complete`` answers once its batch is done."""
-
-        def done() -> None:  # called by the batcher once the future is resolved
-            self._complete(cycle, rid, headers, decoded, started)
-
-        try:
-            started = self.infer.service.start(decoded.request, done)
-            cycle.fast_future = started.future  # type: ignore[attr-defined]
-        except ModelportError as exc:
-            self._answer(cycle, rid, model, *error_parts(exc))
-        except Exception:
-            log.exception("infer %s crashed", model)
-            self._answer(cycle, rid, model, *_CRASHED)
-
-    def _complete(
-        self,
-        cycle: RequestResponseCycle,
-        rid: str,
-        headers: dict[str, str],
-        decoded: DecodedRequest,
-        started: StartedInference,
-    ) -> None:
-        model = decoded.request.model_name
-        try:
-            response = self.infer.service.finish(started)
-            status, body, extra = self.infer.reply(response, decoded, headers)
-        except ModelportError as exc:
-            status, body, extra = error_parts(exc)
-        except Exception:
-            log.exception("infer %s crashed", model)
-            status, body, extra = _CRASHED
-        self._answer(cycle, rid, model, status, body, extra)
-
-    def _answer(
-        self,
-        cycle: RequestResponseCycle,
-        rid: str,
-        model: str,
-        status: int,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        if status >= 500:
-            request_id.set(rid)
-            log.warning("infer %s failed with %d: %s", model, status, body[:300])
-        self._finish(cycle, status, body, [*headers, (b"x-request-id", rid.encode())], False)
-
-    def _finish(
-        self,
-        cycle: RequestResponseCycle,
-        status: int,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]],
-        close: bool,
-    ) -> None:
+    def _finish(self, fast: FastRequest, answer: Answer, close: bool = False) -> None:
+        cycle = fast.cycle
         if cycle.response_complete:
             return
         cycle.response_complete = True
-        grant = getattr(cycle, "fast_grant", None)
-        if grant is not None:
-            grant.release()
+        if fast.grant is not None:
+            fast.grant.release()
         keep_alive = cycle.keep_alive and not close
         if not cycle.disconnected:
-            self.transport.write(_response_bytes(status, body, headers, keep_alive))
+            self.transport.write(_response_bytes(answer, keep_alive))
             if not keep_alive:
                 cycle.keep_alive = False
                 if not cycle.more_body:
@@ -433,19 +434,7 @@ class _FastInferProtocol(HttpToolsProtocol):
         cycle.on_response()
 
 
-def http_protocol(
-    infer: InferHandler,
-    max_body: int,
-    admit: Callable[[Scope], Grant] | None = None,
-    header_timeout_s: float = 30.0,
-    body_timeout_s: float = 60.0,
-) -> type[asyncio.Protocol]:
-    """The protocol class to give ``uvicorn.Config(http=...)``; ``admit`` checks API keys;
-    a request's headers must arrive within ``header_timeout_s``, and its body may pause
-    at most ``body_timeout_s``."""
-    attributes = {
-        "infer": infer, "max_body": max_body, "admit": admit,
-        "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
-        "_slow_watch": None,
-    }  # fmt: skip
+def http_protocol(handler: InferHandler, config: FastPathConfig) -> type[asyncio.Protocol]:
+    """The protocol class to give ``uvicorn.Config(http=...)``."""
+    attributes = {"infer": FastInfer(handler), "fast_config": config, "_slow_watch": None}
     return type("InferHttpProtocol", (_FastInferProtocol,), attributes)

@@ -10,8 +10,7 @@ never holds more than the limit in memory.
 
 from __future__ import annotations
 
-from modelport.api.http.errors import error_parts
-from modelport.api.http.fastpath import ASGIApp, Message, Receive, Scope, Send
+from modelport.api.http.asgi import Answer, ASGIApp, Message, Receive, Scope, Send, send_answer
 from modelport.errors import TooLarge
 
 
@@ -63,11 +62,4 @@ class BodyLimit:
         await self.app(scope, counted, guarded)
 
     async def _refuse(self, send: Send) -> None:
-        status, body, _ = error_parts(body_too_large(self.limit))
-        await send({
-            "type": "http.response.start", "status": status,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")],
-        })  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        await send_answer(send, Answer.of_error(body_too_large(self.limit)), close=True)
