@@ -94,7 +94,9 @@ def test_dispatch_remote_runs_a_session_end_to_end(ablinfer_server, tmp_path) ->
     assert any("Session ID is" in text for _, text in seen)
 
 
-def test_models_listing_and_specs_pass_the_clients_normalizer(ablinfer_server) -> None:
+def test_models_listing_and_specs_pass_the_clients_normalizer(
+    ablinfer_server, ablinfer_image, spec_folder
+) -> None:
     server = ablinfer_server()
     root = httpx.get(server.url).json()
     assert root == {"data": {"server": "inferserver", "version": "1.1.0"}}
@@ -106,6 +108,10 @@ def test_models_listing_and_specs_pass_the_clients_normalizer(ablinfer_server) -
     normalize_model(served)
     assert served["params"]["mode"]["enum"] == {"Fast": "fast", "Slow": "slow"}
     assert "data_path" in server.log() and "broken.json" in server.log()
+    # A spec added (or fixed) later is served without a restart.
+    later = spec(ablinfer_image, "added_later", with_enum=False)
+    (spec_folder / "later.json").write_text(json.dumps(later))
+    assert "added_later" in httpx.get(f"{server.url}models").json()["data"]
     missing = httpx.get(f"{server.url}models/nope")
     assert missing.status_code == 404
     assert missing.json() == {"errors": [{"detail": "Unknown model nope"}]}
