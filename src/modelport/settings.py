@@ -193,6 +193,39 @@ class Settings(BaseModel):
     compat_allow_model_posting: bool = Field(
         default=False, description="let clients add container models through that API"
     )
+    # -- ABLInfer's InferServer (container models for 3D Slicer; spec/ablinfer.py) ----------
+    ablinfer_models: str = Field(
+        default="",
+        description="folder of ABLInfer JSON model specs served by the 'ablinfer' listener "
+        "('' : none)",
+    )
+    ablinfer_session_ttl_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="remove an ABLInfer session and its files after this many seconds "
+        "without a request for it (never while it is queued or running; 0: keep forever)",
+    )
+    ablinfer_check_filetypes: bool = Field(
+        default=True, description="sniff uploaded .nii/.nii.gz/.nrrd volumes against the spec"
+    )
+    ablinfer_convert_inputs: bool = Field(
+        default=True,
+        description="convert between .nii, .nii.gz and .nrrd at upload (needs the medical "
+        "extra, SimpleITK)",
+    )
+    ablinfer_cpus: float | None = Field(default=None, gt=0, description="CPUs per ABLInfer run")
+    ablinfer_memory: str | None = Field(
+        default=None, description="memory limit of an ABLInfer run, e.g. '8g'"
+    )
+    ablinfer_timeout_s: float = Field(default=3600.0, gt=0, description="an ABLInfer run's limit")
+    ablinfer_network: bool = Field(
+        default=False, description="give ABLInfer containers a network (none by default)"
+    )
+    ablinfer_user: str = Field(
+        default="image",
+        description="user of ABLInfer containers: 'image' keeps the image's own (upstream's "
+        "images expect it), 'auto' a non-root one, or 'uid:gid'",
+    )
     # -- scale-out (Redis; see cluster/) -----------------------------------------------------
     broker: str = Field(
         default="",

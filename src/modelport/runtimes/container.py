@@ -16,8 +16,12 @@ Calls block; the task worker makes them from threads.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import shutil
+import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -46,6 +50,11 @@ class ContainerJob:
     log_path: Path
     gpu: int | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Copied files instead of mounts (ABLInfer's images): nothing is mounted; the files
+    # of ``input_dir`` are copied into the container's ``copy_to`` folder before it
+    # starts, and the ``copy_back`` paths out of it into ``output_dir`` after it exits 0.
+    copy_to: str | None = None
+    copy_back: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +95,9 @@ def run_options(job: ContainerJob, uid: int | None = None) -> dict[str, Any]:
         "image": spec.image,
         "command": list(spec.command) if isinstance(spec.command, tuple) else spec.command,
         "environment": environment,
-        "volumes": {
+        "volumes": {}
+        if job.copy_to is not None
+        else {
             str(job.model_dir): {"bind": "/model", "mode": "ro"},
             str(job.input_dir): {"bind": "/input", "mode": "ro"},
             str(job.output_dir): {"bind": "/output", "mode": "rw"},
@@ -180,16 +191,31 @@ class ContainerRuntime:
             client = self.client()
         except docker.errors.DockerException as exc:
             return ContainerResult("error", reason=f"the Docker engine is unreachable: {exc}")
+        container = None
         try:
             self._ensure_image(client, job.spec)
-            container = client.containers.run(**options)
-        except docker.errors.DockerException as exc:
+            if job.copy_to is None:
+                container = client.containers.run(**options)
+            else:
+                container = client.containers.create(**options)
+                copy_in(container, job.input_dir, job.copy_to)
+                container.start()
+        except (docker.errors.DockerException, OSError) as exc:
+            if container is not None:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True, v=True)
+            client.close()
             return ContainerResult("error", reason=f"the container could not start: {exc}")
         try:
-            return self._follow(container, job, control)
+            result = self._follow(container, job, control)
+            if job.copy_back and result.outcome == "exited" and result.exit_code == 0:
+                missing = copy_out(container, job.copy_back, job.output_dir)
+                if missing:
+                    return ContainerResult("error", 0, f"the container wrote no {missing}")
+            return result
         finally:
             with contextlib.suppress(docker.errors.DockerException):
-                container.remove(force=True)
+                container.remove(force=True, v=True)
             client.close()
 
     def _ensure_image(self, client: Any, spec: ContainerSpec) -> None:
@@ -268,6 +294,44 @@ class ContainerRuntime:
                     removed += 1
         client.close()
         return removed
+
+
+def copy_in(container: Any, folder: Path, target: str) -> None:
+    """Copy the files of ``folder`` into the container's ``target`` folder (which the
+    image must have), readable by any user the container runs as."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(folder.iterdir()):
+            info = tarfile.TarInfo(path.name)
+            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, int(time.time())
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+    if not container.put_archive(target, buffer.getvalue()):
+        raise OSError(f"could not copy the inputs into {target}")
+
+
+def copy_out(container: Any, paths: Collection[str], folder: Path) -> str:
+    """Copy each file of ``paths`` out of the (stopped) container into ``folder``; the
+    first path that is not there, or "" when every one was."""
+    import docker.errors
+
+    for path in paths:
+        try:
+            stream, _stat = container.get_archive(path)
+            with tempfile.TemporaryFile() as spooled:
+                for chunk in stream:
+                    spooled.write(chunk)
+                spooled.seek(0)
+                with tarfile.open(fileobj=spooled) as tar:
+                    member = next((m for m in tar if m.isfile()), None)
+                    source = tar.extractfile(member) if member is not None else None
+                    if source is None:
+                        return path
+                    with (folder / path.rsplit("/", 1)[-1]).open("wb") as out:
+                        shutil.copyfileobj(source, out)
+        except docker.errors.NotFound:
+            return path
+    return ""
 
 
 def _copy_logs(container: Any, path: Path) -> None:

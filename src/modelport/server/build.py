@@ -33,9 +33,13 @@ from modelport.security.access import AccessPolicy, Guard
 from modelport.security.keys import KeyStore
 from modelport.server.cluster import Cluster, task_models
 from modelport.settings import Settings, admin_refusal
+from modelport.spec import ContainerSpec
 from modelport.supply.allow_lists import image_allow_list, url_allow_list
 from modelport.supply.encryption import key_provider
 from modelport.supply.pull import pull_in_thread
+from modelport.tasks.ablinfer_files import SpecFolder
+from modelport.tasks.ablinfer_runs import ContainerOptions
+from modelport.tasks.ablinfer_sessions import AblinferSessions
 from modelport.tasks.archives import ZipLimits
 from modelport.tasks.blobs import BlobStore
 from modelport.tasks.broker import Broker, MemoryBroker
@@ -221,6 +225,40 @@ def build_task_service(
         remote_versions=cluster.directory.task_versions if cluster is not None else None,
         primary=primary,
         known=memory.has if adopt else None,
+    )
+
+
+def build_ablinfer_sessions(settings: Settings, tasks: TaskService) -> AblinferSessions:
+    """ABLInfer's InferServer sessions (the ``ablinfer`` listener's service) over
+    ``tasks``: the specs of ``ablinfer_models``, the sessions in the task database, their
+    files under ``data_dir/ablinfer``; started and closed after ``tasks`` is started and
+    before it is closed (``build_ablinfer_app`` in api/http/compat/ablinfer.py serves it)."""
+    # Checked as a model.yaml's container settings are (a bad memory value stops the start).
+    limits = ContainerSpec(
+        image="ablinfer",
+        cpus=settings.ablinfer_cpus,
+        memory=settings.ablinfer_memory,
+        timeout=settings.ablinfer_timeout_s,
+        network=settings.ablinfer_network,
+        user=settings.ablinfer_user,
+    )
+    options = ContainerOptions(
+        cpus=limits.cpus,
+        memory=limits.memory,
+        timeout=limits.timeout,
+        network=limits.network,
+        user=limits.user,
+    )
+    folder = Path(settings.ablinfer_models).resolve() if settings.ablinfer_models else None
+    return AblinferSessions(
+        specs=SpecFolder(folder),
+        tasks=tasks,
+        folder=Path(settings.data_dir).resolve() / "ablinfer",
+        options=options,
+        ttl_s=settings.ablinfer_session_ttl_s,
+        check_filetypes=settings.ablinfer_check_filetypes,
+        convert_inputs=settings.ablinfer_convert_inputs,
+        max_upload_bytes=settings.task_max_upload_bytes,
     )
 
 

@@ -161,15 +161,30 @@ class TaskService:
         chosen = await asyncio.to_thread(self._container_version, model, version)
         if not files:
             raise InvalidInput("a task needs at least one input file (a zip, or files)")
-        task_id = uuid.uuid4().hex
         with self.spool.scratch() as scratch:
             packed = await asyncio.to_thread(self._input_zip, files, scratch)
-            size = packed.stat().st_size
-            await asyncio.to_thread(self.blobs.put_file, TaskBlob.INPUT.key(task_id), packed)
+            return await self.submit_packed(
+                model=model, version=chosen, packed=packed, parameters=parameters
+            )
+
+    async def submit_packed(
+        self,
+        *,
+        model: str,
+        version: int,
+        packed: Path,
+        parameters: dict[str, Any] | None = None,
+    ) -> TaskRecord:
+        """Store and queue a task whose input zip (``packed``) the caller has made and
+        whose model it has checked (an ABLInfer session names its spec in
+        ``parameters``)."""
+        task_id = uuid.uuid4().hex
+        size = packed.stat().st_size
+        await asyncio.to_thread(self.blobs.put_file, TaskBlob.INPUT.key(task_id), packed)
         record = TaskRecord(
             id=task_id,
             model=model,
-            version=chosen,
+            version=version,
             status=TaskStatus.QUEUED,
             created_at=now(),
             parameters=dict(parameters or {}),
@@ -183,7 +198,7 @@ class TaskService:
                 raise
             # The record is stored: the reconciler queues it once the broker is back.
             log.warning("task %s stored but not queued yet (broker: %s)", task_id, exc)
-        log.info("task %s queued for %s v%d", task_id, model, chosen)
+        log.info("task %s queued for %s v%d", task_id, model, version)
         return record
 
     def _container_version(self, model: str, version: str) -> int:

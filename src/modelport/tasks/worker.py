@@ -36,6 +36,7 @@ from modelport.runtimes.container import (
     RunControl,
     log_tail,
 )
+from modelport.tasks.ablinfer_runs import AblinferRun
 from modelport.tasks.archives import ZipLimits, extract_zip, zip_folder
 from modelport.tasks.blobs import BlobStore, TaskBlob
 from modelport.tasks.broker import Broker, Delivery
@@ -315,16 +316,22 @@ class TaskWorker:
             path.mkdir(parents=True)
         log_path = TaskBlob.LOGS.beside(folder)
         log_path.touch()
+        # An ABLInfer session carries its own spec; other tasks name a repository model.
+        ablinfer = AblinferRun.of(record.parameters)
+        if ablinfer is not None:
+            self._unpack_input(record.id, folder, input_dir, output_dir)
+            return ablinfer.job(
+                task_id=record.id,
+                folder=folder,
+                input_dir=input_dir,
+                output_dir=output_dir,
+                log_path=log_path,
+                gpu=slot.gpu,
+            )
         source = task_source(self.repository, record.model)
         if source.spec.container is None:
             raise ModelportError(f"model '{record.model}' is no longer a container model")
-        with_input = TaskBlob.INPUT.beside(folder)
-        self.blobs.get_file(TaskBlob.INPUT.key(record.id), with_input)
-        extract_zip(with_input, input_dir, self.zip_limits)
-        with_input.unlink()
-        # The container may run as another user: it reads /input, writes /output.
-        input_dir.chmod(0o755)
-        output_dir.chmod(0o777)
+        self._unpack_input(record.id, folder, input_dir, output_dir)
         return ContainerJob(
             task_id=record.id,
             spec=source.spec.container,
@@ -335,6 +342,15 @@ class TaskWorker:
             gpu=slot.gpu,
             parameters=record.parameters,
         )
+
+    def _unpack_input(self, task_id: str, folder: Path, input_dir: Path, output_dir: Path) -> None:
+        with_input = TaskBlob.INPUT.beside(folder)
+        self.blobs.get_file(TaskBlob.INPUT.key(task_id), with_input)
+        extract_zip(with_input, input_dir, self.zip_limits)
+        with_input.unlink()
+        # The container may run as another user: it reads /input, writes /output.
+        input_dir.chmod(0o755)
+        output_dir.chmod(0o777)
 
     def _conclude(self, record: TaskRecord, job: ContainerJob, result: ContainerResult) -> None:
         """Record how a run that was not cancelled ended, with its output when it made one."""
