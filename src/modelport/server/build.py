@@ -239,9 +239,15 @@ def build_task_service(
 
 
 def task_routes(
-    settings: Settings, tasks: TaskService, cluster: Cluster | None = None, *, host: str = ""
+    settings: Settings,
+    tasks: TaskService,
+    cluster: Cluster | None = None,
+    *,
+    host: str = "",
+    open_tasks: bool = False,
 ) -> TaskRoutes:
-    """The task routes of a listener on ``host`` (default: the main port's)."""
+    """The task routes of a listener on ``host`` (default: the main port's);
+    ``open_tasks``: an open compat listener (compat_open)."""
     host = host or settings.host
     # Posting a model is an admin call: off unless allowed, and never where admin is refused.
     keys_possible = settings.auth != "off"
@@ -250,7 +256,7 @@ def task_routes(
     )
     # Without a guard (auth = off) nobody asks for keys: the routes refuse task calls
     # themselves where the guard would.
-    refusal = "" if keys_possible else tasks_refusal(settings, host)
+    refusal = "" if keys_possible or open_tasks else tasks_refusal(settings, host)
     return TaskRoutes(
         service=tasks,
         spool=tasks.spool,

@@ -134,7 +134,9 @@ class ListenerParts:
 def compat_app(parts: ListenerParts, address: CompatAddress) -> ASGIApp:
     """The ASGI app of one listener: the API alone, its body limit, its access rules."""
     settings = parts.settings
-    routes = task_routes(settings, parts.tasks, parts.cluster, host=address.host)
+    routes = task_routes(
+        settings, parts.tasks, parts.cluster, host=address.host, open_tasks=address.open
+    )
     app: ASGIApp = address.api.build(CompatParts(service=parts.service, tasks=routes))
     # Task uploads have their own, larger limit (task_max_upload_bytes).
     app = BodyLimit(app, settings.max_request_bytes, (TASKS_PREFIX, "/api/models"))

@@ -61,11 +61,11 @@ def _relayed(status: int, detail: str) -> Response:
     return _json({"detail": {"detail": detail}}, status)
 
 
-class MissingFields(Exception):
-    """Required fields absent, answered 422 as FastAPI answers a missing parameter."""
+class FieldErrors(Exception):
+    """Fields missing or unparsable, answered 422 as FastAPI answers such parameters."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__("missing fields")
+        super().__init__("bad fields")
         self.errors = errors
 
 
@@ -110,7 +110,7 @@ class _UpstreamErrors(APIRoute):
         async def answer(request: Request) -> Response:
             try:
                 return await handler(request)
-            except MissingFields as exc:
+            except FieldErrors as exc:
                 return _json({"detail": exc.errors}, 422)
             except TaskNotFound:
                 return _relayed(NOT_FOUND, "Task not found")
@@ -127,7 +127,7 @@ class _UpstreamErrors(APIRoute):
 
 
 def _require(form: Form, values: dict[str, str], fields: tuple[str, ...]) -> None:
-    """MissingFields for each of ``fields`` absent (``zip_file`` is a file, the rest
+    """FieldErrors for each of ``fields`` absent (``zip_file`` is a file, the rest
     query parameters, where upstream reads them)."""
     missing = []
     for name in fields:
@@ -137,7 +137,7 @@ def _require(form: Form, values: dict[str, str], fields: tuple[str, ...]) -> Non
             missing.append({"type": "missing", "loc": [where, name], "msg": "Field required",
                             "input": None})  # fmt: skip
     if missing:
-        raise MissingFields(missing)
+        raise FieldErrors(missing)
 
 
 def _flag(values: dict[str, str], name: str) -> bool | None:
@@ -150,7 +150,7 @@ def _flag(values: dict[str, str], name: str) -> bool | None:
     if text.lower() in _FALSE:
         return False
     why = "Input should be a valid boolean, unable to interpret input"
-    raise MissingFields([{"type": "bool_parsing", "loc": ["query", name], "msg": why,
+    raise FieldErrors([{"type": "bool_parsing", "loc": ["query", name], "msg": why,
                           "input": text}])  # fmt: skip
 
 
