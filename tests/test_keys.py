@@ -3,6 +3,7 @@ run as a real process."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from modelport.errors import Forbidden, TooManyRequests, Unauthenticated
-from modelport.security.access import AccessPolicy, Guard
+from modelport.security.access import AccessPolicy, Guard, Listener, presented_key
 from modelport.security.keys import KeyFileError, KeyStore, split_token
 
 pytestmark = pytest.mark.timeout(30)
@@ -180,3 +181,36 @@ def test_the_keys_command_creates_lists_and_revokes(tmp_path: Path) -> None:
     assert KeyStore(keys).lookup(token) is None
     empty = modelport("list", keys=keys)
     assert "refuses every call" in empty.stderr and "delete" in empty.stderr
+
+
+def test_a_key_comes_as_basic_auth_with_any_user_name(tmp_path: Path) -> None:
+    guard, store = _guard(tmp_path)
+    tasks = store.create("lab", ["tasks"]).token
+
+    def basic(user_and_password: str) -> str:
+        return "Basic " + base64.b64encode(user_and_password.encode()).decode()
+
+    assert guard.admit("tasks", basic(f"x:{tasks}")).key is not None
+    assert guard.admit("tasks", basic(f":{tasks}")).key is not None
+    for value in (basic(tasks), basic("x:"), "Basic !!!", basic("x:mp_nope_nope")):
+        with pytest.raises(Unauthenticated):
+            guard.admit("tasks", value)
+    assert presented_key(basic("user:pa:ss")) == "pa:ss"
+
+
+def test_listener_rules_open_tasks_and_refusals_without_keys(tmp_path: Path) -> None:
+    guard, store = _guard(tmp_path)
+    admin = store.create("ops", ["admin"]).token
+    opened = Listener(open=True)
+    assert guard.admit("tasks", None, opened).key is None  # keys exist, yet no key asked
+    with pytest.raises(Unauthenticated):
+        guard.admit("admin", None, opened)  # posting models still needs the admin key
+    assert guard.admit("admin", f"Bearer {admin}", opened).key is not None
+    keyless, _ = _guard(tmp_path / "none")
+    refusing = Listener(tasks_refusal="refused: tasks_open", admin_refusal="refused: admin")
+    with pytest.raises(Forbidden, match="tasks_open"):
+        keyless.admit("tasks", None, refusing)
+    with pytest.raises(Forbidden, match="refused: admin"):
+        keyless.admit("admin", None, refusing)
+    assert keyless.admit("infer", None, refusing).key is None
+    assert keyless.admit("tasks", None, Listener(open=True, tasks_refusal="x")).key is None

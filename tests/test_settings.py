@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelport.settings import EXAMPLES, Settings, SettingsError
+from modelport.settings import EXAMPLES, Settings, SettingsError, tasks_refusal
 
 
 @pytest.fixture
@@ -103,3 +103,39 @@ def test_unknown_setting_in_file(toml: Path) -> None:
 def test_unrelated_environment_is_ignored(tmp_path: Path) -> None:
     environ = {"MODELPORT_CONFIG": str(tmp_path / "none.toml"), "MODELPORT_COLOR": "red"}
     assert Settings.load(environ=environ) == Settings()
+
+
+def test_compat_listeners_from_every_source(tmp_path: Path) -> None:
+    env = {"MODELPORT_COMPAT": "inference-server=8123, ablinfer=0.0.0.0:5000"}
+    settings = Settings.load(environ=env)
+    assert [(c.name, c.host, c.port) for c in settings.compat] == [
+        ("inference-server", "", 8123),
+        ("ablinfer", "0.0.0.0", 5000),
+    ]
+    table = tmp_path / "table.toml"
+    table.write_text('[server.compat]\ninference-server = 8123\nablinfer = "[::1]:5000"\n')
+    from_table = Settings.load(environ={}, config=table).compat
+    assert [(c.name, c.host, c.port) for c in from_table] == [
+        ("inference-server", "", 8123),
+        ("ablinfer", "::1", 5000),
+    ]
+    flags = {"compat": ["inference-server=127.0.0.2:8123"]}  # --compat, repeated
+    [one] = Settings.load(flags=flags, environ={}).compat
+    assert (one.host, one.port) == ("127.0.0.2", 8123)
+    for bad in ("inference-server", "inference-server=http", "a=1,a=2", "=8123", "a=70000"):
+        with pytest.raises(SettingsError, match="MODELPORT_COMPAT"):
+            Settings.load(environ={"MODELPORT_COMPAT": bad})
+
+
+def test_task_calls_on_a_network_address_need_keys_or_tasks_open() -> None:
+    assert tasks_refusal(Settings()) == ""
+    refused = tasks_refusal(Settings(host="0.0.0.0"))
+    assert "0.0.0.0" in refused and "tasks_open" in refused and "--scope tasks" in refused
+    assert tasks_refusal(Settings(host="0.0.0.0", tasks_open=True)) == ""
+    assert tasks_refusal(Settings(), host="10.1.2.3") != ""  # a listener of its own
+    env = {"MODELPORT_COMPAT_OPEN": "inference-server", "MODELPORT_COMPAT_CONTAINER_USER": "image"}
+    settings = Settings.load(environ=env)
+    assert settings.compat_open == ("inference-server",)
+    assert settings.compat_container_user == "image" and settings.compat_container_shm_size == "2g"
+    with pytest.raises(SettingsError, match="compat_container_user"):
+        Settings.load(environ={"MODELPORT_COMPAT_CONTAINER_USER": "root"})

@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from support.auth_fixtures import add_sub_body, build_auth_repository, loopback_port, wait_until
+from support.inference_server_client import PublicClient
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -111,6 +112,7 @@ def trusting(pki: Pki, client_cert: bool = False) -> ssl.SSLContext:
 class TlsServer:
     url: str
     grpc_target: str
+    compat: str = ""  # the zip-task cluster API's listener, on the 'tls' server
 
 
 def _serve(repo: Path, data: Path, *flags: str) -> tuple[subprocess.Popen[bytes], Path, int, int]:
@@ -132,8 +134,9 @@ def servers(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
     root = tmp_path_factory.mktemp("tls")
     repo, _ = build_auth_repository(root)
     tls = ["--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]
+    compat_port = loopback_port()
     started = {
-        "tls": _serve(repo, root, *tls),
+        "tls": _serve(repo, root, *tls, "--compat", f"inference-server={compat_port}"),
         "mtls": _serve(repo, root, *tls, "--tls-client-ca", str(pki.ca)),
     }
     try:
@@ -151,8 +154,10 @@ def servers(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
                     return False
 
             wait_until(ready, f"the TLS server on {port}")
-        yield {name: TlsServer(f"https://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
-               for name, (_, _, port, grpc_port) in started.items()}  # fmt: skip
+        found = {name: TlsServer(f"https://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
+                 for name, (_, _, port, grpc_port) in started.items()}  # fmt: skip
+        found["tls"].compat = f"https://127.0.0.1:{compat_port}/"
+        yield found
     finally:
         for process, _, _, _ in started.values():
             process.terminate()
@@ -167,6 +172,15 @@ def test_https_serves_the_fast_path_and_the_rest(servers: dict[str, TlsServer], 
         assert client.get("/v2/models/add_sub").json()["name"] == "add_sub"
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(servers["tls"].url + "/v2/health/ready")  # the system CAs do not know ours
+
+
+def test_a_compat_listener_serves_over_the_servers_tls(
+    servers: dict[str, TlsServer], pki: Pki
+) -> None:
+    client = PublicClient(servers["tls"].compat, cert=str(pki.ca))  # its verify=cert
+    assert b"Hello world" in client.get_hello_world()
+    with pytest.raises(httpx.HTTPError):  # no plain HTTP on it
+        httpx.get(servers["tls"].compat.replace("https", "http"), timeout=5)
 
 
 def test_grpc_over_tls(servers: dict[str, TlsServer], pki: Pki) -> None:

@@ -8,6 +8,7 @@ by ``--config`` / ``MODELPORT_CONFIG``), then the defaults below.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,27 @@ EXAMPLES = Path(__file__).parent / "examples"
 
 class SettingsError(ValueError):
     """A setting with a bad value; the message names its source."""
+
+
+class CompatListener(BaseModel):
+    """One upstream API served at the root of a listener of its own (``compat``):
+    ``NAME=[HOST:]PORT``; the host is the server's when not given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    host: str = ""
+    port: int = Field(ge=1, le=65535)
+
+    @classmethod
+    def parse(cls, name: str, address: str | int) -> CompatListener:
+        """``address``: a port, ``HOST:PORT`` or ``[IPv6]:PORT``."""
+        text = str(address).strip()
+        host, _, port = text.rpartition(":")
+        host = host.strip("[]")
+        if natural(port) is None:
+            raise ValueError(f"compat listener {name!r}: expected [HOST:]PORT, got {text!r}")
+        return cls(name=name.strip(), host=host, port=int(port))
 
 
 class Settings(BaseModel):
@@ -218,13 +240,49 @@ class Settings(BaseModel):
         default=None, description="memory limit of an ABLInfer run, e.g. '8g'"
     )
     ablinfer_timeout_s: float = Field(default=3600.0, gt=0, description="an ABLInfer run's limit")
-    ablinfer_network: bool = Field(
-        default=False, description="give ABLInfer containers a network (none by default)"
+    ablinfer_network: Literal["none", "bridge"] = Field(
+        default="none", description="network of ABLInfer containers: none or bridge"
     )
     ablinfer_user: str = Field(
         default="image",
         description="user of ABLInfer containers: 'image' keeps the image's own (upstream's "
         "images expect it), 'auto' a non-root one, or 'uid:gid'",
+    )
+    compat: tuple[CompatListener, ...] = Field(
+        default=(),
+        description="upstream APIs served at the root of listeners of their own, "
+        "'NAME=[HOST:]PORT' comma-separated (env), a TOML table {NAME = PORT} or the same "
+        "string; e.g. 'inference-server=8123'",
+    )
+    compat_open: tuple[str, ...] = Field(
+        default=(),
+        description="compat listeners that take calls without an API key (a lab network); "
+        "the rest ask for a key once keys exist (Bearer, or HTTP Basic with the key as "
+        "password). Posting models still needs an admin key",
+    )
+    tasks_open: bool = Field(
+        default=False,
+        description="let anyone run the container models (the tasks APIs) while modelport "
+        "listens beyond loopback without API keys; off: such calls are refused like admin "
+        "calls",
+    )
+    compat_container_shm_size: str = Field(
+        default="2g",
+        description="/dev/shm of the containers of posted models (their images ran with "
+        "ipc_mode=host: PyTorch data loaders need more than Docker's 64m); '' for "
+        "Docker's default",
+    )
+    compat_container_ipc: Literal["private", "host"] = Field(
+        default="private",
+        description="'host' shares the host's IPC namespace with posted models' containers",
+    )
+    compat_container_network: Literal["none", "bridge"] = Field(
+        default="none", description="network of posted models' containers: none or bridge"
+    )
+    compat_container_user: str = Field(
+        default="auto",
+        description="user of posted models' containers: auto (the server's own, or "
+        "nobody), image (the image's own) or uid:gid",
     )
     # -- scale-out (Redis; see cluster/) -----------------------------------------------------
     broker: str = Field(
@@ -259,7 +317,45 @@ class Settings(BaseModel):
         "such as 'registry.example.com/lab/*'; none by default",
     )
 
-    @field_validator("model_sources", "model_images", mode="before")
+    @field_validator("compat", mode="before")
+    @classmethod
+    def _compat_listeners(cls, value: Any) -> Any:
+        # 'a=8123,b=host:5000' (env, flag, TOML string), ['a=8123', ...] (repeated flags),
+        # or a TOML table {a = 8123, b = "host:5000"}.
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, Mapping):
+            value = [f"{name}={address}" for name, address in value.items()]
+        if isinstance(value, list | tuple):
+            listeners = []
+            for item in value:
+                if isinstance(item, str):
+                    name, sep, address = item.partition("=")
+                    if not sep or not name.strip():
+                        raise ValueError(f"expected NAME=[HOST:]PORT, got {item!r}")
+                    item = CompatListener.parse(name, address)
+                listeners.append(item)
+            names = [getattr(item, "name", None) for item in listeners]
+            if len(set(names)) != len(names):
+                raise ValueError("an API is named twice")
+            return tuple(listeners)
+        return value
+
+    @field_validator("compat_container_user")
+    @classmethod
+    def _container_user(cls, value: str) -> str:
+        if value not in ("auto", "image") and not re.match(r"^[0-9]{1,10}(:[0-9]{1,10})?$", value):
+            raise ValueError(f"expected 'auto', 'image' or 'uid:gid' (numbers), got {value!r}")
+        return value
+
+    @field_validator("compat_container_shm_size")
+    @classmethod
+    def _shm_size(cls, value: str) -> str:
+        if value and not re.match(r"^[1-9][0-9]*[bkmg]?$", value.lower()):
+            raise ValueError("expected bytes with an optional unit b, k, m or g, e.g. '2g'")
+        return value.lower()
+
+    @field_validator("model_sources", "model_images", "compat_open", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         # From the environment or a flag a list arrives as 'a,b'; from TOML as a list.
@@ -337,24 +433,46 @@ class Settings(BaseModel):
 LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
 
 
-def admin_refusal(settings: Settings, keys_enforced: bool = False) -> str:
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def admin_refusal(settings: Settings, keys_enforced: bool = False, host: str = "") -> str:
     """Why admin calls are refused with these settings, or "" when they are allowed.
 
     A server reachable from the network with no API keys must not let anyone load,
     unload or post models (inference servers have been taken over that way), so "auto"
     allows admin calls only on a loopback address, or when API keys are enforced (the
-    caller then needs a key with the admin scope).
+    caller then needs a key with the admin scope). ``host``: the listener's address
+    (default: the server's).
     """
     if settings.admin == "on":
         return ""
     if settings.admin == "off":
         return "admin calls are off on this server (admin = off); set MODELPORT_ADMIN=on"
-    host = settings.host
-    if host in LOOPBACK_HOSTS or host.startswith("127.") or keys_enforced:
+    host = host or settings.host
+    if is_loopback(host) or keys_enforced:
         return ""
     return (
         f"admin calls (load, unload, model posting) are refused because modelport listens "
         f"on {host} without API keys; create an admin key (modelport keys create NAME "
         "--scope admin) and send it, bind to 127.0.0.1, or set MODELPORT_ADMIN=on (or "
         'admin = "on" in modelport.toml) to allow them anyway'
+    )
+
+
+def tasks_refusal(settings: Settings, host: str = "") -> str:
+    """Why task calls (the tasks API, the compat task APIs) are refused while no key is
+    asked for, or "" when they are allowed: on a loopback address, or with tasks_open.
+    Anyone who can reach such a server would otherwise run the operator's containers.
+    ``host``: the listener's address (default: the server's)."""
+    host = host or settings.host
+    if settings.tasks_open or is_loopback(host):
+        return ""
+    return (
+        f"task calls are refused because modelport listens on {host} without API keys "
+        "(anyone could run the container models); create a key (modelport keys create "
+        "NAME --scope tasks) and send it (Bearer, or HTTP Basic with the key as password), "
+        "bind to 127.0.0.1, or set tasks_open = true (MODELPORT_TASKS_OPEN=true) to allow "
+        "them anyway"
     )

@@ -1,6 +1,6 @@
 """Fixtures for the ABLInfer InferServer tests: a busybox image whose ENTRYPOINT acts as a
 segmentation model, specs for it, hand-built NIfTI and NRRD volumes, and real servers
-(``tests/support/ablinfer_server.py``) on free ports."""
+(``modelport serve --compat ablinfer=PORT``) on free ports."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import pytest
 
 from support.task_fixtures import docker
 
-SCRIPT = Path(__file__).with_name("ablinfer_server.py")
 # The model: prints its arguments and progress lines, copies its -i input to its -o
 # output; --fail exits 3 first; --sleep=N ticks N seconds first.
 ENTRYPOINT = """\
@@ -198,7 +197,8 @@ StartAblinfer = Callable[..., AblinferServer]
 
 @pytest.fixture
 def ablinfer_server(tmp_path: Path, spec_folder: Path) -> Iterator[StartAblinfer]:
-    """``start(data_dir=..., port=..., **settings)``: a real server of the ABLInfer app."""
+    """``start(data_dir=..., port=..., **settings)``: a real ``modelport serve`` with the
+    ABLInfer listener on ``port``."""
     started: list[AblinferServer] = []
     (tmp_path / "repository").mkdir()
 
@@ -218,7 +218,18 @@ def ablinfer_server(tmp_path: Path, spec_folder: Path) -> Iterator[StartAblinfer
         log_path = tmp_path / f"ablinfer-{port}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, str(SCRIPT), str(port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "modelport",
+                    "serve",
+                    "--port",
+                    str(free_port()),
+                    "--grpc-port",
+                    "0",
+                    "--compat",
+                    f"ablinfer=127.0.0.1:{port}",
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -10,6 +10,7 @@ skipped.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import tempfile
@@ -135,6 +136,37 @@ def import_busybox_image() -> str:
     if done.returncode != 0:
         raise RuntimeError(f"docker import failed: {done.stderr}")
     return IMAGE
+
+
+# An image built the way the zip-task cluster server's model images are: its own CMD,
+# reading /input and /model, writing /output (nothing when /input/nothing exists).
+UPSTREAM_IMAGE = "modelport-test/upstream-model:1"
+UPSTREAM_CMD = (
+    "if [ -e /input/nothing ]; then echo nothing to do; exit 0; fi; "
+    'for f in $(ls /input); do tr a-z A-Z < "/input/$f" > "/output/$f"; done; '
+    "cat /model/weights.txt > /output/model.txt 2>/dev/null || echo none > /output/model.txt; "
+    "df -k /dev/shm | tail -n 1 > /output/shm; id -u > /output/uid"
+)
+
+
+@pytest.fixture(scope="session")
+def upstream_image(docker_image: str) -> str:
+    """:data:`UPSTREAM_IMAGE`: the busybox image with a CMD of its own (committed from a
+    container, since nothing can be pulled or built from a registry here)."""
+    if docker("image", "inspect", UPSTREAM_IMAGE).returncode == 0:
+        return UPSTREAM_IMAGE
+    created = docker("create", docker_image, "true")
+    if created.returncode != 0:
+        pytest.fail(f"docker create failed: {created.stderr}")
+    container = created.stdout.strip()
+    try:
+        cmd = f"CMD {json.dumps(['sh', '-c', UPSTREAM_CMD])}"
+        done = docker("commit", "--change", cmd, container, UPSTREAM_IMAGE)
+        if done.returncode != 0:
+            pytest.fail(f"docker commit failed: {done.stderr}")
+    finally:
+        docker("rm", "-f", container)
+    return UPSTREAM_IMAGE
 
 
 @pytest.fixture(scope="session")

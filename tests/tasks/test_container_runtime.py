@@ -45,6 +45,19 @@ def test_options_for_a_gpu_slot(tmp_path: Path) -> None:
         run_options(_job(tmp_path, spec, gpu=None), uid=0)
 
 
+def test_options_for_images_built_for_the_zip_task_cluster_server(tmp_path: Path) -> None:
+    spec = ContainerSpec(image="x", shm_size="2G", network="bridge", user="image")
+    options = run_options(_job(tmp_path, spec), uid=1000)
+    assert options["shm_size"] == "2g" and "network_mode" not in options
+    assert "user" not in options and "ipc_mode" not in options
+    shared = run_options(_job(tmp_path, ContainerSpec(image="x", ipc="host", user="7:8")))
+    assert shared["ipc_mode"] == "host" and shared["user"] == "7:8"
+    assert "shm_size" not in shared and shared["network_mode"] == "none"
+    for bad in ({"user": "root"}, {"network": "host"}, {"shm_size": "lots"}):
+        with pytest.raises(ValueError):
+            ContainerSpec(image="x", **bad)  # type: ignore[arg-type]
+
+
 class _Control:
     def __init__(self) -> None:
         self.stop = threading.Event()

@@ -48,6 +48,35 @@ def test_sqlite_store_runs_in_wal_mode(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_table_of_an_older_modelport_gets_the_new_columns(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "old.db")
+    old = sa.create_engine(url)
+    with old.begin() as conn:  # the table as the first release made it
+        conn.execute(sa.text(
+            "CREATE TABLE modelport_tasks (id VARCHAR(64) PRIMARY KEY, model VARCHAR(255) "
+            "NOT NULL, version INTEGER NOT NULL, status VARCHAR(16) NOT NULL, created_at FLOAT "
+            "NOT NULL, parameters TEXT NOT NULL, started_at FLOAT, finished_at FLOAT, attempts "
+            "INTEGER NOT NULL, exit_code INTEGER, error TEXT NOT NULL, progress FLOAT, "
+            "input_bytes BIGINT NOT NULL, output_bytes BIGINT, files_purged BOOLEAN NOT NULL)"
+        ))  # fmt: skip
+        conn.execute(sa.text(
+            "INSERT INTO modelport_tasks VALUES ('t0', 'm', 1, 'queued', 1.0, '{}', NULL, "
+            "NULL, 0, NULL, '', NULL, 3, NULL, 0)"
+        ))  # fmt: skip
+    old.dispose()
+    store = TaskStore(url)
+    try:
+        before = store.get("t0")
+        assert before is not None and before.accept_empty_output is False
+        store.create(TaskRecord(id="t1", model="m", version=1, status=TaskStatus.QUEUED,
+                                created_at=now(), accept_empty_output=True))  # fmt: skip
+        after = store.get("t1")
+        assert after is not None and after.accept_empty_output is True
+        TaskStore(url).close()  # a second start finds the column there
+    finally:
+        store.close()
+
+
 def test_plain_postgresql_url_means_psycopg_3(postgres_url: str) -> None:
     assert postgres_url.startswith("postgresql://")
     store = TaskStore(postgres_url)

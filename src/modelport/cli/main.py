@@ -111,6 +111,17 @@ def serve(
         int | None,
         typer.Option(help="Server processes sharing the ports, each with the models [1]."),
     ] = None,
+    compat: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Serve an upstream API at the root of a listener of its own: "
+            "NAME=[HOST:]PORT, e.g. inference-server=8123 (repeatable)."
+        ),
+    ] = None,
+    ablinfer_models: Annotated[
+        str | None,
+        typer.Option(help="Folder of ABLInfer JSON model specs, served by --compat ablinfer=PORT."),
+    ] = None,
 ) -> None:
     """Serve a model repository over HTTP and gRPC (KServe v2)."""
     import uvloop
@@ -118,6 +129,7 @@ def serve(
     from modelport.api.grpc.server import GrpcListenError
     from modelport.security.keys import KeyFileError
     from modelport.security.tls import TlsError
+    from modelport.server.listeners import ListenError, compat_addresses
     from modelport.server.serve import serve as run_server
     from modelport.server.supervisor import supervise
     from modelport.supply.pull import PullError, redact
@@ -128,7 +140,8 @@ def serve(
              "max_loaded_bytes": max_loaded_bytes,
              "repository_endpoint_url": endpoint_url, "broker": broker, "tls_cert": tls_cert,
              "tls_key": tls_key, "tls_client_ca": tls_client_ca,
-             "processes": processes}  # fmt: skip
+             "processes": processes, "compat": compat or None,
+             "ablinfer_models": ablinfer_models}  # fmt: skip
     try:
         settings = Settings.load(flags, config=config)
     except SettingsError as exc:
@@ -155,6 +168,9 @@ def serve(
             console.print(f"  gRPC:    {settings.host}:{settings.grpc_port} (KServe v2)")
         console.print(f"  docs:    {base}/docs")
         console.print(f"  metrics: {base}/metrics")
+        for address in compat_addresses(settings):
+            access = " (open: no key asked)" if address.open else ""
+            console.print(f"  {address.name}: {address.url(bool(settings.tls_cert))}{access}")
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
@@ -164,7 +180,7 @@ def serve(
                     raise typer.Exit(code)
             else:
                 uvloop.run(run_server(settings, on_ready=ready))
-    except (GrpcListenError, PullError, TlsError, KeyFileError) as exc:
+    except (GrpcListenError, ListenError, PullError, TlsError, KeyFileError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 

@@ -2,11 +2,12 @@
 
 The container gets the model's version folder read-only at ``/model``, the task's
 files read-only at ``/input`` and an empty, writable ``/output``; no network unless the
-model asks for it; CPU, memory and GPU limits from ``model.yaml``; a non-root user
-unless the model says otherwise. It may write a number 0..1 to ``/output/.progress``.
-Its stdout and stderr go to a log file as they come. It ends as ``exited`` (with its
-exit code), ``timeout``, ``cancelled`` (stopped at the caller's request) or ``error``
-(the engine could not run it, with the reason); the container is removed in all cases.
+model asks for it (``network: bridge``); CPU, memory, ``/dev/shm`` and GPU limits from
+``model.yaml``; a non-root user unless the model says otherwise (``user``). It may
+write a number 0..1 to ``/output/.progress``. Its stdout and stderr go to a log file
+as they come. It ends as ``exited`` (with its exit code), ``timeout``, ``cancelled``
+(stopped at the caller's request) or ``error`` (the engine could not run it, with the
+reason); the container is removed in all cases.
 
 Every container is labelled with its task id (:data:`TASK_LABEL`), so a restarted
 server can remove those a dead one left running (:meth:`ContainerRuntime.remove_stale`).
@@ -107,8 +108,12 @@ def run_options(job: ContainerJob, uid: int | None = None) -> dict[str, Any]:
         "security_opt": ["no-new-privileges"],
         "device_requests": requests,
     }
-    if not spec.network:
+    if spec.network == "none":
         options["network_mode"] = "none"
+    if spec.shm_size is not None:
+        options["shm_size"] = spec.shm_size
+    if spec.ipc == "host":
+        options["ipc_mode"] = "host"
     user = container_user(spec, os.getuid() if uid is None else uid)
     if user is not None:
         options["user"] = user
@@ -135,7 +140,10 @@ def _gpu_ids(spec: ContainerSpec, slot_gpu: int | None) -> list[str]:
     if spec.gpus == 0:
         return []
     if slot_gpu is None:
-        raise ValueError("the model needs a GPU, and this worker's slot has none")
+        raise ValueError(
+            "the model needs a GPU (use_gpu, or gpus in its model.yaml), and this worker's "
+            "slot has none: give the worker GPU slots (task_gpus, e.g. '0,1')"
+        )
     if spec.gpus > 1:
         raise ValueError("a worker slot holds one GPU; the model asks for more")
     return [str(slot_gpu)]

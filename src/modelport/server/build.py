@@ -29,10 +29,10 @@ from modelport.runtimes.python import PythonRuntime
 from modelport.runtimes.remote import RemoteRuntime
 from modelport.runtimes.tensorflow import TensorflowRuntime
 from modelport.runtimes.torch import TorchRuntime
-from modelport.security.access import AccessPolicy, Guard
+from modelport.security.access import AccessPolicy, Guard, Listener
 from modelport.security.keys import KeyStore
 from modelport.server.cluster import Cluster, task_models
-from modelport.settings import Settings, admin_refusal
+from modelport.settings import Settings, admin_refusal, tasks_refusal
 from modelport.spec import ContainerSpec
 from modelport.supply.allow_lists import image_allow_list, url_allow_list
 from modelport.supply.encryption import key_provider
@@ -43,6 +43,7 @@ from modelport.tasks.ablinfer_sessions import AblinferSessions
 from modelport.tasks.archives import ZipLimits
 from modelport.tasks.blobs import BlobStore
 from modelport.tasks.broker import Broker, MemoryBroker
+from modelport.tasks.container_models import PostedContainer
 from modelport.tasks.service import TaskPolicy, TaskService
 from modelport.tasks.spool import Spool
 from modelport.tasks.store import TaskStore, sqlite_url
@@ -115,11 +116,11 @@ def build_guard(settings: Settings) -> Guard | None:
     if settings.auth == "off":
         return None
     policy = AccessPolicy(
-        settings.auth,
-        settings.public_health,
-        settings.public_metrics,
-        settings.max_concurrent_per_key,
-        admin_refusal(settings, keys_enforced=False),
+        mode=settings.auth,
+        public_health=settings.public_health,
+        public_metrics=settings.public_metrics,
+        max_concurrent_per_key=settings.max_concurrent_per_key,
+        admin_refusal_without_keys=admin_refusal(settings, keys_enforced=False),
     )
     return Guard(KeyStore(settings.keys_path), policy)
 
@@ -202,6 +203,12 @@ def build_task_service(
         zip_limits=zip_limits(settings),
         max_attempts=settings.task_max_attempts,
         retention=retention,
+        posted_container=PostedContainer(
+            shm_size=settings.compat_container_shm_size or None,
+            ipc=settings.compat_container_ipc,
+            network=settings.compat_container_network,
+            user=settings.compat_container_user,
+        ),
     )
     worker = None
     if primary and make_slots(settings.task_slots, settings.task_gpu_ids):
@@ -263,10 +270,24 @@ def build_ablinfer_sessions(settings: Settings, tasks: TaskService) -> AblinferS
 
 
 def task_routes(
-    settings: Settings, tasks: TaskService, cluster: Cluster | None = None
+    settings: Settings,
+    tasks: TaskService,
+    cluster: Cluster | None = None,
+    *,
+    host: str = "",
+    open_tasks: bool = False,
 ) -> TaskRoutes:
+    """The task routes of a listener on ``host`` (default: the main port's);
+    ``open_tasks``: an open compat listener (compat_open)."""
+    host = host or settings.host
     # Posting a model is an admin call: off unless allowed, and never where admin is refused.
-    posting = settings.compat_allow_model_posting and not core_admin_refusal(settings)
+    keys_possible = settings.auth != "off"
+    posting = settings.compat_allow_model_posting and not admin_refusal(
+        settings, keys_enforced=keys_possible, host=host
+    )
+    # Without a guard (auth = off) nobody asks for keys: the routes refuse task calls
+    # themselves where the guard would.
+    refusal = "" if keys_possible or open_tasks else tasks_refusal(settings, host)
     return TaskRoutes(
         service=tasks,
         spool=tasks.spool,
@@ -275,6 +296,17 @@ def task_routes(
         allow_model_posting=posting,
         model_images=image_allow_list(settings.model_images),
         workers=cluster.list_workers if cluster else None,
+        refusal=refusal,
+    )
+
+
+def listener_access(settings: Settings, host: str, *, open_tasks: bool = False) -> Listener:
+    """The guard's rules for a listener on ``host``; ``open_tasks``: an open compat
+    listener (compat_open)."""
+    return Listener(
+        open=open_tasks,
+        admin_refusal=admin_refusal(settings, keys_enforced=False, host=host),
+        tasks_refusal=tasks_refusal(settings, host),
     )
 
 

@@ -8,13 +8,12 @@ tasks they call close.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import gc
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -30,19 +29,29 @@ from modelport.core.service import InferenceService
 from modelport.core.watcher import RepositoryWatcher
 from modelport.observability.gpus import Nvml
 from modelport.observability.metrics import metrics_registry, setup_logging
+from modelport.security.access import Guard
 from modelport.security.tls import load_tls
 from modelport.server.build import (
     GIL_SWITCH_SECONDS,
+    build_ablinfer_sessions,
     build_guard,
     build_service,
     build_task_service,
+    listener_access,
     pull_repository,
     server_node,
     task_routes,
 )
 from modelport.server.cluster import connect
+from modelport.server.listeners import (
+    ListenerParts,
+    QuietServer,
+    compat_addresses,
+    run_in_stack,
+    start_compat_listeners,
+)
 from modelport.server.peers import ProcessInfo, SocketPeers, reuseport_socket
-from modelport.settings import Settings
+from modelport.settings import Settings, admin_refusal, is_loopback
 from modelport.supply.pull import PullingWatcher, is_url
 
 log = logging.getLogger("modelport")
@@ -57,27 +66,21 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-class _PeerServer(uvicorn.Server):
-    """The peers' socket: the main server handles SIGTERM and SIGINT, this one stops with it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def _run(
-    server: uvicorn.Server, stack: contextlib.AsyncExitStack, **options: object
-) -> asyncio.Task[None]:
-    """Start ``server``; the stack stops it (and waits for it) when it closes."""
-    serving = asyncio.create_task(server.serve(**options))  # type: ignore[arg-type]
-
-    async def stop() -> None:
-        if not serving.done():
-            server.should_exit = True
-        await serving
-
-    stack.push_async_callback(stop)
-    return serving
+def _warn_when_open(settings: Settings, guard: Guard | None) -> None:
+    """One line saying what anyone who reaches a server without keys can do."""
+    if is_loopback(settings.host) or (guard is not None and guard.enforcing):
+        return
+    can = ["run every model (inference)"]
+    if settings.tasks_open:
+        can.append("run the container models (tasks_open)")
+    if not admin_refusal(settings, keys_enforced=False):
+        can.append("load, unload and post models (admin = on)")
+    log.warning(
+        "modelport listens on %s without API keys: anyone who reaches it can %s; "
+        "create keys (modelport keys create) to ask for them",
+        settings.host,
+        ", ".join(can),
+    )
 
 
 async def serve(
@@ -91,6 +94,8 @@ async def serve(
     # Checked before anything starts: a TlsError or KeyFileError stops serve here.
     tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     guard = build_guard(settings)
+    compat_addresses(settings)  # a ListenError (an unknown API) stops serve here too
+    _warn_when_open(settings, guard)
     nvml = Nvml.open()  # GPUs for placement and metrics; unavailable without a driver
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(log.info, "modelport stopped")
@@ -118,6 +123,11 @@ async def serve(
             adopt=process is not None and process.count > 1 and primary and cluster is None,
         )
         stack.push_async_callback(tasks.close)
+        # ABLInfer's sessions run as tasks: built when its listener or specs are asked for.
+        ablinfer = None
+        if settings.ablinfer_models or any(c.name == "ablinfer" for c in settings.compat):
+            ablinfer = build_ablinfer_sessions(settings, tasks)
+            stack.push_async_callback(ablinfer.close)
         metrics = metrics_registry(service, nvml)
         _, asgi = create_app(
             service,
@@ -128,7 +138,12 @@ async def serve(
         )
         admit = None
         if guard is not None:
-            asgi = AuthMiddleware(asgi, guard, settings.compat_inference_server)
+            asgi = AuthMiddleware(
+                asgi,
+                guard,
+                compat_prefix=settings.compat_inference_server,
+                listener=listener_access(settings, settings.host),
+            )
             admit = asgi.admit
         if settings.grpc_port:  # 0 turns gRPC off
             grpc_server = await start_grpc_server(
@@ -170,7 +185,18 @@ async def serve(
         # Several processes: each binds the port with SO_REUSEPORT, and answers its peers
         # on a Unix socket of its own (peers.py).
         sockets = [reuseport_socket(settings.host, settings.port)] if process else None
-        serving = await _run(_Server(config), stack, sockets=sockets)
+        serving = await run_in_stack(_Server(config), stack, sockets=sockets)
+        parts = ListenerParts(
+            settings=settings,
+            service=service,
+            tasks=tasks,
+            cluster=cluster,
+            guard=guard,
+            tls=tls,
+            shared_port=process is not None,
+            ablinfer=ablinfer,
+        )
+        await start_compat_listeners(parts, stack)
         if process is not None:
             path = process.socket_path(process.index)
             path.unlink(missing_ok=True)
@@ -182,13 +208,15 @@ async def serve(
                 log_level="warning",
                 loop="none",
             )
-            await _run(_PeerServer(peer_config), stack)
+            await run_in_stack(QuietServer(peer_config), stack)
         # (With several processes the supervisor pulled before starting them, and only
         # the first pulls again on --poll; the others watch the folder it updates.)
         pulls = is_url(settings.repository) and primary
         if pulls and process is None:
             await pull_repository(settings)  # a PullError stops the server here
         await tasks.start()
+        if ablinfer is not None:
+            await ablinfer.start()
         await service.open()
         if cluster is not None:
             node = server_node(cluster, service, tasks, gateway)

@@ -72,6 +72,7 @@ class RemoteSpec(_Strict):
 
 
 _MEMORY = re.compile(r"^[1-9][0-9]*[bkmg]?$")
+_USER = re.compile(r"^[0-9]{1,10}(?::[0-9]{1,10})?$")
 CONTAINER_RUNTIME = "container"
 
 
@@ -91,6 +92,13 @@ class ContainerSpec(_Strict):
           cpus: 4
           memory: 8g
           timeout: 3600      # seconds; the container is killed after it
+          shm_size: 2g       # /dev/shm (Docker's default is 64m; PyTorch data loaders need more)
+          network: none      # or bridge (Docker's default network)
+          user: auto         # auto, image (the image's own user) or uid:gid
+
+    Existing images that ran with ``ipc_mode=host`` (the zip-task cluster server's) want a
+    large ``/dev/shm``: ``shm_size`` gives one without sharing the host's IPC namespace;
+    ``ipc: host`` shares it, as they did.
     """
 
     image: str = Field(min_length=1)
@@ -100,14 +108,38 @@ class ContainerSpec(_Strict):
     cpus: float | None = Field(default=None, gt=0)
     memory: str | None = None
     timeout: float = Field(default=3600.0, gt=0)
-    network: bool = False
+    network: Literal["none", "bridge"] = Field(
+        default="none",
+        description="'none' (no network) or 'bridge' (Docker's default network); "
+        "true and false mean bridge and none",
+    )
     user: str = Field(
         default="auto",
         description="'auto' runs as a non-root user; 'image' keeps the image's own; or 'uid:gid'",
     )
+    shm_size: str | None = Field(
+        default=None, description="size of /dev/shm, e.g. '2g' (Docker's default: 64m)"
+    )
+    ipc: Literal["private", "host"] = Field(
+        default="private", description="'host' shares the host's IPC namespace (ipc_mode=host)"
+    )
     pull: Literal["missing", "never", "always"] = "missing"
 
-    @field_validator("memory", mode="before")
+    @field_validator("network", mode="before")
+    @classmethod
+    def _network(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # model.yaml files written before 'bridge' existed
+            return "bridge" if value else "none"
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if value not in ("auto", "image") and not _USER.match(value):
+            raise ValueError(f"expected 'auto', 'image' or 'uid:gid' (numbers), got {value!r}")
+        return value
+
+    @field_validator("memory", "shm_size", mode="before")
     @classmethod
     def _memory(cls, value: Any) -> Any:
         if isinstance(value, int):

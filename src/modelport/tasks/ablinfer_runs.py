@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from modelport.errors import SpecError
 from modelport.runtimes.container import ContainerJob
@@ -31,7 +31,7 @@ class ContainerOptions:
     cpus: float | None = None
     memory: str | None = None
     timeout: float = 3600.0
-    network: bool = False
+    network: Literal["none", "bridge"] = "none"
     user: str = "image"
 
     def to_json(self) -> dict[str, Any]:
@@ -74,7 +74,7 @@ class AblinferRun:
             return cls(
                 spec=spec,
                 plan=SessionPlan.from_json(data["plan"]),
-                options=ContainerOptions(**data["container"]),
+                options=ContainerOptions(**_network_named(data["container"])),
             )
         except (KeyError, TypeError) as exc:
             raise SpecError(f"the ABLInfer session's stored run is broken: {exc!r}") from None
@@ -112,3 +112,11 @@ class AblinferRun:
             copy_to=self.spec.data_path,
             copy_back=tuple(self.spec.container_path(n) for n in outputs),
         )
+
+
+def _network_named(options: dict[str, Any]) -> dict[str, Any]:
+    """Runs stored before the network setting took a name kept it as true or false."""
+    network = options.get("network")
+    if isinstance(network, bool):
+        return {**options, "network": "bridge" if network else "none"}
+    return options

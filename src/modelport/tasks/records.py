@@ -42,7 +42,9 @@ def hide_paths(text: str, names: Mapping[Path, str]) -> str:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskRecord:
     """One task. ``attempts`` counts the times a worker started it; ``error`` says why a
-    task failed (with the tail of its log), ``exit_code`` is the container's."""
+    task failed (with the tail of its log), ``exit_code`` is the container's.
+    ``accept_empty_output``: a container that leaves ``/output`` empty succeeds with an
+    empty zip (the zip-task cluster server's clients expect that) instead of failing."""
 
     id: str
     model: str
@@ -59,6 +61,7 @@ class TaskRecord:
     input_bytes: int = 0
     output_bytes: int | None = None
     files_purged: bool = False
+    accept_empty_output: bool = False
 
     def fields(self) -> dict[str, Any]:
         """The fields as they are, for the store."""

@@ -14,7 +14,7 @@ import re
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -25,9 +25,12 @@ from modelport.tasks.archives import CHUNK, ZipLimits, verify_zip
 from modelport.tasks.blobs import BlobStore, TaskBlob
 from modelport.tasks.broker import Broker
 from modelport.tasks.container_models import (
-    AVAILABLE,
     ContainerModel,
+    NewContainerModel,
+    PostedContainer,
     container_models,
+    find_container_model,
+    new_uid,
     task_source,
     write_container_model,
 )
@@ -59,9 +62,13 @@ class Upload:
 
 @dataclass(frozen=True, slots=True)
 class TaskPolicy:
+    """Limits and lifetimes of tasks; ``posted_container``: how the containers of models
+    clients post run."""
+
     zip_limits: ZipLimits = field(default_factory=ZipLimits)
     max_attempts: int = 3
     retention: timedelta | None = timedelta(days=7)
+    posted_container: PostedContainer = field(default_factory=PostedContainer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,16 +162,25 @@ class TaskService:
         *,
         parameters: dict[str, Any] | None = None,
         version: str = "",
+        accept_empty_output: bool = False,
+        zip_only: bool = False,
     ) -> TaskRecord:
         """Accept a task: check the model and the files, store them, queue the task. A zip
-        is read through here, so one the worker could not unpack is refused now (400)."""
+        is read through here, so one the worker could not unpack is refused now (400).
+        ``accept_empty_output``: an empty ``/output`` succeeds with an empty zip instead
+        of failing the task (what the zip-task cluster server's clients expect);
+        ``zip_only``: the one file must be a zip, whatever its name."""
         chosen = await asyncio.to_thread(self._container_version, model, version)
         if not files:
             raise InvalidInput("a task needs at least one input file (a zip, or files)")
         with self.spool.scratch() as scratch:
-            packed = await asyncio.to_thread(self._input_zip, files, scratch)
+            packed = await asyncio.to_thread(self._input_zip, files, scratch, zip_only)
             return await self.submit_packed(
-                model=model, version=chosen, packed=packed, parameters=parameters
+                model=model,
+                version=chosen,
+                packed=packed,
+                parameters=parameters,
+                accept_empty_output=accept_empty_output,
             )
 
     async def submit_packed(
@@ -174,6 +190,7 @@ class TaskService:
         version: int,
         packed: Path,
         parameters: dict[str, Any] | None = None,
+        accept_empty_output: bool = False,
     ) -> TaskRecord:
         """Store and queue a task whose input zip (``packed``) the caller has made and
         whose model it has checked (an ABLInfer session names its spec in
@@ -189,6 +206,7 @@ class TaskService:
             created_at=now(),
             parameters=dict(parameters or {}),
             input_bytes=size,
+            accept_empty_output=accept_empty_output,
         )
         await asyncio.to_thread(self.store.create, record)
         try:
@@ -214,9 +232,13 @@ class TaskService:
             )
         return _pick_version(model, version, set(source.versions))
 
-    def _input_zip(self, files: list[Upload], scratch: Path) -> Path:
+    def _input_zip(self, files: list[Upload], scratch: Path, zip_only: bool) -> Path:
+        if zip_only and len(files) != 1:
+            raise InvalidInput("a task needs exactly one zip file")
         if len(files) == 1 and (
-            files[0].filename.lower().endswith(".zip") or zipfile.is_zipfile(files[0].path)
+            zip_only
+            or files[0].filename.lower().endswith(".zip")
+            or zipfile.is_zipfile(files[0].path)
         ):
             verify_zip(files[0].path, self.policy.zip_limits)
             return files[0].path
@@ -342,25 +364,25 @@ class TaskService:
         """The repository's container models."""
         return await asyncio.to_thread(container_models, self.repository)
 
-    async def require_available(self, model: str) -> None:
-        """Conflict when the model is marked not available (``model_available: false``)."""
-        source = await asyncio.to_thread(task_source, self.repository, model)
-        if not source.spec.parameters.get(AVAILABLE, True):
-            raise Conflict(f"model '{model}' is marked not available")
+    async def container_model(self, name: str) -> ContainerModel:
+        """The container model clients call ``name`` (ModelNotFound when there is none);
+        tasks are submitted to its ``folder``."""
+        return await asyncio.to_thread(find_container_model, self.repository, name)
 
     async def add_container_model(
         self, model: ContainerModel, *, static_files: Path | None = None
     ) -> ContainerModel:
         """Write a new container model into the repository (version 1 holds
-        ``static_files``, a zip, unpacked). Refuses a name that is taken."""
-        await asyncio.to_thread(
-            write_container_model,
-            self.repository,
-            model,
-            static_files=static_files,
-            limits=self.policy.zip_limits,
+        ``static_files``, a zip, unpacked), its container run as ``posted_container``
+        says; it gets a new uid. Refuses a name that is taken."""
+        model = replace(model, uid=new_uid())
+        new = NewContainerModel(
+            model=model, static_files=static_files, container=self.policy.posted_container
         )
-        log.info("container model %s added (%s)", model.name, model.image)
+        await asyncio.to_thread(
+            write_container_model, self.repository, new, limits=self.policy.zip_limits
+        )
+        log.info("container model %s added (%s)", model.folder, model.image)
         return model
 
 

@@ -44,7 +44,11 @@ tasks_table = sa.Table(
     sa.Column("input_bytes", sa.BigInteger, nullable=False, default=0),
     sa.Column("output_bytes", sa.BigInteger),
     sa.Column("files_purged", sa.Boolean, nullable=False, default=False),
+    sa.Column("accept_empty_output", sa.Boolean, nullable=False, default=False),
 )
+# Columns added after the table's first release: added to an older table at start, with
+# the value older rows mean ("false").
+_ADDED_COLUMNS = {"accept_empty_output": "BOOLEAN NOT NULL DEFAULT FALSE"}
 
 _TIMES = ("created_at", "started_at", "finished_at")
 
@@ -114,13 +118,30 @@ class TaskStore:
         for attempt in range(CREATE_TRIES):
             try:
                 metadata.create_all(self.engine)
-                return
+                break
             except sa.exc.DBAPIError:
                 if sa.inspect(self.engine).has_table(tasks_table.name):
-                    return
+                    break
                 if attempt == CREATE_TRIES - 1:
                     raise
                 time.sleep(0.1 * (attempt + 1))
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a table made by an older modelport up to date (another process starting
+        at the same time may add a column first: its error is then ignored)."""
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns(tasks_table.name)}
+        for name, declaration in _ADDED_COLUMNS.items():
+            if name in have:
+                continue
+            statement = f"ALTER TABLE {tasks_table.name} ADD COLUMN {name} {declaration}"
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text(statement))
+            except sa.exc.DBAPIError:
+                columns = sa.inspect(self.engine).get_columns(tasks_table.name)
+                if name not in {c["name"] for c in columns}:
+                    raise
 
     def close(self) -> None:
         self.engine.dispose()

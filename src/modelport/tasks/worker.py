@@ -363,7 +363,8 @@ class TaskWorker:
             why += f": {result.reason}" if result.reason else ""
         else:
             packed = TaskBlob.OUTPUT.beside(job.log_path.parent)
-            if zip_folder(job.output_dir, packed, skip=frozenset({PROGRESS_FILE})) == 0:
+            packed_files = zip_folder(job.output_dir, packed, skip=frozenset({PROGRESS_FILE}))
+            if packed_files == 0 and not record.accept_empty_output:
                 why = "the container exited with code 0 but left /output empty"
             else:
                 self.blobs.put_file(TaskBlob.OUTPUT.key(record.id), packed)

@@ -1,4 +1,6 @@
-"""The zip-task cluster server's API under /compat/inference-server, on a real server."""
+"""The zip-task cluster server's API under /compat/inference-server (the prefix kept for
+scripts that build URLs by concatenating strings), on a real server. Its real client,
+on a listener of its own: test_inference_server_client.py."""
 
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ def test_tasks_through_the_compat_api(task_server) -> None:
     failing = _post_task(url, "fails", {"a": b"x"}).json()
     assert _wait_code(url, failing, {552}).status_code == 552
     assert httpx.get(f"{url}{BASE}/api/tasks/never-was").status_code == 554
-    assert _post_task(url, "nope", {"a": b"x"}).status_code == 404
+    unknown = _post_task(url, "nope", {"a": b"x"})
+    assert unknown.status_code == 550 and unknown.json() == {"detail": "ModelNotFound"}
 
     listed = httpx.get(f"{url}{BASE}/api/models/").json()
     upper = next(m for m in listed if m["human_readable_id"] == "upper")
@@ -63,7 +66,7 @@ def test_tasks_through_the_compat_api(task_server) -> None:
     refused = httpx.post(
         f"{url}{BASE}/api/models/", params={"container_tag": "x:1", "human_readable_id": "posted"}
     )
-    assert refused.status_code == 403 and "posting models is off" in refused.json()["error"]
+    assert refused.status_code == 405 and "posting models is off" in refused.json()["detail"]
 
 
 def test_posting_models_when_allowed(task_server, task_repository, docker_image) -> None:
@@ -94,12 +97,12 @@ def test_posting_models_when_allowed(task_server, task_repository, docker_image)
         data={"container_tag": docker_image, "human_readable_id": "posted-2"},
         files={"zip_file": ("static.zip", make_zip({"w": b"1", "w/x": b"2"}))},
     )
-    assert clash.status_code == 400 and "'w/x' is inside 'w'" in clash.json()["error"]
+    assert clash.status_code == 400 and "'w/x' is inside 'w'" in clash.json()["detail"]
     assert str(task_repository) not in clash.text and not (task_repository / "posted-2").exists()
     # The image has no command of its own: the task fails, and says why.
     uid = _post_task(url, "posted-1", {"a": b"x"}).json()
     failed = _wait_code(url, uid, {552})
-    assert failed.status_code == 552 and "could not start" in failed.json()["error"]
+    assert failed.status_code == 552 and "could not start" in failed.json()["detail"]["detail"]
 
 
 def test_finished_without_output_after_retention(task_server) -> None:

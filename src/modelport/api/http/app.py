@@ -77,4 +77,4 @@ def _include_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
     app.include_router(build_tasks_router(routes))
     app.include_router(build_workers_router(routes.workers))
     if routes.compat_prefix:
-        app.include_router(build_inference_server_router(routes))
+        app.include_router(build_inference_server_router(routes, routes.compat_prefix))

@@ -5,16 +5,23 @@ every route is checked before it runs; ``fastpath.py``'s protocol, which answers
 requests before any ASGI app, is given :meth:`AuthMiddleware.admit` to check them
 with. Failures answer ``{"error": ...}``: 401 with
 ``WWW-Authenticate: Bearer``, 403 naming the scope needed, 429 with ``Retry-After``.
+A compat listener's middleware is given its API's own route needs, error shape and
+listener rules (``server/listeners.py``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from modelport.api.http.asgi import Answer, ASGIApp, Receive, Scope, Send, send_answer
+from modelport.api.http.errors import error_parts
 from modelport.api.http.tasks import PREFIX as TASKS_PREFIX
 from modelport.errors import ModelportError
-from modelport.security.access import Grant, Guard, Need
+from modelport.security.access import Grant, Guard, Listener, Need
+
+RouteNeed = Callable[[str, str], Need]  # (method, path) -> what the call needs
+ErrorParts = Callable[[ModelportError], tuple[int, bytes, list[tuple[bytes, bytes]]]]
 
 HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 PAGE_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico"})
@@ -52,15 +59,30 @@ class AuthMiddleware:
     """ASGI middleware: every HTTP request is admitted by the guard before ``app`` runs,
     and its place under the key's limit is held until the response has been sent."""
 
-    def __init__(self, app: ASGIApp, guard: Guard, compat_prefix: str = "") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        guard: Guard,
+        *,
+        compat_prefix: str = "",
+        listener: Listener | None = None,
+        need: RouteNeed | None = None,
+        errors: ErrorParts = error_parts,
+    ) -> None:
+        """``need``: what a route needs (default: modelport's routes, the compat API under
+        ``compat_prefix``); ``listener``: its rules (default: the main port's);
+        ``errors``: the status, body and headers a refusal answers with."""
         self.app = app
         self.guard = guard
-        self.compat_prefix = compat_prefix.rstrip("/")
+        self.listener = listener
+        prefix = compat_prefix.rstrip("/")
+        self.need = need or (lambda method, path: route_need(method, path, prefix))
+        self.errors = errors
 
     def admit(self, scope: Scope) -> Grant:
         """Admit one HTTP request (its scope as ASGI has it) or raise a ModelportError."""
-        need = route_need(scope["method"], scope["path"], self.compat_prefix)
-        return self.guard.admit(need, authorization(scope["headers"]))
+        need = self.need(scope["method"], scope["path"])
+        return self.guard.admit(need, authorization(scope["headers"]), self.listener)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,7 +91,7 @@ class AuthMiddleware:
         try:
             grant = self.admit(scope)
         except ModelportError as exc:
-            await send_answer(send, Answer.of_error(exc))
+            await send_answer(send, Answer(*self.errors(exc)))
             return
         try:
             await self.app(scope, receive, send)

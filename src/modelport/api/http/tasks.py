@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from modelport.api.http.uploads import read_form
 from modelport.api.http.workers import WorkerLister
-from modelport.errors import InvalidInput
+from modelport.errors import Forbidden, InvalidInput
 from modelport.supply.allow_lists import AllowList
 from modelport.tasks.records import TaskRecord, TaskStatus
 from modelport.tasks.service import TaskService
@@ -43,6 +43,14 @@ class TaskRoutes:
     allow_model_posting: bool = False
     model_images: AllowList = NO_IMAGES
     workers: WorkerLister | None = None  # GET /api/workers, with a Redis broker
+    # Why task calls are refused (auth = off on a network address without tasks_open);
+    # with keys possible the guard refuses them instead.
+    refusal: str = ""
+
+    def check_open(self) -> None:
+        """Forbidden when task calls are refused here (a route dependency)."""
+        if self.refusal:
+            raise Forbidden(self.refusal)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -91,7 +99,7 @@ async def output_response(tasks: TaskService, task_id: str) -> Response:
 def build_tasks_router(routes: TaskRoutes) -> APIRouter:
     """The tasks API; a ModelportError a route raises is the app's handler's to answer."""
     tasks = routes.service
-    router = APIRouter(prefix=PREFIX, tags=["tasks"])
+    router = APIRouter(prefix=PREFIX, tags=["tasks"], dependencies=[Depends(routes.check_open)])
 
     @router.post("", status_code=202, summary="Submit a task: a zip or files, for a model")
     async def submit(request: Request) -> Response:

@@ -30,8 +30,9 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from modelport.api.http.errors import STATUS
-from modelport.errors import InvalidInput, ModelportError, TooLarge
+from modelport.api.http.errors import error_parts
+from modelport.errors import InvalidInput, ModelportError, TooLarge, Unauthenticated
+from modelport.security.access import Need
 from modelport.tasks.ablinfer_sessions import AblinferSessions
 
 KEEP_ALIVE_S = 5.0
@@ -45,12 +46,28 @@ def _data(data: Any) -> Response:
     return Response(orjson.dumps({"data": data}), media_type="application/json")
 
 
+def error_parts_upstream(exc: ModelportError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, upstream's ``{"errors": [{"detail": ...}]}`` body (a line each) and headers
+    for a core error (401 asks for HTTP Basic auth: the client takes a session with auth)."""
+    status, _, headers = error_parts(exc)
+    if isinstance(exc, Unauthenticated):
+        headers = [(b"www-authenticate", b'Basic realm="modelport"')]
+    details = [{"detail": line} for line in exc.message.splitlines() or [""]]
+    return status, orjson.dumps({"errors": details}), headers
+
+
 def errors_response(exc: ModelportError) -> Response:
     """A core error in upstream's envelope, with the status its kind maps to."""
-    details = [{"detail": line} for line in exc.message.splitlines() or [""]]
-    return Response(
-        orjson.dumps({"errors": details}), STATUS[exc.kind], media_type="application/json"
-    )
+    status, body, headers = error_parts_upstream(exc)
+    response = Response(body, status, media_type="application/json")
+    for key, value in headers:
+        response.headers[key.decode()] = value.decode()
+    return response
+
+
+def route_need(method: str, path: str) -> Need:
+    """Every call of this API runs or reads container models' sessions: ``tasks``."""
+    return "tasks"
 
 
 def build_ablinfer_app(sessions: AblinferSessions) -> FastAPI:

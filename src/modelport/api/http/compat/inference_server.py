@@ -1,58 +1,108 @@
-"""The zip-task cluster server's API, so its clients only change their base address.
+"""The zip-task cluster server's API (InferenceServer v1), for its clients unchanged.
 
-Served under a prefix (``compat_inference_server``, default ``/compat/inference-server``):
+Its client (``inference_server_client``) joins absolute paths onto its base URL, so the
+API is served at the root of a listener of its own (``--compat inference-server=8123``,
+``server/listeners.py``); it is also under the ``compat_inference_server`` prefix of the
+main port for scripts that build URLs by concatenating strings. Scalars come as query
+or form fields, files as multipart parts:
 
-- ``POST /api/models/`` (form or query: ``container_tag``, ``human_readable_id``,
-  ``description``, ``model_available``, ``use_gpu``; optional file ``zip_file`` with the
-  static files for ``/model``) adds a container model to the repository; only when
-  ``compat_allow_model_posting`` is on and ``model_images`` allows the image, else 403.
+- ``GET /``: ``{"message": "Hello world - ..."}``.
+- ``POST /api/models/`` (``container_tag``, ``human_readable_id``, ``description``,
+  ``model_available``, ``use_gpu``; file ``zip_file``, the ``/model`` files, exactly when
+  ``model_available`` is true) adds a container model; only when the operator allows it
+  (``compat_allow_model_posting``, ``model_images``; else 405 or 403) and with the admin
+  scope. ``human_readable_id`` is any non-empty string that fits a path segment.
 - ``GET /api/models/`` lists the container models.
 - ``POST /api/tasks/`` (``model_human_readable_id``, file ``zip_file``) answers the task's
-  id as a JSON string.
-- ``GET /api/tasks/{uid}``: the output zip (200) once finished; else 551 pending or
-  running, 552 failed (or cancelled), 553 finished without output (its files were
-  removed after the retention time), 554 no such task.
+  uid as a JSON string; 550 ``{"detail": "ModelNotFound"}`` for an unknown model.
+- ``GET /api/tasks/{uid}``: the output zip (200; an empty zip when the container left
+  ``/output`` empty) once finished; else 551 pending or running, 552 failed (or
+  cancelled), 553 finished without output (removed after the retention time), 554 no
+  such task, each ``{"detail": {"detail": "..."}}`` as upstream relays them.
 - ``DELETE /api/tasks/{uid}`` cancels the task if needed and deletes it.
+
+Other errors are upstream's FastAPI shape ``{"detail": ...}``: 422 for a missing field
+(FastAPI's list of ``{type, loc, msg, input}``), 400 bad input (a non-zip, zip slip, a
+bomb), 401/403 access, 409 a model that exists, 413 an upload over the limit.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 
+from modelport.api.http.errors import error_parts
 from modelport.api.http.tasks import TaskRoutes, output_response
-from modelport.api.http.uploads import read_form
-from modelport.errors import Conflict, Forbidden
+from modelport.api.http.uploads import Form, read_form
+from modelport.errors import Conflict, InvalidInput, ModelNotFound, ModelportError, Unauthenticated
+from modelport.security.access import Need
 from modelport.tasks.container_models import ContainerModel
 from modelport.tasks.records import TaskStatus
-from modelport.tasks.service import TaskNotFound
+from modelport.tasks.service import TaskNotFound, Upload
 
-PENDING, FAILED, NO_OUTPUT, NOT_FOUND = 551, 552, 553, 554
+PENDING, FAILED, NO_OUTPUT, NOT_FOUND, MODEL_NOT_FOUND = 551, 552, 553, 554, 550
+HELLO = {"message": "Hello world - Welcome to the public database API"}
+PAGE_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type="application/json")
 
 
+def _relayed(status: int, detail: str) -> Response:
+    """An answer upstream's public API relays from its private one."""
+    return _json({"detail": {"detail": detail}}, status)
+
+
+class FieldErrors(Exception):
+    """Fields missing or unparsable, answered 422 as FastAPI answers such parameters."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("bad fields")
+        self.errors = errors
+
+
+def error_parts_upstream(exc: ModelportError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, ``{"detail": ...}`` body and headers for a core error on this API (a client
+    that cannot send headers takes a key as HTTP Basic auth, so 401 asks for that)."""
+    status, _, headers = error_parts(exc)
+    if isinstance(exc, Unauthenticated):
+        headers = [(b"www-authenticate", b'Basic realm="modelport"')]
+    return status, orjson.dumps({"detail": exc.message}), headers
+
+
+def route_need(method: str, path: str) -> Need:
+    """What a call to this API, at the root of its listener, needs."""
+    if path in PAGE_PATHS:
+        return "page"
+    return "admin" if method == "POST" and path.startswith("/api/models") else "tasks"
+
+
 def model_json(model: ContainerModel) -> dict[str, Any]:
-    """A container model as the zip-task cluster server shows one."""
+    """A container model as the zip-task cluster server shows one (its database row)."""
     return {
+        "id": int.from_bytes(hashlib.sha256(model.uid.encode()).digest()[:4]) >> 1,
+        "uid": model.uid,
         "human_readable_id": model.name,
-        "container_tag": model.image,
         "description": model.description,
-        "model_available": model.available,
+        "container_tag": model.image,
         "use_gpu": model.use_gpu,
+        "model_available": model.model_files,
+        "model_volume_id": model.folder if model.model_files else None,
+        "model_zip": None,  # upstream's server path of the zip: never shown here
     }
 
 
 class _UpstreamErrors(APIRoute):
-    """A route of this API: an unknown task is the upstream server's 554; every other
-    core error is the app's handler's (``{"error": ...}`` with the usual status)."""
+    """A route of this API: errors in upstream's shape, whichever app serves it (the main
+    port's answers ``{"error": ...}`` for its own routes)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -60,74 +110,154 @@ class _UpstreamErrors(APIRoute):
         async def answer(request: Request) -> Response:
             try:
                 return await handler(request)
-            except TaskNotFound as exc:
-                return _json({"error": exc.message}, NOT_FOUND)
+            except FieldErrors as exc:
+                return _json({"detail": exc.errors}, 422)
+            except TaskNotFound:
+                return _relayed(NOT_FOUND, "Task not found")
+            except ModelNotFound:
+                return _json({"detail": "ModelNotFound"}, MODEL_NOT_FOUND)
+            except ModelportError as exc:
+                status, body, headers = error_parts_upstream(exc)
+                response = Response(body, status, media_type="application/json")
+                for key, value in headers:
+                    response.headers[key.decode()] = value.decode()
+                return response
 
         return answer
 
 
-def build_inference_server_router(routes: TaskRoutes) -> APIRouter:
-    """The API under ``routes.compat_prefix``."""
+def _require(form: Form, values: dict[str, str], fields: tuple[str, ...]) -> None:
+    """FieldErrors for each of ``fields`` absent (``zip_file`` is a file, the rest
+    query parameters, where upstream reads them)."""
+    missing = []
+    for name in fields:
+        absent = not form.files.get(name) if name == "zip_file" else not values.get(name)
+        if absent:
+            where = "body" if name == "zip_file" else "query"
+            missing.append({"type": "missing", "loc": [where, name], "msg": "Field required",
+                            "input": None})  # fmt: skip
+    if missing:
+        raise FieldErrors(missing)
+
+
+def _flag(values: dict[str, str], name: str) -> bool | None:
+    """A boolean field as FastAPI parses one; None when absent."""
+    text = values.get(name)
+    if text is None or text == "":
+        return None
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    why = "Input should be a valid boolean, unable to interpret input"
+    raise FieldErrors([{"type": "bool_parsing", "loc": ["query", name], "msg": why,
+                          "input": text}])  # fmt: skip
+
+
+def _model_files(values: dict[str, str], static: Upload | None) -> bool:
+    """Whether a /model zip came: ``model_available`` says so, and must agree with it."""
+    said = _flag(values, "model_available")
+    if said is None:
+        return static is not None
+    if said and static is None:
+        raise InvalidInput("model_available is true but no 'zip_file' (the /model files) came")
+    if not said and static is not None:
+        raise InvalidInput("a 'zip_file' came but model_available is false; send both or neither")
+    return said
+
+
+def build_inference_server_router(routes: TaskRoutes, prefix: str = "") -> APIRouter:
+    """The API under ``prefix`` ("" at the root of its own listener)."""
     tasks = routes.service
     router = APIRouter(
-        prefix=routes.compat_prefix.rstrip("/"),
+        prefix=prefix.rstrip("/"),
         tags=["compat: zip-task cluster server"],
         route_class=_UpstreamErrors,
     )
 
+    # Task calls refused where the guard would refuse them, when there is none (auth off).
+    checked = [Depends(routes.check_open)]
+
+    @router.get("/", summary="Hello world")
+    async def hello() -> Response:
+        return _json(HELLO)
+
     @router.post("/api/models/", summary="Add a container model (when the operator allows)")
     async def post_model(request: Request) -> Response:
         if not routes.allow_model_posting:
-            raise Forbidden(
-                "posting models is off on this server: it needs "
-                "compat_allow_model_posting, and admin calls allowed (see the admin setting)"
+            why = (
+                "Method Not Allowed: posting models is off on this server (it needs "
+                "compat_allow_model_posting, and admin calls allowed: see the admin setting)"
             )
+            return _json({"detail": why}, 405)
         async with read_form(request, limit=routes.max_upload_bytes, spool=routes.spool) as form:
             values = {**request.query_params, **form.fields}
+            _require(form, values, ("container_tag", "human_readable_id"))
             static = form.files.get("zip_file", [None])[0]
-            image = values.get("container_tag", "")
-            if image:  # a missing image is the service's 400
-                routes.model_images.check_image(image, "image")
+            model_files = _model_files(values, static)
+            use_gpu = _flag(values, "use_gpu")
+            routes.model_images.check_image(values["container_tag"], "container_tag")
             model = await tasks.add_container_model(
                 ContainerModel(
-                    name=values.get("human_readable_id", ""),
-                    image=image,
-                    description=values.get("description", ""),
-                    available=values.get("model_available", "true").lower() in _TRUE,
-                    use_gpu=values.get("use_gpu", "false").lower() in _TRUE,
+                    name=values["human_readable_id"],
+                    image=values["container_tag"],
+                    description=values.get("description") or None,
+                    model_files=model_files,
+                    use_gpu=bool(use_gpu),
                 ),
                 static_files=static.path if static is not None else None,
             )
         return _json(model_json(model))
 
-    @router.get("/api/models/", summary="List the container models")
+    @router.get("/api/models/", summary="List the container models", dependencies=checked)
     async def list_models() -> Response:
         return _json([model_json(m) for m in await tasks.container_models()])
 
-    @router.post("/api/tasks/", summary="Submit a zip for a model; answers the task id")
+    @router.post(
+        "/api/tasks/", summary="Submit a zip for a model; answers its uid", dependencies=checked
+    )
     async def post_task(request: Request) -> Response:
         async with read_form(request, limit=routes.max_upload_bytes, spool=routes.spool) as form:
             values = {**request.query_params, **form.fields}
-            model = values.get("model_human_readable_id", "")
-            await tasks.require_available(model)
-            record = await tasks.submit(model, form.files.get("zip_file", []))
+            _require(form, values, ("model_human_readable_id", "zip_file"))
+            model = await tasks.container_model(values["model_human_readable_id"])
+            record = await tasks.submit(
+                model.folder, form.files["zip_file"], accept_empty_output=True, zip_only=True
+            )
         return _json(record.id)
 
-    @router.get("/api/tasks/{uid}", summary="The output zip, or 551..554 while there is none")
+    @router.get(
+        "/api/tasks/{uid}", summary="The output zip, or 551..554 while none", dependencies=checked
+    )
     async def get_task(uid: str) -> Response:
         record = await tasks.get(uid)
         if record.status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
-            return _json({"status": record.status.value}, PENDING)
+            return _relayed(PENDING, f"Task is {record.status.value}")
         if record.status is not TaskStatus.SUCCEEDED:
-            return _json({"status": record.status.value, "error": record.error}, FAILED)
+            why = record.error.splitlines()[0] if record.error else ""
+            return _relayed(FAILED, f"Task {record.status.value}" + (f": {why}" if why else ""))
         try:
             return await output_response(tasks, uid)
-        except Conflict as exc:  # its files were removed after the retention time
-            return _json({"status": record.status.value, "error": exc.message}, NO_OUTPUT)
+        except Conflict:  # its files were removed after the retention time
+            return _relayed(NO_OUTPUT, "Task finished, but its output zip is gone")
 
-    @router.delete("/api/tasks/{uid}", summary="Cancel if needed, and delete a task")
+    @router.delete(
+        "/api/tasks/{uid}", summary="Cancel if needed, and delete a task", dependencies=checked
+    )
     async def delete_task(uid: str) -> Response:
         await tasks.delete(uid)
         return _json(uid)
 
     return router
+
+
+def build_inference_server_app(routes: TaskRoutes, *, version: str) -> FastAPI:
+    """The API alone, for the root of a listener of its own (with ``/docs``)."""
+    app = FastAPI(
+        title="InferenceServer public API (modelport)",
+        version=version,
+        description="The zip-task cluster server's v1 API, served by modelport.",
+        docs_url="/docs",
+    )
+    app.include_router(build_inference_server_router(routes))
+    return app
