@@ -117,6 +117,27 @@ def test_models_listing_and_specs_pass_the_clients_normalizer(
     assert missing.json() == {"errors": [{"detail": "Unknown model nope"}]}
 
 
+def test_specs_are_container_models_of_the_repository(ablinfer_server) -> None:
+    server = ablinfer_server()
+    index = httpx.post(f"{server.main_url}/v2/repository/index", json={}).json()
+    rows = {row["name"]: row for row in index}
+    for ident in ("busybox_seg", "busybox_plain"):
+        # Task-only, as every container model: run through the ablinfer listener.
+        assert rows[ident]["state"] == "UNAVAILABLE"
+        assert "POST /api/tasks" in rows[ident]["reason"]
+    # The broken file is a model of its file's name, its reason naming file and field.
+    assert "broken.json" in rows["broken"]["reason"]
+    assert "docker/data_path" in rows["broken"]["reason"]
+    listed = subprocess.run(
+        [sys.executable, "-m", "modelport", "models", "--url", server.main_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "busybox_seg" in listed and "broken" in listed
+
+
 def test_the_cli_runs_a_model(ablinfer_server, tmp_path) -> None:
     server = ablinfer_server()
     (tmp_path / "in.nii.gz").write_bytes(nifti_gz(8, seed=3))

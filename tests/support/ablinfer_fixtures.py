@@ -174,6 +174,7 @@ class AblinferServer:
     process: subprocess.Popen[bytes]
     url: str  # with the trailing slash the client forces
     log_path: Path
+    main_url: str = ""  # modelport's own port (v2, the page)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -206,6 +207,7 @@ def ablinfer_server(tmp_path: Path, spec_folder: Path) -> Iterator[StartAblinfer
         data_dir: Path | None = None, port: int | None = None, **settings: Any
     ) -> AblinferServer:
         port = port or free_port()
+        main_port = free_port()
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -224,7 +226,7 @@ def ablinfer_server(tmp_path: Path, spec_folder: Path) -> Iterator[StartAblinfer
                     "modelport",
                     "serve",
                     "--port",
-                    str(free_port()),
+                    str(main_port),
                     "--grpc-port",
                     "0",
                     "--compat",
@@ -234,7 +236,9 @@ def ablinfer_server(tmp_path: Path, spec_folder: Path) -> Iterator[StartAblinfer
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        server = AblinferServer(process, f"http://127.0.0.1:{port}/", log_path)
+        server = AblinferServer(
+            process, f"http://127.0.0.1:{port}/", log_path, f"http://127.0.0.1:{main_port}"
+        )
         started.append(server)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

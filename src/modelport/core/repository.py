@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from modelport.errors import ModelNotFound, SpecError
 from modelport.numbers import natural
@@ -31,29 +32,51 @@ class ModelSource:
     versions: tuple[int, ...]
 
 
+class SourceProvider(Protocol):
+    """Models declared outside the folder layout (ABLInfer's JSON specs), listed and read
+    beside the folders' own."""
+
+    def names(self) -> list[str]: ...
+
+    def source(self, name: str) -> ModelSource:
+        """The model's source; SpecError when its declaration cannot be used."""
+        ...
+
+
 class ModelRepository:
-    def __init__(self, root: Path, only: frozenset[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        only: frozenset[str] | None = None,
+        *,
+        extra: SourceProvider | None = None,
+    ) -> None:
         """``only`` limits the repository to those model names (``modelport worker
-        --models a,b``)."""
+        --models a,b``); ``extra`` adds models declared elsewhere (a folder's model of
+        the same name wins)."""
         self.root = root
         self.only = only
+        self.extra = extra
 
     def names(self) -> list[str]:
         """Every model folder, whether or not its model.yaml is valid."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir()
-            and not p.name.startswith((".", "_"))
-            and (self.only is None or p.name in self.only)
-        )
+        found = set(self.extra.names()) if self.extra is not None else set()
+        if self.root.is_dir():
+            found.update(
+                p.name
+                for p in self.root.iterdir()
+                if p.is_dir() and not p.name.startswith((".", "_"))
+            )
+        return sorted(n for n in found if self.only is None or n in self.only)
 
     def source(self, name: str) -> ModelSource:
         """Read one model's spec and versions; SpecError names what is wrong."""
         path = self.root / name
         hidden = self.only is not None and name not in self.only
+        declared = self.extra is not None and not hidden and name in self.extra.names()
+        if declared and not (name and "/" not in name and path.is_dir()):
+            assert self.extra is not None
+            return self.extra.source(name)
         if not name or "/" in name or name.startswith((".", "_")) or not path.is_dir() or hidden:
             raise ModelNotFound(f"no model '{name}' in the repository {self.root}")
         if (path / SPEC_FILE).is_file():

@@ -37,7 +37,7 @@ from modelport.spec import ContainerSpec
 from modelport.supply.allow_lists import image_allow_list, url_allow_list
 from modelport.supply.encryption import key_provider
 from modelport.supply.pull import pull_in_thread
-from modelport.tasks.ablinfer_files import SpecFolder
+from modelport.tasks.ablinfer_files import AblinferSources, SpecFolder
 from modelport.tasks.ablinfer_runs import ContainerOptions
 from modelport.tasks.ablinfer_sessions import AblinferSessions
 from modelport.tasks.archives import ZipLimits
@@ -92,7 +92,7 @@ def build_service(
     runtimes["remote"] = remote
     runtimes.update(extra_runtimes or {})
     return InferenceService(
-        repository or ModelRepository(settings.repository_path),
+        repository or build_repository(settings),
         runtimes,
         name=settings.server_name,
         version=__version__,
@@ -194,7 +194,7 @@ def build_task_service(
     the ``primary`` process. ``adopt``: several processes, one in-process broker each:
     this one takes up the tasks the others stored."""
     storage = TaskStorage.open(settings)
-    repository = ModelRepository(settings.repository_path)
+    repository = build_repository(settings)
     memory = MemoryBroker()
     broker = cluster.broker(repository) if cluster is not None else memory
     hours = settings.task_retention_hours
@@ -235,6 +235,20 @@ def build_task_service(
     )
 
 
+def build_repository(settings: Settings, only: frozenset[str] | None = None) -> ModelRepository:
+    """The local repository: its folders, and ABLInfer's specs as container models."""
+    extra = (
+        AblinferSources(SpecFolder(_ablinfer_folder(settings)))
+        if settings.ablinfer_models
+        else None
+    )
+    return ModelRepository(settings.repository_path, only, extra=extra)
+
+
+def _ablinfer_folder(settings: Settings) -> Path | None:
+    return Path(settings.ablinfer_models).resolve() if settings.ablinfer_models else None
+
+
 def build_ablinfer_sessions(settings: Settings, tasks: TaskService) -> AblinferSessions:
     """ABLInfer's InferServer sessions (the ``ablinfer`` listener's service) over
     ``tasks``: the specs of ``ablinfer_models``, the sessions in the task database, their
@@ -256,9 +270,8 @@ def build_ablinfer_sessions(settings: Settings, tasks: TaskService) -> AblinferS
         network=limits.network,
         user=limits.user,
     )
-    folder = Path(settings.ablinfer_models).resolve() if settings.ablinfer_models else None
     return AblinferSessions(
-        specs=SpecFolder(folder),
+        specs=SpecFolder(_ablinfer_folder(settings)),
         tasks=tasks,
         folder=Path(settings.data_dir).resolve() / "ablinfer",
         options=options,

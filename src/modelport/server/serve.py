@@ -24,7 +24,6 @@ from modelport.api.http.auth import AuthMiddleware
 from modelport.api.http.fastpath import FastPathConfig, http_protocol
 from modelport.api.http.v2 import InferHandler
 from modelport.api.peer import peer_app
-from modelport.core.repository import ModelRepository
 from modelport.core.service import InferenceService
 from modelport.core.watcher import RepositoryWatcher
 from modelport.observability.gpus import Nvml
@@ -35,6 +34,7 @@ from modelport.server.build import (
     GIL_SWITCH_SECONDS,
     build_ablinfer_sessions,
     build_guard,
+    build_repository,
     build_service,
     build_task_service,
     listener_access,
@@ -102,7 +102,7 @@ async def serve(
         cluster = connect(settings) if settings.broker else None
         if cluster is not None:
             stack.push_async_callback(cluster.close)
-        local = ModelRepository(settings.repository_path)
+        local = build_repository(settings)
         # With a broker, the repository also lists the models other workers host.
         gateway = cluster.repository(local) if cluster else None
         peers = SocketPeers(process) if process is not None else None

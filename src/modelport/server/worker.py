@@ -16,11 +16,11 @@ import signal
 import sys
 
 from modelport.cluster.node import ClusterNode
-from modelport.core.repository import ModelRepository
 from modelport.observability.metrics import setup_logging
 from modelport.server.build import (
     GIL_SWITCH_SECONDS,
     TaskStorage,
+    build_repository,
     build_service,
     build_task_worker,
     pull_repository,
@@ -48,7 +48,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     cluster = connect(settings)
     if is_url(settings.repository):
         await pull_repository(settings)  # a bucket: the same local copy serve makes
-    local = ModelRepository(settings.repository_path, worker_models(settings))
+    local = build_repository(settings, worker_models(settings))
     service = build_service(settings, repository=local)
     storage = TaskStorage.open(settings)
     worker = build_task_worker(

@@ -13,7 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+import yaml
+
+from modelport.core.repository import ModelSource
 from modelport.errors import InvalidInput, ModelNotFound, SpecError
+from modelport.spec import parse_spec
 from modelport.spec.ablinfer import AblinferSpec, load_spec
 
 log = logging.getLogger("modelport.ablinfer")
@@ -75,6 +79,38 @@ class SpecFolder:
         if spec is None:
             raise ModelNotFound(f"Unknown model {model}")
         return spec
+
+
+class AblinferSources:
+    """The specs of a folder as container models of the repository (``modelport
+    models``, the page, ``POST /v2/repository/index``, and the brokers' routing): one
+    version each, run as ABLInfer sessions; a file that cannot be used is a model of its
+    file's name whose reason names the file and the field."""
+
+    def __init__(self, specs: SpecFolder) -> None:
+        self.specs = specs
+
+    def names(self) -> list[str]:
+        self.specs.refresh()
+        broken = [Path(name).stem for name in self.specs.unavailable]
+        return sorted({*self.specs.specs, *broken})
+
+    def source(self, name: str) -> ModelSource:
+        self.specs.refresh()
+        spec = self.specs.specs.get(name)
+        if spec is None:
+            for file, reason in self.specs.unavailable.items():
+                if Path(file).stem == name:
+                    raise SpecError(reason)
+            raise ModelNotFound(f"no ABLInfer spec '{name}'")
+        declared = {
+            "runtime": "container",
+            "description": str(spec.document.get("description") or spec.document["name"]),
+            "container": {"image": spec.image},
+        }
+        where = f"{spec.source} (an ABLInfer spec)"
+        folder = self.specs.folder or Path(".")
+        return ModelSource(name, folder, parse_spec(name, yaml.safe_dump(declared), where), (1,))
 
 
 def write_piece(handle: IO[bytes], data: bytes) -> None:
