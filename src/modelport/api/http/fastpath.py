@@ -43,6 +43,7 @@ from modelport.api.http.asgi import (
     request_id_for,
     send_answer,
 )
+from modelport.api.http.errors import error_parts
 from modelport.api.http.limits import body_too_large
 from modelport.api.http.v2 import InferHandler
 from modelport.errors import ModelportError
@@ -104,41 +105,42 @@ class FastInfer:
         def done() -> None:  # called by the batcher once the future is resolved
             try:
                 response = service.finish(started)
-                reply = Answer(*handler.reply(response, decoded, target.headers))
+                status, body, headers = handler.reply(response, decoded, target.headers)
             except ModelportError as exc:
-                reply = Answer.of_error(exc)
+                status, body, headers = error_parts(exc)
             except Exception:
                 request_id.set(target.rid)
                 log.exception("infer %s crashed", target.model)
-                reply = _CRASHED
-            answer(self.tagged(target, reply))
+                status, body, headers = _CRASHED.status, _CRASHED.body, []
+            answer(self.tagged(target, status, body, headers))
 
         try:
             decoded = handler.parse(target.model, target.version, body, target.headers)
             started = service.start(decoded.request, done)
         except ModelportError as exc:
-            answer(self.tagged(target, Answer.of_error(exc)))
+            answer(self.tagged(target, *error_parts(exc)))
             return None
         except Exception:
             request_id.set(target.rid)
             log.exception("infer %s crashed", target.model)
-            answer(self.tagged(target, _CRASHED))
+            answer(self.tagged(target, _CRASHED.status, _CRASHED.body, []))
             return None
         return started.future
 
     def refuse(self, target: InferTarget, exc: ModelportError) -> Answer:
         """The answer to a request refused before its body was read."""
-        return self.tagged(target, Answer.of_error(exc))
+        return self.tagged(target, *error_parts(exc))
 
     @staticmethod
-    def tagged(target: InferTarget, answer: Answer) -> Answer:
-        """Every answer carries the request's id; a failure is logged with it."""
-        if answer.status >= 500:
+    def tagged(
+        target: InferTarget, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Answer:
+        """The answer, carrying the request's id; a failure is logged with it."""
+        if status >= 500:
             request_id.set(target.rid)
-            log.warning(
-                "infer %s failed with %d: %s", target.model, answer.status, answer.body[:300]
-            )
-        return answer.with_header(REQUEST_ID, target.rid.encode("latin-1"))
+            log.warning("infer %s failed with %d: %s", target.model, status, body[:300])
+        headers.append((REQUEST_ID, target.rid.encode("latin-1")))
+        return Answer(status, body, headers)
 
 
 class InferFastPath:
