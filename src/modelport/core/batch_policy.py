@@ -132,18 +132,18 @@ class BatchPolicy:
         """What the free instance does with the batch it was offered."""
         history, now, rows = moment.history, moment.now, moment.rows
         deadline, echo_until = history.deadline, history.echo_until
-        target = self.target
         until = 0.0
-        if self.max_queue_delay_s and moment.requests > 1 and rows < target:
+        if self.max_queue_delay_s and moment.requests > 1 and rows < self.target:
             if not deadline:
                 deadline = now + self.max_queue_delay_s
             until = deadline
         else:
             deadline = 0.0
-        if echo_until > now and rows < history.echo_rows and rows < target:
-            until = max(until, echo_until)
-        else:
-            echo_until = 0.0
+        if echo_until:
+            if echo_until > now and rows < history.echo_rows and rows < self.target:
+                until = max(until, echo_until)
+            else:
+                echo_until = 0.0
         if until > now:
             return WaitUntil(until, _with_windows(history, deadline, echo_until))
         history = _with_windows(history, 0.0, echo_until)

@@ -217,13 +217,13 @@ class DynamicBatcher:
                 continue
             instance = self._free[-1]
             moment = Snapshot(
-                now=loop.time(),
-                requests=len(batch),
-                rows=sum(p.rows for p in batch),
-                waiting=len(self._pending),
-                idle=idle,
-                inline=instance.inline,
-                history=self._history,
+                loop.time(),
+                len(batch),
+                sum(p.rows for p in batch),
+                len(self._pending),
+                idle,
+                instance.inline,
+                self._history,
             )
             decision = self.policy.decide(moment)
             self._history = decision.history

@@ -51,9 +51,6 @@ class Answer:
         status, body, headers = error_parts(exc)
         return cls(status, body, headers)
 
-    def with_header(self, key: bytes, value: bytes) -> Answer:
-        return Answer(self.status, self.body, [*self.headers, (key, value)])
-
 
 async def send_answer(send: Send, answer: Answer, *, close: bool = False) -> None:
     """Send ``answer`` as an ASGI response; ``close``: and ask the server to close."""

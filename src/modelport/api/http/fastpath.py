@@ -43,6 +43,7 @@ from modelport.api.http.asgi import (
     request_id_for,
     send_answer,
 )
+from modelport.api.http.errors import error_parts
 from modelport.api.http.limits import body_too_large
 from modelport.api.http.v2 import InferHandler, inflates_off_loop
 from modelport.codecs.v2_json import DecodedRequest
@@ -131,12 +132,11 @@ class FastInfer:
         def done() -> None:  # called by the batcher once the future is resolved
             try:
                 response = service.finish(started)
-                reply = self.tagged(
-                    target, Answer(*handler.reply(response, decoded, target.headers))
-                )
+                status, body, headers = handler.reply(response, decoded, target.headers)
             except Exception as exc:
-                reply = self._failed(target, exc)
-            answer(reply)
+                answer(self._failed(target, exc))
+                return
+            answer(self.tagged(target, status, body, headers))
 
         try:
             started = service.start(decoded.request, done)
@@ -148,24 +148,25 @@ class FastInfer:
     def _failed(self, target: InferTarget, exc: Exception) -> Answer:
         """A core error's answer, or a crash logged with the request's id (both tagged)."""
         if isinstance(exc, ModelportError):
-            return self.tagged(target, Answer.of_error(exc))
+            return self.tagged(target, *error_parts(exc))
         request_id.set(target.rid)
         log.error("infer %s crashed", target.model, exc_info=exc)
-        return self.tagged(target, _CRASHED)
+        return self.tagged(target, _CRASHED.status, _CRASHED.body, [])
 
     def refuse(self, target: InferTarget, exc: ModelportError) -> Answer:
         """The answer to a request refused before its body was read."""
-        return self.tagged(target, Answer.of_error(exc))
+        return self.tagged(target, *error_parts(exc))
 
     @staticmethod
-    def tagged(target: InferTarget, answer: Answer) -> Answer:
-        """Every answer carries the request's id; a failure is logged with it."""
-        if answer.status >= 500:
+    def tagged(
+        target: InferTarget, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Answer:
+        """The answer, carrying the request's id; a failure is logged with it."""
+        if status >= 500:
             request_id.set(target.rid)
-            log.warning(
-                "infer %s failed with %d: %s", target.model, answer.status, answer.body[:300]
-            )
-        return answer.with_header(REQUEST_ID, target.rid.encode("latin-1"))
+            log.warning("infer %s failed with %d: %s", target.model, status, body[:300])
+        headers.append((REQUEST_ID, target.rid.encode("latin-1")))
+        return Answer(status, body, headers)
 
 
 class InferFastPath:
