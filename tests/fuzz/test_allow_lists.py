@@ -86,7 +86,8 @@ def test_posted_images_outside_model_images_are_refused(
     url = server_factory(repo=repo, env=env).url + "/compat/inference-server/api/models/"
     refused = httpx.post(url, data={"container_tag": "evil/miner:1", "human_readable_id": "m1"})
     assert refused.status_code == 403
-    assert "image evil/miner:1 is not allowed by model_images" in refused.json()["error"]
+    # The zip-task cluster API answers in its upstream shape, {"detail": ...}.
+    assert "image evil/miner:1 is not allowed by model_images" in refused.json()["detail"]
     assert not (repo / "m1").exists()
     posted = httpx.post(url, data={"container_tag": "lab/seg:2", "human_readable_id": "m2"})
     assert posted.status_code == 200, posted.text
