@@ -87,7 +87,7 @@ def test_posted_images_outside_model_images_are_refused(
     refused = httpx.post(url, data={"container_tag": "evil/miner:1", "human_readable_id": "m1"})
     assert refused.status_code == 403
     # The zip-task cluster API answers in its upstream shape, {"detail": ...}.
-    assert "image evil/miner:1 is not allowed by model_images" in refused.json()["detail"]
+    assert "container_tag evil/miner:1 is not allowed by model_images" in refused.json()["detail"]
     assert not (repo / "m1").exists()
     posted = httpx.post(url, data={"container_tag": "lab/seg:2", "human_readable_id": "m2"})
     assert posted.status_code == 200, posted.text
