@@ -22,6 +22,7 @@ import uvicorn
 from modelport.api.grpc.server import STOP_GRACE_S, start_grpc_server
 from modelport.api.http.app import create_app
 from modelport.api.http.auth import AuthMiddleware
+from modelport.api.http.cors import allow_origins
 from modelport.api.http.fastpath import FastPathConfig, http_protocol
 from modelport.api.http.v2 import InferHandler
 from modelport.api.peer import peer_app
@@ -130,6 +131,7 @@ async def serve(
         if guard is not None:
             asgi = AuthMiddleware(asgi, guard, settings.compat_inference_server)
             admit = asgi.admit
+        asgi = allow_origins(asgi, settings.cors_origins)
         if settings.grpc_port:  # 0 turns gRPC off
             grpc_server = await start_grpc_server(
                 service,
@@ -157,6 +159,7 @@ async def serve(
                     admit=admit,
                     header_timeout_s=settings.request_header_timeout_s,
                     body_timeout_s=settings.request_body_timeout_s,
+                    cross_origin=bool(settings.cors_origins),
                 ),
             ),
             lifespan="off",
