@@ -15,6 +15,7 @@ import gc
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -24,6 +25,7 @@ from modelport.api.http.app import create_app
 from modelport.api.http.auth import AuthMiddleware
 from modelport.api.http.cors import allow_origins
 from modelport.api.http.fastpath import FastPathConfig, http_protocol
+from modelport.api.http.health import HealthSources
 from modelport.api.http.v2 import InferHandler
 from modelport.api.peer import peer_app
 from modelport.core.repository import ModelRepository
@@ -126,6 +128,9 @@ async def serve(
             max_body=settings.max_request_bytes,
             tasks=task_routes(settings, tasks, cluster),
             metrics_text=functools.partial(peers.metrics, metrics) if peers is not None else None,
+            health=HealthSources(
+                tasks=tasks, shared_broker=bool(settings.broker), data_dir=Path(settings.data_dir)
+            ),
         )
         admit = None
         if guard is not None:

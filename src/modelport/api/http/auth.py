@@ -16,7 +16,9 @@ from modelport.api.http.tasks import PREFIX as TASKS_PREFIX
 from modelport.errors import ModelportError
 from modelport.security.access import Grant, Guard, Need
 
-HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+HEALTH_PATHS = frozenset(
+    {"/v2/health/live", "/v2/health/ready", "/health", "/healthz", "/livez", "/readyz"}
+)
 PAGE_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico"})
 WORKERS_PATH = "/api/workers"
 ADMIN_PATH = re.compile(r"^/v2/repository/models/[^/]+/(?:load|unload)$")
