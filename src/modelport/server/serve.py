@@ -23,6 +23,7 @@ import uvicorn
 from modelport.api.grpc.server import STOP_GRACE_S, start_grpc_server
 from modelport.api.http.app import create_app
 from modelport.api.http.auth import AuthMiddleware
+from modelport.api.http.config import Listener
 from modelport.api.http.cors import allow_origins
 from modelport.api.http.fastpath import FastPathConfig, http_protocol
 from modelport.api.http.health import HealthSources
@@ -83,6 +84,39 @@ async def _run(
     return serving
 
 
+def served_listeners(settings: Settings, *, tls: bool) -> list[Listener]:
+    """The addresses this server answers on, as ``GET /api/v1/config`` lists them."""
+    main = f"{settings.host}:{settings.port}"
+    listeners = [
+        Listener(
+            name="http",
+            address=main,
+            protocols=("kserve-v2", "tfserving-rest", "predictor", "tasks", "web"),
+            tls=tls,
+        )
+    ]
+    if settings.compat_inference_server:
+        listeners.append(
+            Listener(
+                name="inference-server",
+                address=main,
+                protocols=("inference-server",),
+                tls=tls,
+                path=settings.compat_inference_server,
+            )
+        )
+    if settings.grpc_port:
+        listeners.append(
+            Listener(
+                name="grpc",
+                address=f"{settings.host}:{settings.grpc_port}",
+                protocols=("kserve-v2", "tfserving", "grpc-health"),
+                tls=tls,
+            )
+        )
+    return listeners
+
+
 async def serve(
     settings: Settings,
     on_ready: Callable[[InferenceService], None] | None = None,
@@ -128,6 +162,7 @@ async def serve(
             max_body=settings.max_request_bytes,
             tasks=task_routes(settings, tasks, cluster),
             metrics_text=functools.partial(peers.metrics, metrics) if peers is not None else None,
+            listeners=served_listeners(settings, tls=tls is not None),
             health=HealthSources(
                 tasks=tasks, shared_broker=bool(settings.broker), data_dir=Path(settings.data_dir)
             ),
