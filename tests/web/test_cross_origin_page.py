@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from modelport.security.keys import KeyStore
 from support.builders import write_model
 
 pytestmark = pytest.mark.timeout(90)
@@ -144,3 +145,28 @@ def test_no_cors_by_default(detector_repo: Path, server_factory: Any) -> None:
         headers={"origin": "http://lab.example.com", "access-control-request-method": "POST"},
     )
     assert "access-control-allow-origin" not in answer.headers
+
+
+def test_with_keys_the_preflight_passes_and_refusals_reach_the_page(
+    detector_repo: Path, server_factory: Any, tmp_path: Path
+) -> None:
+    store = KeyStore(tmp_path / "keys.json")
+    token = store.create("page", ["infer"]).token
+    allowed = "http://lab.example.com"
+    env = {"MODELPORT_CORS_ORIGINS": allowed, "MODELPORT_KEYS_FILE": str(store.path)}
+    server = server_factory(repo=detector_repo, env=env).url
+    preflight = {
+        "origin": allowed,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization",
+    }
+    answer = httpx.options(f"{server}/predictor/", headers=preflight)
+    assert answer.status_code == 200  # browsers send no key with a preflight
+    form = {"data": {"model_type": "image_queue_yolov5"}, "files": {"file": ("a", b"x")}}
+    answer = httpx.post(f"{server}/predictor/", headers={"origin": allowed}, **form)
+    assert answer.status_code == 401
+    assert answer.headers["access-control-allow-origin"] == allowed  # the page reads why
+    keyed = {"origin": allowed, "authorization": f"Bearer {token}"}
+    answer = httpx.post(f"{server}/predictor/", headers=keyed, **form)
+    assert answer.status_code == 400  # past the key: b"x" is no image
+    assert answer.headers["access-control-allow-origin"] == allowed
