@@ -80,6 +80,12 @@ class Settings(BaseModel):
         default=True, description="health (HTTP and gRPC) answers without a key"
     )
     public_metrics: bool = Field(default=True, description="/metrics answers without a key")
+    cors_origins: tuple[str, ...] = Field(
+        default=(),
+        description="web pages on other origins that may call the main port from a "
+        "browser, e.g. 'https://lab.example.com,http://localhost:3000', or '*' for any; "
+        "none by default",
+    )
     max_concurrent_per_key: int = Field(
         default=64, ge=0, description="calls in progress per API key; 429 above (0: no limit)"
     )
@@ -355,7 +361,7 @@ class Settings(BaseModel):
             raise ValueError("expected bytes with an optional unit b, k, m or g, e.g. '2g'")
         return value.lower()
 
-    @field_validator("model_sources", "model_images", "compat_open", mode="before")
+    @field_validator("model_sources", "model_images", "compat_open", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         # From the environment or a flag a list arrives as 'a,b'; from TOML as a list.

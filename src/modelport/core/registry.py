@@ -145,15 +145,31 @@ class ModelRegistry:
         self._reloads: dict[str, asyncio.Task[ModelEntry]] = {}
         self._uses = 0
         self.initial_load_done = False
+        # Names given in model.yaml's ``aliases``, each to its model; and the models that
+        # claim a name another model claims too, with the reason (neither serves).
+        self._aliases: dict[str, str] = {}
+        self._clashes: dict[str, str] = {}
 
     # -- lookups (hot path) ---------------------------------------------------------------
 
+    def resolve(self, name: str) -> str:
+        """The model a name stands for: the model of that name, else the one that has it
+        among its ``aliases`` (else the name, unknown as it is)."""
+        if name in self.entries:
+            return name
+        return self._aliases.get(name, name)
+
     def get(self, name: str, version: str = "") -> LoadedVersion:
         """A serving version (the latest by default; an evicted model's stand-in loads it
-        again on its first request)."""
+        again on its first request). ``name`` may be an alias."""
         entry = self.entries.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model '{name}'; GET /v2/repository/index lists them")
+            entry = self.entries.get(self._aliases.get(name, ""))
+            if entry is None:
+                raise ModelNotFound(f"unknown model '{name}'; GET /v2/repository/index lists them")
+        clash = self._clashes.get(entry.name)
+        if clash:
+            raise ModelUnavailable(f"model '{entry.name}' is unavailable: {clash}")
         versions = entry.versions or entry.standby
         if not versions:
             why = f": {entry.reason}" if entry.reason else ""
@@ -180,7 +196,7 @@ class ModelRegistry:
                 rows.append(
                     IndexRow(name=name, version="", state="UNAVAILABLE", reason="not loaded")
                 )
-            elif entry.versions:
+            elif entry.versions and name not in self._clashes:
                 state = entry.state.value if entry.state is not ModelState.LOADING else "READY"
                 rows += [
                     IndexRow(name=name, version=str(v), state=state, reason="")
@@ -245,6 +261,7 @@ class ModelRegistry:
         for loaded in old.values():
             await self._close_version(loaded)
         log.info("model %s ready, versions %s", name, sorted(versions))
+        self._claim_names()
         return entry
 
     async def unload(self, name: str) -> None:
@@ -267,11 +284,44 @@ class ModelRegistry:
         if name in self.entries:
             await self.unload(name)
             self.entries.pop(name, None)
+            self._claim_names()
 
     async def close(self) -> None:
         """Unload every model."""
         for name in list(self.entries):
             await self.unload(name)
+
+    def _claim_names(self) -> None:
+        """Map each alias to its model, and mark the models that claim one name
+        together (alias and alias, or alias and a model's own name) UNAVAILABLE, with a
+        reason naming both; a model whose clash went away serves again."""
+        claims: dict[str, set[str]] = {}
+        for entry in self.entries.values():
+            claims.setdefault(entry.name, set()).add(entry.name)
+            for alias in entry.spec.aliases if entry.spec is not None else ():
+                claims.setdefault(alias, set()).add(entry.name)
+        clashes: dict[str, str] = {}
+        for claimed, models in sorted(claims.items()):
+            if len(models) > 1:
+                both = " and ".join(f"'{m}'" for m in sorted(models))
+                for model in models:
+                    clashes.setdefault(
+                        model,
+                        f"the name '{claimed}' is claimed by models {both} (a model's name or "
+                        "its aliases in model.yaml); give each name to one model",
+                    )
+        # A contested alias still leads to a model, which answers with the clash.
+        self._aliases = {
+            alias: min(models) for alias, models in claims.items() if alias not in self.entries
+        }
+        for name in self._clashes.keys() - clashes.keys():
+            freed = self.entries.get(name)
+            if freed is not None and freed.versions:
+                freed.state, freed.reason = ModelState.READY, ""
+        for name, reason in clashes.items():
+            self.entries[name].state = ModelState.UNAVAILABLE
+            self.entries[name].reason = reason
+        self._clashes = clashes
 
     # -- memory limits --------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ an :class:`InferenceRequest`, call :meth:`InferenceService.infer`, and encode th
 (``validation.py``). Whatever else an adapter needs to know of a model (its metadata,
 state, platform, Triton configuration, samples, counters) it asks the service too:
 the registry behind it is the service's own, and nothing outside the core reaches it.
+Every method that takes a model name takes an alias too (``aliases`` in model.yaml):
+the registry resolves it here, so no adapter knows aliases exist.
 """
 
 from __future__ import annotations
@@ -271,14 +273,14 @@ class InferenceService:
         """KServe's model metadata: versions, platform, and the signature with the batch
         dimension (-1) in front where the model batches."""
         loaded = self._registry.get(name, version)
-        entry = self._registry.entries[name]
+        entry = self._registry.entries[loaded.name]
         batch = (-1,) if loaded.spec.batches else ()
 
         def with_batch(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
             return tuple(t.model_copy(update={"shape": (*batch, *t.shape)}) for t in specs)
 
         return ModelMetadata(
-            name=name,
+            name=loaded.name,
             versions=tuple(str(v) for v in sorted(entry.versions)),
             platform=platform_of(loaded.spec),
             inputs=with_batch(loaded.signature.inputs),
@@ -311,6 +313,7 @@ class InferenceService:
     def model_status(self, name: str, version: str = "") -> list[IndexRow]:
         """The state of each version of one model (or of ``version``), as in the index.
         A model that serves no version has one row, with an empty version."""
+        name = self._registry.resolve(name)
         rows = [r for r in self._registry.index() if r.name == name]
         if not rows:
             raise ModelNotFound(f"unknown model '{name}'")
@@ -334,6 +337,7 @@ class InferenceService:
     def model(self, name: str) -> ModelView:
         """One model of the repository, loaded or not: a model not (yet) loaded has its
         model.yaml read for the spec (None where it cannot be read)."""
+        name = self._registry.resolve(name)
         entry = self._registry.entries.get(name)
         spec = entry.spec if entry is not None else None
         if spec is None:
@@ -357,7 +361,7 @@ class InferenceService:
         """Where a model's sample inputs are (``<model>/samples/`` in the repository);
         the folder may not exist. ModelNotFound for a model the server does not know."""
         self.model_status(name)
-        return self._registry.repository.root / name / SAMPLES_DIR
+        return self._registry.repository.root / self._registry.resolve(name) / SAMPLES_DIR
 
     # -- admin ----------------------------------------------------------------------------
 
@@ -366,6 +370,7 @@ class InferenceService:
         where admin calls are refused). Its old versions serve until the new ones are
         ready, and keep serving if they fail."""
         self._check_admin()
+        name = self._registry.resolve(name)
         await self._registry.load(name)
         if self._peers is not None:
             await self._peers.broadcast("load", name)
@@ -374,6 +379,7 @@ class InferenceService:
         """Unload a model in every server process (an admin call, as :meth:`load`); it
         stays unloaded until loaded again, whatever its files do."""
         self._check_admin()
+        name = self._registry.resolve(name)
         await self._registry.unload(name)
         if self._peers is not None:
             await self._peers.broadcast("unload", name)
@@ -437,9 +443,10 @@ class InferenceService:
                 for e in self._registry.entries.values()
                 for v, lv in sorted(e.versions.items())
             ]
-        entry = self._registry.entries.get(name)
+        entry = self._registry.entries.get(self._registry.resolve(name))
         if entry is None:
             raise ModelNotFound(f"unknown model '{name}'")
+        name = entry.name
         if version:
             loaded = self._registry.get(name, version)
             return [VersionStats(name, version, loaded.stats)]

@@ -14,6 +14,7 @@ import gc
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -21,7 +22,10 @@ import uvicorn
 from modelport.api.grpc.server import STOP_GRACE_S, start_grpc_server
 from modelport.api.http.app import create_app
 from modelport.api.http.auth import AuthMiddleware
+from modelport.api.http.config import Listener
+from modelport.api.http.cors import allow_origins
 from modelport.api.http.fastpath import FastPathConfig, http_protocol
+from modelport.api.http.health import HealthSources
 from modelport.api.http.v2 import InferHandler
 from modelport.api.peer import peer_app
 from modelport.core.service import InferenceService
@@ -83,6 +87,49 @@ def _warn_when_open(settings: Settings, guard: Guard | None) -> None:
     )
 
 
+def served_listeners(settings: Settings, *, tls: bool) -> list[Listener]:
+    """The addresses this server answers on, as ``GET /api/v1/config`` lists them."""
+    main = f"{settings.host}:{settings.port}"
+    listeners = [
+        Listener(
+            name="http",
+            address=main,
+            protocols=("kserve-v2", "tfserving-rest", "predictor", "tasks", "web"),
+            tls=tls,
+        )
+    ]
+    if settings.compat_inference_server:
+        listeners.append(
+            Listener(
+                name="inference-server",
+                address=main,
+                protocols=("inference-server",),
+                tls=tls,
+                path=settings.compat_inference_server,
+            )
+        )
+    if settings.grpc_port:
+        listeners.append(
+            Listener(
+                name="grpc",
+                address=f"{settings.host}:{settings.grpc_port}",
+                protocols=("kserve-v2", "tfserving", "grpc-health"),
+                tls=tls,
+            )
+        )
+    # The --compat listeners: each one upstream API at the root of an address of its own.
+    listeners.extend(
+        Listener(
+            name=address.name,
+            address=f"{address.host}:{address.port}",
+            protocols=(address.name,),
+            tls=tls,
+        )
+        for address in compat_addresses(settings)
+    )
+    return listeners
+
+
 async def serve(
     settings: Settings,
     on_ready: Callable[[InferenceService], None] | None = None,
@@ -135,6 +182,10 @@ async def serve(
             max_body=settings.max_request_bytes,
             tasks=task_routes(settings, tasks, cluster),
             metrics_text=functools.partial(peers.metrics, metrics) if peers is not None else None,
+            listeners=served_listeners(settings, tls=tls is not None),
+            health=HealthSources(
+                tasks=tasks, shared_broker=bool(settings.broker), data_dir=Path(settings.data_dir)
+            ),
         )
         admit = None
         if guard is not None:
@@ -145,6 +196,7 @@ async def serve(
                 listener=listener_access(settings, settings.host),
             )
             admit = asgi.admit
+        asgi = allow_origins(asgi, settings.cors_origins)
         if settings.grpc_port:  # 0 turns gRPC off
             grpc_server = await start_grpc_server(
                 service,
@@ -172,6 +224,7 @@ async def serve(
                     admit=admit,
                     header_timeout_s=settings.request_header_timeout_s,
                     body_timeout_s=settings.request_body_timeout_s,
+                    cross_origin=bool(settings.cors_origins),
                 ),
             ),
             lifespan="off",

@@ -143,6 +143,9 @@ class ModelSpec(_Strict):
     warmup: tuple[WarmupSpec, ...] = ()
     labels: tuple[str, ...] | str = ()
     version_labels: dict[str, int] = Field(default_factory=dict)
+    # Other names the model answers to wherever a model is named (e.g. the Redis queue
+    # names the detector server's clients send as model_type).
+    aliases: tuple[str, ...] = ()
     parameters: dict[str, Any] = Field(default_factory=dict)
     remote: RemoteSpec | None = Field(default=None, validate_default=True)
     container: ContainerSpec | None = Field(default=None, validate_default=True)
@@ -183,6 +186,15 @@ class ModelSpec(_Strict):
             raise ValueError(f"labels {bad} must be names (not numbers, no '/' or ':')")
         if any(v < 1 for v in value.values()):
             raise ValueError("labels map to version numbers, which are positive integers")
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # An alias stands where a model name does: in URL paths, so no '/' either.
+        bad = [a for a in value if not a.strip() or "/" in a or a != a.strip()]
+        if bad:
+            raise ValueError(f"aliases {bad} must be non-empty names without '/' or spaces")
         return value
 
     @model_validator(mode="after")

@@ -48,6 +48,9 @@ class Broker(Protocol):
     async def backlog(self, model: str) -> int:
         """Messages for ``model`` waiting or claimed (0: nothing in the broker for it)."""
 
+    async def ping(self) -> None:
+        """Return once the broker has answered; raise whatever reaching it raised."""
+
     async def close(self) -> None: ...
 
 
@@ -114,6 +117,9 @@ class MemoryBroker:
     def has(self, task_id: str) -> bool:
         """Whether ``task_id`` waits or runs here (other server processes' tasks do not)."""
         return any(m.task_id == task_id for m in (*self._ready, *self._claimed.values()))
+
+    async def ping(self) -> None:
+        pass  # in this process: always here
 
     async def close(self) -> None:
         self._ready.clear()

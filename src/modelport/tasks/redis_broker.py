@@ -123,5 +123,8 @@ class RedisBroker:
         # Acked entries are deleted, so the stream holds what waits or runs.
         return int(await self.client.xlen(self.keys.task_stream(model)))
 
+    async def ping(self) -> None:
+        await self.client.ping()
+
     async def close(self) -> None:
         pass  # the client belongs to whoever made it

@@ -153,6 +153,16 @@ class TaskService:
         await asyncio.to_thread(self.store.close)
         await asyncio.to_thread(self.spool.close)
 
+    # -- health ---------------------------------------------------------------------------
+
+    async def ping_store(self) -> None:
+        """Return once the task store has answered; raise what reaching it raised."""
+        await asyncio.to_thread(self.store.ping)
+
+    async def ping_broker(self) -> None:
+        """Return once the broker has answered (the in-process one always has)."""
+        await self.broker.ping()
+
     # -- submit -----------------------------------------------------------------------------
 
     async def submit(

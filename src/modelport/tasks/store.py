@@ -146,6 +146,11 @@ class TaskStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        """Return once the database has answered a query; raise what reaching it raised."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
     def create(self, record: TaskRecord) -> None:
         with self.engine.begin() as conn:
             conn.execute(tasks_table.insert().values(_to_row(record.fields())))

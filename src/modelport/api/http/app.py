@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -12,8 +12,10 @@ from starlette.requests import ClientDisconnect
 from modelport.api.http.asgi import ASGIApp, TagRequests
 from modelport.api.http.compat.inference_server import build_inference_server_router
 from modelport.api.http.compat.tfserving import build_tfserving_router
+from modelport.api.http.config import Listener, build_config_router
 from modelport.api.http.errors import error_response
 from modelport.api.http.fastpath import InferFastPath
+from modelport.api.http.health import HealthSources, build_health_router
 from modelport.api.http.limits import BodyLimit
 from modelport.api.http.predict import build_predict_router
 from modelport.api.http.tasks import PREFIX as TASKS_PREFIX
@@ -32,9 +34,13 @@ def create_app(
     max_body: int,
     tasks: TaskRoutes | None = None,
     metrics_text: Callable[[], Awaitable[bytes]] | None = None,
+    health: HealthSources | None = None,
+    listeners: Sequence[Listener] = (),
 ) -> tuple[FastAPI, ASGIApp]:
     """The FastAPI app (for tests that want it) and the ASGI app to serve; ``tasks``
-    adds the tasks API (and the zip-task cluster server's)."""
+    adds the tasks API (and the zip-task cluster server's); ``health`` is what
+    ``/health`` checks besides the models; ``listeners`` are what ``/api/v1/config``
+    lists."""
     app = FastAPI(
         title="modelport",
         version=service.version,
@@ -42,6 +48,8 @@ def create_app(
         docs_url="/docs",
     )
     app.include_router(build_router(service, max_body))
+    app.include_router(build_health_router(service, health or HealthSources()))
+    app.include_router(build_config_router(service, listeners))
     app.include_router(build_tfserving_router(service))
     if tasks is not None:
         _include_task_routes(app, tasks)

@@ -23,7 +23,9 @@ from modelport.security.access import Grant, Guard, Listener, Need
 RouteNeed = Callable[[str, str], Need]  # (method, path) -> what the call needs
 ErrorParts = Callable[[ModelportError], tuple[int, bytes, list[tuple[bytes, bytes]]]]
 
-HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+HEALTH_PATHS = frozenset(
+    {"/v2/health/live", "/v2/health/ready", "/health", "/healthz", "/livez", "/readyz"}
+)
 PAGE_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico"})
 WORKERS_PATH = "/api/workers"
 ADMIN_PATH = re.compile(r"^/v2/repository/models/[^/]+/(?:load|unload)$")

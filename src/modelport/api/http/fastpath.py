@@ -70,6 +70,9 @@ class FastPathConfig:
     admit: Callable[[Scope], Grant] | None = None
     header_timeout_s: float = 30.0  # a request's headers must arrive within this
     body_timeout_s: float = 60.0  # and its body may pause at most this long
+    # CORS on (cors_origins): a request from a web page (it has an Origin header) goes
+    # through the ASGI app, whose CORS middleware adds the headers the browser needs.
+    cross_origin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +339,7 @@ class _FastInferProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         scope = cycle.scope
         match = INFER_PATH.match(scope["path"]) if scope["method"] == "POST" else None
-        if match is None:
+        if match is None or (self.fast_config.cross_origin and _from_a_page(scope)):
             super()._start_asgi_task(cycle, app)
             return
         target = InferTarget.of(match, scope["headers"])
@@ -433,6 +436,10 @@ class _FastInferProtocol(HttpToolsProtocol):
                 # closes (on_message_complete), so the client gets to read this answer.
         cycle.message_event.set()
         cycle.on_response()
+
+
+def _from_a_page(scope: Any) -> bool:
+    return any(key == b"origin" for key, _ in scope["headers"])
 
 
 def http_protocol(handler: InferHandler, config: FastPathConfig) -> type[asyncio.Protocol]:
