@@ -47,6 +47,7 @@ from modelport.api.http.limits import body_too_large
 from modelport.api.http.v2 import InferHandler, inflates_off_loop
 from modelport.codecs.v2_json import DecodedRequest
 from modelport.errors import ModelportError
+from modelport.numbers import declared_over
 from modelport.observability.metrics import request_id
 from modelport.security.access import Grant
 
@@ -207,7 +208,7 @@ class InferFastPath:
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
+        if declared_over(declared, self.max_body):
             return None
         parts, size, more = [], 0, True
         while more:
@@ -354,7 +355,7 @@ class _FastInferProtocol(HttpToolsProtocol):
             cycle.waiting_for_100_continue = False
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         declared = target.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.fast_config.max_request_bytes:
+        if declared_over(declared, self.fast_config.max_request_bytes):
             self._refuse_too_large(fast)
         elif not cycle.more_body:
             self._start_fast(fast)
