@@ -48,10 +48,13 @@ from modelport.api.http.v2 import InferHandler, inflates_off_loop
 from modelport.codecs.v2_json import DecodedRequest
 from modelport.errors import ModelportError
 from modelport.numbers import declared_over
+from modelport.observability.failures import FailureLog
 from modelport.observability.metrics import request_id
 from modelport.security.access import Grant
 
 log = logging.getLogger("modelport.http")
+# Every failed HTTP answer is logged through it, fast path or not (app.py).
+failures = FailureLog(log)
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _CRASHED = Answer(500, b'{"error":"internal error; see the server log"}')
 _STATUS_LINES = {
@@ -149,22 +152,30 @@ class FastInfer:
     def _failed(self, target: InferTarget, exc: Exception) -> Answer:
         """A core error's answer, or a crash logged with the request's id (both tagged)."""
         if isinstance(exc, ModelportError):
-            return self.tagged(target, Answer.of_error(exc))
+            return self.tagged(target, Answer.of_error(exc), kind=exc.kind.value)
         request_id.set(target.rid)
-        log.error("infer %s crashed", target.model, exc_info=exc)
-        return self.tagged(target, _CRASHED)
+        failures.failed(target.model, "crashed", "infer %s crashed", target.model, exc_info=exc)
+        return self.tagged(target, _CRASHED, kind="crashed", logged=True)
 
     def refuse(self, target: InferTarget, exc: ModelportError) -> Answer:
         """The answer to a request refused before its body was read."""
-        return self.tagged(target, Answer.of_error(exc))
+        return self.tagged(target, Answer.of_error(exc), kind=exc.kind.value)
 
     @staticmethod
-    def tagged(target: InferTarget, answer: Answer) -> Answer:
-        """Every answer carries the request's id; a failure is logged with it."""
-        if answer.status >= 500:
+    def tagged(
+        target: InferTarget, answer: Answer, *, kind: str = "", logged: bool = False
+    ) -> Answer:
+        """Every answer carries the request's id; a failure is logged with it, at the
+        rate :data:`failures` allows (``logged``: it was already)."""
+        if answer.status >= 500 and not logged:
             request_id.set(target.rid)
-            log.warning(
-                "infer %s failed with %d: %s", target.model, answer.status, answer.body[:300]
+            failures.failed(
+                target.model,
+                kind or f"HTTP {answer.status}",
+                "infer %s failed with %d: %s",
+                target.model,
+                answer.status,
+                answer.body[:300],
             )
         return answer.with_header(REQUEST_ID, target.rid.encode("latin-1"))
 
