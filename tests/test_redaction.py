@@ -99,6 +99,8 @@ def test_no_surface_shows_a_secret(servers: Any) -> None:
             seen.append(client.get(f"/v2/models/{model}").text)
             seen.append(client.get(f"/v2/models/{model}/ready").text)
             seen.append(client.get(f"/v1/models/{model}").text)  # TF Serving's status
+            seen.append(client.get(f"/api/models/{model}").text)  # the web page's views
+        seen.append(client.get("/api/models").text)
         for model in ("gone", "mirror"):
             client.post(f"/v2/repository/models/{model}/load", json={})
     triton = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")

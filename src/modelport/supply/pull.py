@@ -42,7 +42,7 @@ from rich.progress import (
 )
 
 from modelport.core.watcher import RepositoryWatcher, WatchedModels
-from modelport.redaction import redact_url
+from modelport.redaction import redact_text, redact_url
 
 MANIFEST = ".modelport-pull.json"
 CHUNK = 1024 * 1024
@@ -100,7 +100,7 @@ def open_store(url: str, endpoint_url: str = "") -> tuple[fsspec.AbstractFileSys
     try:
         fs, root = url_to_fs(url, **options)
     except ImportError as exc:  # s3fs or gcsfs not installed
-        raise PullError(f"{redact_url(url)}: {exc}") from None
+        raise PullError(f"{redact_url(url)}: {redact_text(str(exc))}") from None
     return fs, str(root).rstrip("/")
 
 
@@ -140,7 +140,7 @@ def list_source(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[Remo
 
 
 def _reason(exc: BaseException) -> str:
-    message = str(exc) or type(exc).__name__
+    message = redact_text(str(exc)) or type(exc).__name__  # a store may quote its URL
     return f"{type(exc).__name__}: {message}"
 
 
