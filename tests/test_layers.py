@@ -17,7 +17,8 @@ PACKAGE = Path(modelport.__file__).parent
 
 # Lowest first. A module's floor is that of its longest matching prefix.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "numbers", "tensors", "settings", "spec"),  # the vocabulary: no transport
+    # the vocabulary: no transport
+    ("errors", "numbers", "redaction", "tensors", "settings", "spec"),
     ("protos",),  # .proto files and their generated modules
     ("codecs",),
     ("core",),

@@ -26,9 +26,21 @@ def parse_natural(text: str, *, what: str, max_digits: int = MAX_DIGITS) -> int:
     """:func:`natural`, or an InvalidInput naming ``what`` and what is accepted."""
     value = natural(text, max_digits=max_digits)
     if value is None:
-        shown = text if len(text) <= 40 else text[:40] + "..."
         raise InvalidInput(
-            f"{what} {shown!r} is not a whole number (ASCII digits 0-9, at most "
+            f"{what} {shown(text)} is not a whole number (ASCII digits 0-9, at most "
             f"{max_digits} of them)"
         )
     return value
+
+
+def shown(text: str, *, limit: int = 40) -> str:
+    """``text`` quoted for a message: a client's 5,000-digit "number" is cut short."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def declared_over(text: str, limit: int) -> bool:
+    """Whether a declared length (``Content-Length``) is over ``limit``; one with more
+    digits than any int64 is. Text that is no number is left to the server's parser."""
+    if text and _ASCII_DIGITS.issuperset(text) and len(text) > MAX_DIGITS:
+        return True
+    return (natural(text) or 0) > limit

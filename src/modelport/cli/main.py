@@ -18,6 +18,7 @@ from modelport.cli.keys import keys_app
 from modelport.cli.tasks import tasks_app
 from modelport.cli.worker import worker, workers
 from modelport.codecs.v2_binary import encode_tensor
+from modelport.redaction import redact_text, redact_url
 from modelport.settings import Settings, SettingsError
 from modelport.tensors import numpy_dtype
 
@@ -132,7 +133,7 @@ def serve(
     from modelport.server.listeners import ListenError, compat_addresses
     from modelport.server.serve import serve as run_server
     from modelport.server.supervisor import supervise
-    from modelport.supply.pull import PullError, redact
+    from modelport.supply.pull import PullError
 
     flags = {"repository": repository, "host": host, "port": port, "grpc_port": grpc_port,
              "log_level": log_level, "log_format": log_format, "poll_seconds": poll,
@@ -152,7 +153,7 @@ def serve(
         scheme = "https" if settings.tls_cert else "http"
         base = f"{scheme}://{settings.host}:{settings.port}"
         console.print(
-            f"[bold green]modelport {__version__}[/] serving {redact(settings.repository)}"
+            f"[bold green]modelport {__version__}[/] serving {redact_url(settings.repository)}"
         )
         if service is None:  # several processes: each has its own registry
             console.print(f"  processes: {settings.processes}, each with every model")
@@ -162,7 +163,7 @@ def serve(
             console.print(f"  models: {ok} ready of {len({r.name for r in rows})}")
             for row in rows:
                 if row.state != "READY":
-                    console.print(f"  [yellow]{row.name}[/]: {row.state} {row.reason}")
+                    console.print(f"  [yellow]{row.name}[/]: {row.state} {redact_text(row.reason)}")
         console.print(f"  API:     {base}/v2")
         if settings.grpc_port:
             console.print(f"  gRPC:    {settings.host}:{settings.grpc_port} (KServe v2)")
@@ -223,7 +224,7 @@ def models(url: UrlOption = DEFAULT_URL) -> None:
     for row in rows:
         style = "green" if row["state"] == "READY" else "yellow"
         table.add_row(row["name"], row.get("version", ""), f"[{style}]{row['state']}[/]",
-                      row.get("reason", ""))  # fmt: skip
+                      redact_text(row.get("reason", "")))  # fmt: skip
     console.print(table)
 
 

@@ -21,6 +21,7 @@ from modelport.codecs.image import ImageFrame, encode_image_input
 from modelport.core.registry import LoadedVersion
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput
+from modelport.numbers import natural, shown
 from modelport.spec import ClassificationSpec, DetectionsSpec, TensorSpec
 from modelport.tensors import InferenceRequest, InferenceResponse, Tensor, numpy_dtype
 
@@ -113,9 +114,10 @@ def _parameters(given: Mapping[str, Any]) -> dict[str, Any]:
         params["score_threshold"] = threshold
     if "top_k" in given:
         raw = given["top_k"]
-        if not str(raw).isdigit() or int(raw) < 1:
-            raise InvalidInput(f"top_k must be a positive integer, got {raw!r}")
-        params["top_k"] = int(raw)
+        top_k = raw if type(raw) is int else natural(str(raw))
+        if top_k is None or top_k < 1:
+            raise InvalidInput(f"top_k must be a positive integer, got {shown(str(raw))}")
+        params["top_k"] = top_k
     return params
 
 

@@ -48,6 +48,7 @@ from modelport.errors import (
     ModelUnavailable,
     SpecError,
 )
+from modelport.numbers import natural, shown
 from modelport.spec import ModelSpec, TensorSpec
 
 log = logging.getLogger("modelport.registry")
@@ -178,9 +179,10 @@ class ModelRegistry:
         entry.last_used = self._uses
         if not version:
             return versions[max(versions)]
-        if not version.isdigit():
-            raise InvalidInput(f"model version must be a positive integer, got '{version}'")
-        loaded = versions.get(int(version))
+        number = natural(version)
+        if number is None:
+            raise InvalidInput(f"model version must be a positive integer, got {shown(version)}")
+        loaded = versions.get(number)
         if loaded is None:
             served = ", ".join(map(str, sorted(versions)))
             raise ModelNotFound(f"model '{name}' has no version {version} (serving: {served})")

@@ -93,7 +93,7 @@ class TritonConfig:
     version_policy: ServedVersions
     dynamic_batching: DynamicBatching | None  # None: the model does not batch
     parameters: Mapping[str, str]  # model.yaml's parameters, as text
-    spec: ModelSpec  # the model.yaml it was read from (the HTTP answer carries it whole)
+    spec: ModelSpec  # the model.yaml it was read from, redacted (the HTTP answer carries it)
 
 
 def triton_type(datatype: str) -> str:
@@ -125,7 +125,8 @@ def triton_config(spec: ModelSpec, signature: Signature) -> TritonConfig:
         if spec.batches
         else None,
         parameters={key: _as_text(value) for key, value in spec.parameters.items()},
-        spec=spec,
+        # What callers see of a remote model: no password, no bearer token.
+        spec=spec.model_copy(update={"remote": spec.remote.redacted()}) if spec.remote else spec,
     )
 
 

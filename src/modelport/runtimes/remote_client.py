@@ -18,6 +18,7 @@ from modelport.errors import (
     ModelUnavailable,
     Overloaded,
 )
+from modelport.redaction import redact_text, redact_url
 from modelport.spec import RemoteSpec
 
 GRPC_OPTIONS = [
@@ -64,30 +65,34 @@ class RemoteErrors:
     def __init__(self, remote: RemoteSpec, model: str) -> None:
         self.remote, self.model = remote, model
         version = f" version {remote.version}" if remote.version else ""
-        self.what = f"remote model '{model}'{version} at {remote.url}"
+        self.what = f"remote model '{model}'{version} at {redact_url(remote.url)}"
+
+    def _scrub(self, detail: str) -> str:
+        # A client library's message may quote the URL with its user info.
+        return redact_text(detail.replace(self.remote.url, redact_url(self.remote.url)))
 
     def timed_out(self) -> ModelUnavailable:
         return ModelUnavailable(f"{self.what} timed out after {self.remote.timeout:g} s")
 
     def unreachable(self, detail: str) -> ModelUnavailable:
-        return ModelUnavailable(f"{self.what} cannot be reached: {detail}")
+        return ModelUnavailable(f"{self.what} cannot be reached: {self._scrub(detail)}")
 
     def not_ready(self, detail: str) -> ModelUnavailable:
-        return ModelUnavailable(f"{self.what} is not ready: {detail}")
+        return ModelUnavailable(f"{self.what} is not ready: {self._scrub(detail)}")
 
     def missing(self, detail: str) -> ModelUnavailable:
         return ModelUnavailable(
-            f"{self.what} was not found: {detail}; check 'remote.model' in model.yaml"
+            f"{self.what} was not found: {self._scrub(detail)}; check 'remote.model' in model.yaml"
         )
 
     def rejected(self, detail: str) -> InvalidInput:
-        return InvalidInput(f"{self.what} rejected the request: {detail}")
+        return InvalidInput(f"{self.what} rejected the request: {self._scrub(detail)}")
 
     def overloaded(self, detail: str, retry_after: float = 1.0) -> Overloaded:
-        return Overloaded(f"{self.what} is overloaded: {detail}", retry_after)
+        return Overloaded(f"{self.what} is overloaded: {self._scrub(detail)}", retry_after)
 
     def failed(self, detail: str) -> InferenceFailed:
-        return InferenceFailed(f"{self.what} failed: {detail}")
+        return InferenceFailed(f"{self.what} failed: {self._scrub(detail)}")
 
 
 class GrpcChannel:

@@ -13,6 +13,7 @@ from pydantic import (
     model_validator,
 )
 
+from modelport.redaction import redact_headers, redact_url
 from modelport.spec.base import Strict as _Strict
 
 REMOTE_SCHEMES = ("http", "https", "grpc")
@@ -41,6 +42,12 @@ class RemoteSpec(_Strict):
     signature: str = ""
     timeout: float = Field(default=10.0, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
+
+    def redacted(self) -> RemoteSpec:
+        """This section as modelport may show it: no user info, no credential headers."""
+        return self.model_copy(
+            update={"url": redact_url(self.url), "headers": redact_headers(self.headers)}
+        )
 
     @model_validator(mode="after")
     def _protocol_fits(self) -> RemoteSpec:

@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -43,6 +42,7 @@ from rich.progress import (
 )
 
 from modelport.core.watcher import RepositoryWatcher, WatchedModels
+from modelport.redaction import redact_text, redact_url
 
 MANIFEST = ".modelport-pull.json"
 CHUNK = 1024 * 1024
@@ -85,16 +85,6 @@ def is_url(location: str) -> bool:
     return "://" in location
 
 
-def redact(url: str) -> str:
-    """``url`` without any ``user:password@`` in it, fit for messages and logs."""
-    if not is_url(url):
-        return url
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
 def open_store(url: str, endpoint_url: str = "") -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and root path for ``url``; S3 gets ``endpoint_url`` (or
     ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) for S3-compatible stores."""
@@ -110,7 +100,7 @@ def open_store(url: str, endpoint_url: str = "") -> tuple[fsspec.AbstractFileSys
     try:
         fs, root = url_to_fs(url, **options)
     except ImportError as exc:  # s3fs or gcsfs not installed
-        raise PullError(f"{redact(url)}: {exc}") from None
+        raise PullError(f"{redact_url(url)}: {redact_text(str(exc))}") from None
     return fs, str(root).rstrip("/")
 
 
@@ -130,7 +120,7 @@ def list_source(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[Remo
     try:
         found: dict[str, dict[str, Any]] = fs.find(root, detail=True)
     except Exception as exc:  # each store raises its own errors (botocore's, OSError...)
-        raise PullError(f"cannot list {redact(url)}: {_reason(exc)}") from None
+        raise PullError(f"cannot list {redact_url(url)}: {_reason(exc)}") from None
     files = []
     for path, info in sorted(found.items()):
         if info.get("type") == "directory":
@@ -138,19 +128,19 @@ def list_source(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[Remo
         key = path[len(root) :].lstrip("/") if path.startswith(root) else ""
         parts = key.split("/")
         if not key or any(p in ("", "..") for p in parts):
-            raise PullError(f"{redact(url)}: unexpected path {path!r} in the listing")
+            raise PullError(f"{redact_url(url)}: unexpected path {path!r} in the listing")
         if any(p.startswith(".") for p in parts):
             continue
         files.append(
             RemoteFile(key=key, path=path, size=int(info.get("size") or 0), checksum=checksum(info))
         )
     if not files:
-        raise PullError(f"{redact(url)}: no files there (a missing bucket or prefix?)")
+        raise PullError(f"{redact_url(url)}: no files there (a missing bucket or prefix?)")
     return files
 
 
 def _reason(exc: BaseException) -> str:
-    message = str(exc) or type(exc).__name__
+    message = redact_text(str(exc)) or type(exc).__name__  # a store may quote its URL
     return f"{type(exc).__name__}: {message}"
 
 
@@ -159,7 +149,7 @@ def _read_manifest(dest: Path, url: str) -> dict[str, dict[str, Any]]:
         doc = json.loads((dest / MANIFEST).read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(doc, dict) or doc.get("source") != redact(url):
+    if not isinstance(doc, dict) or doc.get("source") != redact_url(url):
         return {}  # another source's copy: trust none of it
     files = doc.get("files")
     return files if isinstance(files, dict) else {}
@@ -229,11 +219,11 @@ def pull(
     finally:
         # Even a failed pull records what it did copy, so the next one skips it.
         dest.mkdir(parents=True, exist_ok=True)
-        doc = {"source": redact(url), "files": manifest}
+        doc = {"source": redact_url(url), "files": manifest}
         _write_atomic(dest / MANIFEST, lambda out: out.write(json.dumps(doc, indent=1).encode()))
     log.info(
         "pulled %s into %s: %d copied (%d bytes), %d unchanged, %d removed",
-        redact(url),
+        redact_url(url),
         dest,
         len(result.copied),
         result.bytes_copied,
@@ -284,7 +274,7 @@ def _copy(
     except PullError:
         raise
     except Exception as exc:
-        raise PullError(f"cannot copy {redact(url)}/{remote.key}: {_reason(exc)}") from None
+        raise PullError(f"cannot copy {redact_url(url)}/{remote.key}: {_reason(exc)}") from None
     return {"size": remote.size, "checksum": remote.checksum, "md5": digest.hexdigest()}
 
 

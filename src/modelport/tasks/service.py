@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from modelport.core.repository import ModelRepository
 from modelport.errors import Conflict, InvalidInput, ModelNotFound
+from modelport.numbers import natural, shown
 from modelport.tasks.archives import CHUNK, ZipLimits, verify_zip
 from modelport.tasks.blobs import BlobStore, TaskBlob
 from modelport.tasks.broker import Broker
@@ -399,9 +400,10 @@ class TaskService:
 def _pick_version(model: str, version: str, versions: set[int]) -> int:
     if not version:
         return max(versions)
-    if not version.isdigit() or int(version) not in versions:
-        raise ModelNotFound(f"model '{model}' has no version {version}")
-    return int(version)
+    number = natural(version)
+    if number is None or number not in versions:
+        raise ModelNotFound(f"model '{model}' has no version {shown(version)}")
+    return number
 
 
 async def _chunks(handle: IO[bytes]) -> AsyncIterator[bytes]:

@@ -40,9 +40,12 @@ from modelport.api.grpc.wire import (
 )
 from modelport.codecs.compression import InflatedTooLarge
 from modelport.errors import ModelportError
+from modelport.observability.failures import FailureLog
 from modelport.security.access import Grant
 
 log = logging.getLogger("modelport.grpc")
+# A crash per call under load would flood the log: the first few in full, then counts.
+failures = FailureLog(log)
 
 FastDone = Callable[[bytes | BaseException], None]
 # A unary method answered without a task: given the request's bytes and the context, it
@@ -331,7 +334,7 @@ class Call:
             if self.state < CallState.CANCELLED:
                 raise
         except Exception as exc:
-            log.exception("gRPC %s failed", self.path)
+            failures.failed(self.path, "crashed", "gRPC %s failed", self.path, exc_info=exc)
             self.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
         finally:
             self.server.calls.discard(self)
@@ -359,7 +362,7 @@ class Call:
                 self.context.set_trailing_metadata(trailers)
             self.finish(STATUS[answer.kind], answer.message)
         else:
-            log.error("gRPC %s failed", self.path, exc_info=answer)
+            failures.failed(self.path, "crashed", "gRPC %s failed", self.path, exc_info=answer)
             self.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(answer)}: {answer}")
 
     # -- answering -------------------------------------------------------------------------

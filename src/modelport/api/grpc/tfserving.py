@@ -48,6 +48,7 @@ from modelport.codecs.tfserving_json import (
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput
+from modelport.numbers import natural
 from modelport.protos.datatypes import TF_DATATYPES, TF_VALUES, V2_DATATYPES
 from modelport.protos.tensorflow.core.framework import (
     tensor_pb2,
@@ -203,8 +204,9 @@ def _version(service: InferenceService, name: str, spec: model_pb2.ModelSpec) ->
 
 def _answered_spec(name: str, version: str, signature: str = "") -> model_pb2.ModelSpec:
     spec = model_pb2.ModelSpec(name=name, signature_name=signature)
-    if version.isdigit():
-        spec.version.value = int(version)
+    number = natural(version)
+    if number is not None:
+        spec.version.value = number
     return spec
 
 
@@ -294,7 +296,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         for row in self.service.model_status(name, version):
             doc = version_status(row.state, row.reason, row.version or version)
             response.model_version_status.add(
-                version=int(doc["version"]) if doc["version"].isdigit() else 0,
+                version=natural(doc["version"]) or 0,
                 state=doc["state"],
                 status=status_pb2.StatusProto(
                     error_code=doc["status"]["error_code"],

@@ -14,7 +14,7 @@ from modelport.api.http.compat.inference_server import build_inference_server_ro
 from modelport.api.http.compat.tfserving import build_tfserving_router
 from modelport.api.http.config import Listener, build_config_router
 from modelport.api.http.errors import error_response
-from modelport.api.http.fastpath import InferFastPath
+from modelport.api.http.fastpath import InferFastPath, failures
 from modelport.api.http.health import HealthSources, build_health_router
 from modelport.api.http.limits import BodyLimit
 from modelport.api.http.predict import build_predict_router
@@ -58,7 +58,18 @@ def create_app(
 
     @app.exception_handler(ModelportError)
     async def core_error(request: Request, exc: ModelportError) -> Response:
-        return error_response(exc)  # a core error a route did not catch itself
+        response = error_response(exc)  # a core error a route did not catch itself
+        if response.status_code >= 500:  # logged as the fast path logs its own
+            failures.failed(
+                str(request.path_params.get("model", "")),
+                exc.kind.value,
+                "%s %s failed with %d: %s",
+                request.method,
+                request.url.path[:200],
+                response.status_code,
+                exc.message[:300],
+            )
+        return response
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, exc: ClientDisconnect) -> Response:

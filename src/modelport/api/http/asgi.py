@@ -15,6 +15,7 @@ fast path, which answers before any ASGI app, tags its answers itself with
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = Sequence[tuple[bytes, bytes]]
 
 REQUEST_ID = b"x-request-id"
+MAX_REQUEST_ID = 128
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]+")
 _ids = itertools.count(1)
 _PREFIX = uuid.uuid4().hex[:8]
 
@@ -69,8 +72,12 @@ def new_request_id() -> str:
 
 
 def request_id_for(given: str | None) -> str:
-    """A request's id: the one its client gave in ``x-request-id``, else a new one."""
-    return given or new_request_id()
+    """A request's id: the one its client gave in ``x-request-id`` when it is short and
+    of safe characters, else a new one. It goes into every log line of the request and
+    its answer: a newline or 10 KB in it would forge or flood log lines."""
+    if given and len(given) <= MAX_REQUEST_ID and _SAFE_REQUEST_ID.fullmatch(given):
+        return given
+    return new_request_id()
 
 
 class TagRequests:

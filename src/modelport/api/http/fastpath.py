@@ -48,10 +48,14 @@ from modelport.api.http.limits import body_too_large
 from modelport.api.http.v2 import InferHandler, inflates_off_loop
 from modelport.codecs.v2_json import DecodedRequest
 from modelport.errors import ModelportError
+from modelport.numbers import declared_over
+from modelport.observability.failures import FailureLog
 from modelport.observability.metrics import request_id
 from modelport.security.access import Grant
 
 log = logging.getLogger("modelport.http")
+# Every failed HTTP answer is logged through it, fast path or not (app.py).
+failures = FailureLog(log)
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _CRASHED = Answer(500, b'{"error":"internal error; see the server log"}')
 _STATUS_LINES = {
@@ -151,23 +155,37 @@ class FastInfer:
     def _failed(self, target: InferTarget, exc: Exception) -> Answer:
         """A core error's answer, or a crash logged with the request's id (both tagged)."""
         if isinstance(exc, ModelportError):
-            return self.tagged(target, *error_parts(exc))
+            return self.tagged(target, *error_parts(exc), kind=exc.kind.value)
         request_id.set(target.rid)
-        log.error("infer %s crashed", target.model, exc_info=exc)
-        return self.tagged(target, _CRASHED.status, _CRASHED.body, [])
+        failures.failed(target.model, "crashed", "infer %s crashed", target.model, exc_info=exc)
+        return self.tagged(target, _CRASHED.status, _CRASHED.body, [], kind="crashed", logged=True)
 
     def refuse(self, target: InferTarget, exc: ModelportError) -> Answer:
         """The answer to a request refused before its body was read."""
-        return self.tagged(target, *error_parts(exc))
+        return self.tagged(target, *error_parts(exc), kind=exc.kind.value)
 
     @staticmethod
     def tagged(
-        target: InferTarget, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+        target: InferTarget,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        kind: str = "",
+        logged: bool = False,
     ) -> Answer:
-        """The answer, carrying the request's id; a failure is logged with it."""
-        if status >= 500:
+        """The answer, carrying the request's id; a failure is logged with it, at the
+        rate :data:`failures` allows (``logged``: it was already)."""
+        if status >= 500 and not logged:
             request_id.set(target.rid)
-            log.warning("infer %s failed with %d: %s", target.model, status, body[:300])
+            failures.failed(
+                target.model,
+                kind or f"HTTP {status}",
+                "infer %s failed with %d: %s",
+                target.model,
+                status,
+                body[:300],
+            )
         headers.append((REQUEST_ID, target.rid.encode("latin-1")))
         return Answer(status, body, headers)
 
@@ -211,7 +229,7 @@ class InferFastPath:
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
+        if declared_over(declared, self.max_body):
             return None
         parts, size, more = [], 0, True
         while more:
@@ -358,7 +376,7 @@ class _FastInferProtocol(HttpToolsProtocol):
             cycle.waiting_for_100_continue = False
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         declared = target.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.fast_config.max_request_bytes:
+        if declared_over(declared, self.fast_config.max_request_bytes):
             self._refuse_too_large(fast)
         elif not cycle.more_body:
             self._start_fast(fast)

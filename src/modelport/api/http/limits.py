@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from modelport.api.http.asgi import Answer, ASGIApp, Message, Receive, Scope, Send, send_answer
 from modelport.errors import TooLarge
+from modelport.numbers import declared_over
 
 
 def body_too_large(limit: int) -> TooLarge:
@@ -35,7 +36,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > self.limit:
+        if declared_over(declared.decode("latin-1"), self.limit):
             await self._refuse(send)
             return
         seen, refused = 0, False

@@ -33,6 +33,7 @@ from modelport.core.friendly import FriendlyPredictor, PredictCall
 from modelport.core.registry import LoadedVersion
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput, ModelNotFound, ModelportError
+from modelport.numbers import declared_over
 from modelport.spec import TensorSpec
 
 PARAMETERS = ("score_threshold", "top_k")
@@ -198,7 +199,7 @@ def build_predict_router(service: InferenceService, max_body: int) -> APIRouter:
 
     def over_limit(request: Request) -> bool:
         declared = request.headers.get("content-length", "")
-        return declared.isdigit() and int(declared) > max_body
+        return declared_over(declared, max_body)
 
     @router.get("/api/models", summary="Every model with its state, runtime and counters")
     async def list_models() -> Response:

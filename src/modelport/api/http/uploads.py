@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from modelport.errors import InvalidInput, TooLarge
+from modelport.numbers import declared_over
 from modelport.tasks.service import Upload
 from modelport.tasks.spool import Spool
 
@@ -47,7 +48,7 @@ async def read_form(request: Request, *, limit: int, spool: Spool) -> AsyncItera
     """The request's form, its files in a folder of ``spool`` removed afterwards; TooLarge
     as soon as more than ``limit`` bytes came (or were announced)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared_over(declared, limit):
         raise _too_large(limit)
     seen = 0
 

@@ -21,6 +21,7 @@ from modelport.core.service import InferenceService
 from modelport.core.stats import Duration, ModelStats
 from modelport.core.triton_config import ConfigTensor, TritonConfig
 from modelport.errors import InvalidInput, ModelportError, TooLarge, Unsupported
+from modelport.numbers import natural, shown
 from modelport.spec import TensorSpec
 from modelport.tensors import InferenceResponse
 
@@ -95,9 +96,11 @@ class InferHandler:
         length = headers.get(HEADER_LENGTH)
         json_length = None
         if length is not None:
-            if not length.strip().isdigit():
-                raise InvalidInput(f"Inference-Header-Content-Length '{length}' is not a number")
-            json_length = int(length)
+            json_length = natural(length.strip())
+            if json_length is None:
+                raise InvalidInput(
+                    f"Inference-Header-Content-Length {shown(length)} is not a number"
+                )
         return decode_request(body, json_length, model, version, self.service.max_tensor_elements)
 
     def reply(

@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from modelport.api.http.errors import error_parts
 from modelport.errors import InvalidInput, ModelportError, TooLarge, Unauthenticated
+from modelport.numbers import declared_over
 from modelport.security.access import Need
 from modelport.tasks.ablinfer_sessions import AblinferSessions
 
@@ -109,7 +110,7 @@ def build_ablinfer_app(sessions: AblinferSessions) -> FastAPI:
     async def check(model: str, name: str, request: Request) -> Response:
         await sessions.model(model)
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_CHECK_BYTES:
+        if declared_over(declared, MAX_CHECK_BYTES):
             raise TooLarge(f"Request too large, needs at most {MAX_CHECK_BYTES}")
         header = await _read_at_most(request, MAX_CHECK_BYTES)
         found = await sessions.check(model, name, header)
