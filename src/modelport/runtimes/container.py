@@ -10,7 +10,8 @@ as they come. It ends as ``exited`` (with its exit code), ``timeout``, ``cancell
 reason); the container is removed in all cases.
 
 Every container is labelled with its task id (:data:`TASK_LABEL`), so a restarted
-server can remove those a dead one left running (:meth:`ContainerRuntime.remove_stale`).
+server can follow a container a dead one left behind to its end and use its result
+(:meth:`ContainerRuntime.adopt`), or remove it (:meth:`ContainerRuntime.remove_stale`).
 Calls block; the task worker makes them from threads.
 """
 
@@ -214,6 +215,38 @@ class ContainerRuntime:
                     container.remove(force=True, v=True)
             client.close()
             return ContainerResult("error", reason=f"the container could not start: {exc}")
+        return self._finish(client, container, job, control)
+
+    def adopt(self, job: ContainerJob, control: RunControl) -> ContainerResult | None:
+        """Follow to its end the container of ``job.task_id`` that a stopped server left
+        (running, or exited while it was down) and return its result, as :meth:`run`
+        would have; None when the engine has no such container that started (one only
+        created is removed), so the task must run again. The log is copied anew."""
+        import docker.errors
+
+        try:
+            client = self.client()
+            found = client.containers.list(
+                all=True, filters={"label": f"{TASK_LABEL}={job.task_id}"}
+            )
+        except docker.errors.DockerException:
+            return None
+        started = [c for c in found if c.status in ("running", "exited", "dead")]
+        if len(found) != 1 or len(started) != 1:
+            for container in found:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True, v=True)
+            client.close()
+            return None
+        job.log_path.write_bytes(b"")  # the container's logs are copied from the start
+        return self._finish(client, started[0], job, control)
+
+    def _finish(
+        self, client: Any, container: Any, job: ContainerJob, control: RunControl
+    ) -> ContainerResult:
+        """Follow a started container to its end, copy its files back, remove it."""
+        import docker.errors
+
         try:
             result = self._follow(container, job, control)
             if job.copy_back and result.outcome == "exited" and result.exit_code == 0:
@@ -283,6 +316,23 @@ class ContainerRuntime:
                 "exited", code, f"killed for using more than its memory limit {job.spec.memory}"
             )
         return ContainerResult("exited", code)
+
+    def left_behind(self, task_ids: Collection[str]) -> set[str]:
+        """Those of ``task_ids`` whose container a stopped server left on the engine,
+        started (running or ended): the ones :meth:`adopt` can follow."""
+        import docker.errors
+
+        try:
+            client = self.client()
+            found = client.containers.list(all=True, filters={"label": TASK_LABEL})
+        except docker.errors.DockerException:
+            return set()
+        client.close()
+        return {
+            c.labels.get(TASK_LABEL, "")
+            for c in found
+            if c.status in ("running", "exited", "dead") and c.labels.get(TASK_LABEL) in task_ids
+        }
 
     def remove_stale(self, task_ids: Collection[str] | None = None) -> int:
         """Remove the containers of ``task_ids`` (of every task when None) that a server

@@ -43,8 +43,9 @@ class TaskUpkeep:
 
     async def recover(self, executor_cleanup: bool = True) -> tuple[int, int]:
         """After a restart, as the only worker (the in-process broker): tasks left running
-        by a dead server are queued again, or failed once out of attempts, and every
-        queued task is enqueued. Returns (queued, failed).
+        by a dead server are adopted when their container is still there (see
+        :meth:`TaskWorker.adopt`), else queued again, or failed once out of attempts, and
+        every queued task is enqueued. Returns (queued, failed).
 
         With a shared broker other workers may be running those tasks: only the queued
         ones are enqueued again (a duplicate delivery is skipped by the worker), and a
@@ -52,6 +53,10 @@ class TaskUpkeep:
         orphans: list[TaskRecord] = []
         if not self.shared:
             orphans = await asyncio.to_thread(self.store.with_status, TaskStatus.RUNNING)
+        if self.worker is not None:
+            # A container that ran on (or finished while the server was down) is followed
+            # and its result used, so a command is not run twice when it need not be.
+            orphans = [r for r in orphans if not await self.worker.adopt(r)]
         if orphans and executor_cleanup and self.worker is not None:
             removed = await asyncio.to_thread(
                 self.worker.executor.remove_stale, [r.id for r in orphans]

@@ -11,6 +11,11 @@ With a shared broker (Redis), a task still ``running`` that is delivered again h
 worker that stopped extending its claim: when ``takeover`` agrees (no live worker says it
 runs it), this worker starts it again as a new attempt. Every write of a run is fenced by
 its attempt number, so a run that was taken over can no longer change the record.
+
+After a restart on a single node, a task the stopped server left running whose container
+the engine still has, and whose work folder is whole, is adopted (:meth:`TaskWorker.adopt`):
+its container is followed to its end, or its result used when it ended while the server
+was down, within the same attempt, so a finished command is not run again.
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ class TaskExecutor(Protocol):
     """Runs one job to its end (``ContainerRuntime``; a fake in tests)."""
 
     def run(self, job: ContainerJob, control: RunControl) -> ContainerResult: ...
+
+    def adopt(self, job: ContainerJob, control: RunControl) -> ContainerResult | None: ...
+
+    def left_behind(self, task_ids: Collection[str]) -> set[str]: ...
 
     def remove_stale(self, task_ids: Collection[str] | None = None) -> int: ...
 
@@ -143,6 +152,7 @@ class TaskWorker:
         self.max_attempts, self.takeover = max_attempts, takeover
         self._stopping = threading.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self._adopted: list[asyncio.Task[None]] = []
         self.running: dict[str, Slot] = {}
 
     def live_log(self, task_id: str) -> Path | None:
@@ -162,7 +172,54 @@ class TaskWorker:
         """Stop taking tasks; running ones are stopped and queued again (their attempt
         not counted), to run after the restart."""
         self._stopping.set()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*self._loops, *self._adopted, return_exceptions=True)
+
+    async def adopt(self, record: TaskRecord) -> bool:
+        """Take up ``record``, a task that a stopped server left running, when its
+        container is still on the engine (running, or ended while the server was down)
+        and its work folder here still holds its output folder: the container is followed
+        to its end in the background and the task concluded from it within the same
+        attempt, as the run would have. False when it must run again.
+
+        Only for the node's single worker (the in-process broker): the work folder and
+        the container are this node's, and no other worker can have taken the task."""
+        folder = self.work_dir / record.id
+        if not (folder / "output").is_dir():
+            return False
+        try:
+            job = self._job(record, folder, gpu=None)
+        except ModelportError:
+            return False
+        left = await asyncio.to_thread(self.executor.left_behind, [record.id])
+        if record.id not in left:
+            return False
+        log.info("task %s: adopting the container a stopped server left", record.id)
+        self.running[record.id] = Slot("adopted")
+        self._adopted.append(
+            asyncio.create_task(asyncio.to_thread(self._follow_adopted, record, job))
+        )
+        return True
+
+    def _follow_adopted(self, record: TaskRecord, job: ContainerJob) -> None:
+        control = _Control(
+            store=self.store, task_id=record.id, attempt=record.attempts, stopping=self._stopping
+        )
+        try:
+            result = self.executor.adopt(job, control) or ContainerResult(
+                "error", reason="the container a stopped server left was lost"
+            )
+            self._settle_run(record, job, result)
+        except Exception:
+            log.exception("task %s: following its adopted container failed", record.id)
+            self._finish(
+                record.id,
+                attempt=record.attempts,
+                status=TaskStatus.FAILED,
+                error="internal error in the worker",
+            )
+        finally:
+            self.running.pop(record.id, None)
+            shutil.rmtree(job.log_path.parent, ignore_errors=True)
 
     async def _slot_loop(self, slot: Slot) -> None:
         consumer = f"{self.name}-{slot.name}"
@@ -289,7 +346,13 @@ class TaskWorker:
         control = _Control(
             store=self.store, task_id=record.id, attempt=record.attempts, stopping=self._stopping
         )
-        result = self.executor.run(job, control)
+        return self._settle_run(record, job, self.executor.run(job, control))
+
+    def _settle_run(
+        self, record: TaskRecord, job: ContainerJob, result: ContainerResult
+    ) -> Disposition:
+        """Record how a run ended: queued again when the worker stopped it, else its logs
+        kept and the task concluded (unless it was cancelled)."""
         if self._stopping.is_set() and result.outcome == "cancelled":
             self.store.transition(
                 record.id,
@@ -311,27 +374,32 @@ class TaskWorker:
 
     def _prepare(self, slot: Slot, record: TaskRecord, folder: Path) -> ContainerJob:
         """The task's folders made and its input unpacked: the job to run."""
-        input_dir, output_dir = folder / "input", folder / "output"
-        for path in (input_dir, output_dir):
+        job = self._job(record, folder, gpu=slot.gpu)
+        for path in (job.input_dir, job.output_dir):
             path.mkdir(parents=True)
+        job.log_path.touch()
+        self._unpack_input(record.id, folder, job.input_dir, job.output_dir)
+        return job
+
+    def _job(self, record: TaskRecord, folder: Path, *, gpu: int | None) -> ContainerJob:
+        """The container job of ``record`` with its files under ``folder`` (made by
+        :meth:`_prepare`, or left by a stopped server for :meth:`adopt`)."""
+        input_dir, output_dir = folder / "input", folder / "output"
         log_path = TaskBlob.LOGS.beside(folder)
-        log_path.touch()
         # An ABLInfer session carries its own spec; other tasks name a repository model.
         ablinfer = AblinferRun.of(record.parameters)
         if ablinfer is not None:
-            self._unpack_input(record.id, folder, input_dir, output_dir)
             return ablinfer.job(
                 task_id=record.id,
                 folder=folder,
                 input_dir=input_dir,
                 output_dir=output_dir,
                 log_path=log_path,
-                gpu=slot.gpu,
+                gpu=gpu,
             )
         source = task_source(self.repository, record.model)
         if source.spec.container is None:
             raise ModelportError(f"model '{record.model}' is no longer a container model")
-        self._unpack_input(record.id, folder, input_dir, output_dir)
         return ContainerJob(
             task_id=record.id,
             spec=source.spec.container,
@@ -339,7 +407,7 @@ class TaskWorker:
             input_dir=input_dir,
             output_dir=output_dir,
             log_path=log_path,
-            gpu=slot.gpu,
+            gpu=gpu,
             parameters=record.parameters,
         )
 
