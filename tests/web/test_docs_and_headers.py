@@ -54,3 +54,12 @@ def test_docs_render_in_a_browser_under_the_policy(page: Any, server: str) -> No
     page.goto(server + "/docs")
     page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "docs.png"))
+
+
+def test_the_openapi_document_lists_the_v2_error_answers(server: str) -> None:
+    paths = httpx.get(f"{server}/openapi.json", timeout=10).json()["paths"]
+    infer = paths["/v2/models/{model}/infer"]["post"]["responses"]
+    for status in ("400", "404", "413", "429", "503"):
+        body = infer[status]["content"]["application/json"]["schema"]
+        assert body["required"] == ["error"], status
+    assert {"400", "404"} <= set(paths["/v2/models/{model}/versions/{version}"]["get"]["responses"])
