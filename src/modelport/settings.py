@@ -192,6 +192,11 @@ class Settings(BaseModel):
         default=".modelport",
         description="where tasks keep their records, files and work, and uploads are spooled",
     )
+    data_dir_mode: Literal["private", "group"] = Field(
+        default="private",
+        description="who may read data_dir: 'private' (0700, files 0600) or 'group' "
+        "(0750, files 0640, for a group that backs up or inspects it)",
+    )
     task_store: str = Field(
         default="",
         description="task records: a SQLAlchemy URL, e.g. postgresql://... with the postgres "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -123,6 +124,34 @@ def build_guard(settings: Settings) -> Guard | None:
         admin_refusal_without_keys=admin_refusal(settings, keys_enforced=False),
     )
     return Guard(KeyStore(settings.keys_path), policy)
+
+
+@dataclass(frozen=True, slots=True)
+class FileModes:
+    """What a ``data_dir_mode`` means: the mode of ``data_dir`` itself and the umask the
+    server process writes everything under (the task database, files, spool, work)."""
+
+    folder: int
+    umask: int
+
+
+FILE_MODES = {
+    "private": FileModes(folder=0o700, umask=0o077),
+    "group": FileModes(folder=0o750, umask=0o027),
+}
+
+
+def claim_data_dir(settings: Settings) -> int:
+    """Make ``data_dir`` with its mode and set this process's umask so that what the
+    server writes there is readable by no other user (or only its group); the previous
+    umask, for a caller that serves in-process and gives it back after."""
+    modes = FILE_MODES[settings.data_dir_mode]
+    previous = os.umask(modes.umask)
+    data = Path(settings.data_dir)
+    data.mkdir(parents=True, exist_ok=True, mode=modes.folder)
+    # A folder made by an older version (0755) is closed too.
+    data.chmod(modes.folder)
+    return previous
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from modelport.api.http.asgi import ASGIApp
+from modelport.api.http.asgi import ASGIApp, SecurityHeaders
 from modelport.api.http.auth import AuthMiddleware
 from modelport.api.http.compat import COMPAT_APIS, CompatApi, CompatParts
 from modelport.api.http.limits import BodyLimit
@@ -141,7 +141,7 @@ def compat_app(parts: ListenerParts, address: CompatAddress) -> ASGIApp:
     compat = CompatParts(service=parts.service, tasks=routes, ablinfer=parts.ablinfer)
     app: ASGIApp = address.api.build(compat)
     # Uploads have their own, larger limit (task_max_upload_bytes).
-    app = BodyLimit(app, settings.max_request_bytes, address.api.upload_paths)
+    app = SecurityHeaders(BodyLimit(app, settings.max_request_bytes, address.api.upload_paths))
     if parts.guard is not None:
         access = listener_access(settings, address.host, open_tasks=address.open)
         api = address.api

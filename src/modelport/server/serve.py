@@ -12,6 +12,7 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ from modelport.server.build import (
     build_repository,
     build_service,
     build_task_service,
+    claim_data_dir,
     listener_access,
     pull_repository,
     server_node,
@@ -146,6 +148,7 @@ async def serve(
     nvml = Nvml.open()  # GPUs for placement and metrics; unavailable without a driver
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(log.info, "modelport stopped")
+        stack.callback(os.umask, claim_data_dir(settings))
         cluster = connect(settings) if settings.broker else None
         if cluster is not None:
             stack.push_async_callback(cluster.close)

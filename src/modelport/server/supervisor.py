@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import uvloop
 
-from modelport.server.build import pull_repository
+from modelport.server.build import claim_data_dir, pull_repository
 from modelport.server.peers import ProcessInfo, peer_request
 from modelport.server.serve import serve
 from modelport.settings import Settings
@@ -59,6 +59,7 @@ async def supervise(settings: Settings, on_ready: Callable[[], None] | None = No
     count = settings.processes
     if is_url(settings.repository):
         await pull_repository(settings)  # once, before the processes read the copy
+    claim_data_dir(settings)  # the processes it starts inherit the umask
     run_dir = (Path(settings.data_dir) / "run").resolve()
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     run_dir.chmod(0o700)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
@@ -23,6 +24,7 @@ from modelport.server.build import (
     build_repository,
     build_service,
     build_task_worker,
+    claim_data_dir,
     pull_repository,
 )
 from modelport.server.cluster import connect, task_models
@@ -50,6 +52,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         await pull_repository(settings)  # a bucket: the same local copy serve makes
     local = build_repository(settings, worker_models(settings))
     service = build_service(settings, repository=local)
+    umask = claim_data_dir(settings)
     storage = TaskStorage.open(settings)
     worker = build_task_worker(
         settings,
@@ -73,6 +76,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     )
     async with contextlib.AsyncExitStack() as stack:
         # Stopped in the reverse order: the worker first, the Redis clients last.
+        stack.callback(os.umask, umask)
         stack.push_async_callback(cluster.close)
         stack.push_async_callback(asyncio.to_thread, storage.store.close)
         stack.push_async_callback(service.close)

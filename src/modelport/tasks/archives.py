@@ -174,9 +174,17 @@ def extract_zip(path: Path, dest: Path, limits: ZipLimits) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         # O_NOFOLLOW: never write through a link, should one ever be there.
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-        return os.fdopen(os.open(target, flags, 0o644), "wb")
+        handle = os.open(target, flags, 0o644)
+        # The container may run as another user: it must read what was unpacked, whatever
+        # the server's umask (data_dir, closed to other users, is what keeps it private).
+        os.fchmod(handle, 0o644)
+        return os.fdopen(handle, "wb")
 
-    return _copy_members(path, members, limits=limits, open_target=open_target)
+    written = _copy_members(path, members, limits=limits, open_target=open_target)
+    for folder in root.rglob("*"):
+        if folder.is_dir() and not folder.is_symlink():
+            folder.chmod(0o755)
+    return written
 
 
 def _copy_members(

@@ -9,10 +9,11 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import ClientDisconnect
 
-from modelport.api.http.asgi import ASGIApp, TagRequests
+from modelport.api.http.asgi import ASGIApp, SecurityHeaders, TagRequests
 from modelport.api.http.compat.inference_server import build_inference_server_router
 from modelport.api.http.compat.tfserving import build_tfserving_router
 from modelport.api.http.config import Listener, build_config_router
+from modelport.api.http.docs import add_docs
 from modelport.api.http.errors import error_response
 from modelport.api.http.fastpath import InferFastPath, failures
 from modelport.api.http.health import HealthSources, build_health_router
@@ -45,8 +46,10 @@ def create_app(
         title="modelport",
         version=service.version,
         description="KServe v2 inference, a model repository, metrics.",
-        docs_url="/docs",
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs(app)
     app.include_router(build_router(service, max_body))
     app.include_router(build_health_router(service, health or HealthSources()))
     app.include_router(build_config_router(service, listeners))
@@ -88,7 +91,8 @@ def create_app(
         exempt = tuple(p for p in (TASKS_PREFIX, tasks.compat_prefix) if p)
     # Every request's id: TagRequests for the routes, the fast path for infer requests.
     limited = BodyLimit(TagRequests(app), max_body, exempt)
-    return app, InferFastPath(limited, InferHandler(service, max_body), max_body)
+    served = SecurityHeaders(limited)
+    return app, InferFastPath(served, InferHandler(service, max_body), max_body)
 
 
 def _include_task_routes(app: FastAPI, routes: TaskRoutes) -> None:

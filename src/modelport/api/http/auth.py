@@ -37,7 +37,7 @@ def route_need(method: str, path: str, compat_prefix: str = "") -> Need:
         return "health"
     if path == "/metrics":
         return "metrics"
-    if path in PAGE_PATHS or path.startswith("/web/"):
+    if path in PAGE_PATHS or path.startswith(("/web/", "/docs/")):
         return "page"
     if method == "POST" and ADMIN_PATH.match(path):
         return "admin"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -49,3 +50,24 @@ def error_response(exc: ModelportError, extra: Mapping[str, Any] | None = None) 
     for key, value in headers:
         response.headers[key.decode()] = value.decode()
     return response
+
+
+# The body of every error answer, as the OpenAPI document shows it.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"error": {"type": "string", "description": "what went wrong"}},
+    "required": ["error"],
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """What a route's ``responses=`` lists for the error statuses it may answer, each with
+    the ``{"error": ...}`` body, so the OpenAPI document (and clients generated from it)
+    know them."""
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/json": {"schema": ERROR_SCHEMA}},
+        }
+        for status in statuses
+    }

@@ -35,6 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from modelport.api.http.asgi import (
     REQUEST_ID,
+    SECURITY_HEADERS,
     Answer,
     ASGIApp,
     Receive,
@@ -187,6 +188,7 @@ class FastInfer:
                 body[:300],
             )
         headers.append((REQUEST_ID, target.rid.encode("latin-1")))
+        headers.extend(SECURITY_HEADERS)
         return Answer(status, body, headers)
 
 

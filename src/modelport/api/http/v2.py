@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from modelport.api.http.errors import error_parts
+from modelport.api.http.errors import error_parts, error_responses
 from modelport.codecs.compression import ENCODINGS, InflatedTooLarge, inflate
 from modelport.codecs.v2_json import DecodedRequest, decode_request, encode_response
 from modelport.core.service import InferenceService
@@ -230,6 +230,10 @@ def stats_json(name: str, version: str, s: ModelStats) -> dict[str, Any]:
     }
 
 
+# A model route's errors: a bad version (400), no such model or version (404).
+MODEL_ERRORS = error_responses(400, 404)
+
+
 def build_router(service: InferenceService, max_body: int) -> APIRouter:
     router = APIRouter(tags=["KServe v2"])
     infer = InferHandler(service, max_body)
@@ -251,7 +255,11 @@ def build_router(service: InferenceService, max_body: int) -> APIRouter:
         found = await service.gather_statistics()
         return _json({"model_stats": [stats_json(s.name, s.version, s.stats) for s in found]})
 
-    @router.post("/v2/repository/index", summary="Every model in the repository and its state")
+    @router.post(
+        "/v2/repository/index",
+        summary="Every model in the repository and its state",
+        responses=error_responses(400),
+    )
     async def repository_index(request: Request) -> Response:
         body = await request.body()
         ready_only = False
@@ -274,7 +282,11 @@ def build_router(service: InferenceService, max_body: int) -> APIRouter:
             ]
         )
 
-    @router.post("/v2/repository/models/{model}/load", summary="Load or reload a model")
+    @router.post(
+        "/v2/repository/models/{model}/load",
+        summary="Load or reload a model",
+        responses=error_responses(400, 404, 501, 503),
+    )
     async def load(model: str, request: Request) -> Response:
         body = await request.body()
         if body.strip():
@@ -290,7 +302,11 @@ def build_router(service: InferenceService, max_body: int) -> APIRouter:
         await service.load(model)
         return _json({})
 
-    @router.post("/v2/repository/models/{model}/unload", summary="Unload a model")
+    @router.post(
+        "/v2/repository/models/{model}/unload",
+        summary="Unload a model",
+        responses=error_responses(404),
+    )
     async def unload(model: str) -> Response:
         await service.unload(model)
         return _json({})
@@ -303,7 +319,7 @@ def build_router(service: InferenceService, max_body: int) -> APIRouter:
 def _model_routes(
     router: APIRouter, service: InferenceService, *, infer: InferHandler, prefix: str
 ) -> None:
-    @router.get(prefix, summary="Model metadata")
+    @router.get(prefix, summary="Model metadata", responses=MODEL_ERRORS)
     async def metadata(model: str, version: str = "") -> Response:
         meta = service.metadata(model, version)
         return _json(
@@ -316,16 +332,24 @@ def _model_routes(
             }
         )
 
-    @router.get(prefix + "/ready", summary="Model readiness")
+    @router.get(prefix + "/ready", summary="Model readiness", responses=MODEL_ERRORS)
     async def model_ready(model: str, version: str = "") -> Response:
         ok = service.model_ready(model, version)
         return Response(status_code=200 if ok else 503)
 
-    @router.get(prefix + "/config", summary="Model configuration (Triton's format)")
+    @router.get(
+        prefix + "/config",
+        summary="Model configuration (Triton's format)",
+        responses=MODEL_ERRORS,
+    )
     async def config(model: str, version: str = "") -> Response:
         return _json(config_json(service.model_config(model, version)))
 
-    @router.get(prefix + "/stats", summary="Model statistics (Triton's extension)")
+    @router.get(
+        prefix + "/stats",
+        summary="Model statistics (Triton's extension)",
+        responses=MODEL_ERRORS,
+    )
     async def stats(model: str, version: str = "") -> Response:
         found = await service.gather_statistics(model, version)
         return _json({"model_stats": [stats_json(s.name, s.version, s.stats) for s in found]})
@@ -334,6 +358,7 @@ def _model_routes(
         prefix + "/infer",
         summary="Run inference (JSON tensors, or JSON + binary tensor data)",
         openapi_extra=_INFER_BODY_DOC,
+        responses=error_responses(400, 404, 413, 429, 503),
     )
     async def infer_route(model: str, request: Request, version: str = "") -> Response:
         status, body, headers = await infer(

@@ -36,6 +36,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 
+from modelport.api.http.docs import DOCS_PATH, add_docs
 from modelport.api.http.errors import error_parts
 from modelport.api.http.tasks import TaskRoutes, output_response
 from modelport.api.http.uploads import Form, read_form
@@ -80,7 +81,7 @@ def error_parts_upstream(exc: ModelportError) -> tuple[int, bytes, list[tuple[by
 
 def route_need(method: str, path: str) -> Need:
     """What a call to this API, at the root of its listener, needs."""
-    if path in PAGE_PATHS:
+    if path in PAGE_PATHS or path.startswith(DOCS_PATH + "/"):
         return "page"
     return "admin" if method == "POST" and path.startswith("/api/models") else "tasks"
 
@@ -257,7 +258,9 @@ def build_inference_server_app(routes: TaskRoutes, *, version: str) -> FastAPI:
         title="InferenceServer public API (modelport)",
         version=version,
         description="The zip-task cluster server's v1 API, served by modelport.",
-        docs_url="/docs",
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs(app)
     app.include_router(build_inference_server_router(routes))
     return app
