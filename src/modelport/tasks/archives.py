@@ -181,6 +181,7 @@ def extract_zip(path: Path, dest: Path, limits: ZipLimits) -> int:
         return os.fdopen(handle, "wb")
 
     written = _copy_members(path, members, limits=limits, open_target=open_target)
+    root.chmod(0o755)  # mounted as it is (/input, /model): the container must enter it
     for folder in root.rglob("*"):
         if folder.is_dir() and not folder.is_symlink():
             folder.chmod(0o755)

@@ -206,8 +206,12 @@ def write_container_model(
     except FileExistsError:
         raise Conflict(f"model '{model.name}' exists") from None
     try:
+        # A model's folders are read by its containers, which may run as another user,
+        # whatever the server's umask (the repository is not data_dir).
+        folder.chmod(0o755)
         version = folder / "1"
-        version.mkdir()
+        version.mkdir(mode=0o755)
+        version.chmod(0o755)
         if new.static_files is not None:
             extract_zip(new.static_files, version, limits)
         spec = model.spec(new.container)
