@@ -40,7 +40,7 @@ def worker_alive(settings: Settings, broker: str, worker_id: str) -> str:
     import redis
 
     from modelport.cluster.keys import RedisKeys
-    from modelport.supply.pull import redact
+    from modelport.redaction import redact_url
 
     key = RedisKeys(settings.redis_prefix).worker(worker_id)
     try:
@@ -48,7 +48,7 @@ def worker_alive(settings: Settings, broker: str, worker_id: str) -> str:
         with client:
             found = client.exists(key)
     except (redis.RedisError, OSError, ValueError) as exc:
-        return f"Redis at {redact(broker)}: {exc}"
+        return f"Redis at {redact_url(broker)}: {exc}"
     return "" if found else f"no heartbeat of worker {worker_id!r} in Redis ({key})"
 
 
