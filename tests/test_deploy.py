@@ -312,7 +312,7 @@ def test_healthcheck_looks_for_the_worker_s_heartbeat(
     away = f"redis://:secret@127.0.0.1:{free_port()}/0"
     done = healthcheck("worker", away, "gpu-host-1", env={})
     assert done.returncode == 1
-    assert f"unhealthy: Redis at {away.replace(':secret@', '')}: " in done.stderr
+    assert f"unhealthy: Redis at {away.replace(':secret@', '***@')}: " in done.stderr
     assert "secret" not in done.stderr
     usage = healthcheck("worker", redis_server.url, env={})
     assert usage.returncode == 2
