@@ -20,7 +20,7 @@ from ablinfer.constants import DispatchStage
 from ablinfer.model import normalize_model
 from ablinfer.remote import DispatchRemote
 
-from modelport.spec.ablinfer import sniff_filetype
+from modelport.spec.ablinfer_session import sniff_filetype
 from support.ablinfer_fixtures import io_entry, nifti_gz, nrrd, spec
 
 pytestmark = pytest.mark.timeout(120)

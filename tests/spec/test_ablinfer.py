@@ -17,14 +17,12 @@ from ablinfer.base import DispatchBase
 from ablinfer.model.normalize import load_model, normalize_model
 
 from modelport.errors import InvalidInput, SpecError
-from modelport.spec.ablinfer import (
-    AblinferSpec,
+from modelport.spec.ablinfer import AblinferSpec, load_spec, parse_spec
+from modelport.spec.ablinfer_session import (
     SessionPlan,
     container_args,
     convertible,
     filetype_check,
-    load_spec,
-    parse_spec,
     plan_session,
     sniff_filetype,
 )

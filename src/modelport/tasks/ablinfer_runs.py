@@ -18,7 +18,8 @@ from typing import Any, Literal
 from modelport.errors import SpecError
 from modelport.runtimes.container import ContainerJob
 from modelport.spec import ContainerSpec
-from modelport.spec.ablinfer import AblinferSpec, SessionPlan, container_args, parse_spec
+from modelport.spec.ablinfer import AblinferSpec, parse_spec
+from modelport.spec.ablinfer_session import SessionPlan, container_args
 
 ABLINFER_RUN = "ablinfer"
 

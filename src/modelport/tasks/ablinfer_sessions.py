@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from modelport.errors import Conflict, InvalidInput, ModelNotFound, SpecError, TooLarge
-from modelport.spec.ablinfer import (
+from modelport.spec.ablinfer import Document
+from modelport.spec.ablinfer_session import (
     VOLUME_TYPES,
-    Document,
     convertible,
     filetype_check,
     plan_session,
