@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelport.core.registry import LoadedVersion
+from modelport.core.entries import LoadedVersion
 from modelport.core.service import InferenceService
 from modelport.errors import Cancelled, ErrorKind, InferenceFailed, ModelUnavailable, Overloaded
 from modelport.runtimes.fake import FakeRuntime

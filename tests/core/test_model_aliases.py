@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelport.core.registry import ModelState
+from modelport.core.entries import ModelState
 from modelport.core.service import InferenceService
 from modelport.errors import ModelNotFound, ModelUnavailable
 from modelport.tensors import InferenceRequest, Tensor

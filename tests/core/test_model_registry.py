@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from modelport.core.caller import LoopModelCaller
-from modelport.core.registry import IndexRow, ModelState
+from modelport.core.entries import IndexRow, ModelState
 from modelport.core.repository import ModelRepository
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput, ModelNotFound, ModelUnavailable, SpecError

@@ -24,7 +24,7 @@ from modelport.cluster.consumer import OnlineConsumer
 from modelport.cluster.directory import HEARTBEAT_S, Directory, HostedModel, WorkerInfo
 from modelport.cluster.gateway import CLUSTER_RUNTIME, ClusterRepository, hosted_model
 from modelport.cluster.keys import RedisKeys
-from modelport.core.registry import ModelState
+from modelport.core.entries import ModelState
 from modelport.core.service import InferenceService, ModelView
 
 log = logging.getLogger("modelport.cluster")

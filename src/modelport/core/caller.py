@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from modelport.core.registry import LoadedVersion
+from modelport.core.entries import LoadedVersion
 from modelport.errors import InferenceFailed, ModelportError, ModelUnavailable, RetryLater
 from modelport.tensors import (
     InferenceRequest,

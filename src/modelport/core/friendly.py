@@ -18,7 +18,7 @@ import orjson
 from modelport.codecs.classification import top_k
 from modelport.codecs.detections import Detection, decode_detections
 from modelport.codecs.image import ImageFrame, encode_image_input
-from modelport.core.registry import LoadedVersion
+from modelport.core.entries import LoadedVersion
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput
 from modelport.numbers import natural, shown

@@ -18,8 +18,6 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 
 from modelport.core.batcher import Batcher, DynamicBatcher
 from modelport.core.cache import (
@@ -30,13 +28,19 @@ from modelport.core.cache import (
     files_size,
     make_room,
 )
+from modelport.core.entries import (
+    TASK_ONLY,
+    IndexRow,
+    LoadedVersion,
+    ModelEntry,
+    ModelState,
+)
 from modelport.core.instances import NO_GPUS, Gpus, Instance, devices_for
 from modelport.core.repository import ModelRepository, ModelSource
 from modelport.core.runtime import (
     ModelCaller,
     RuntimeContext,
     RuntimeFactory,
-    Signature,
     resolve_signature,
 )
 from modelport.core.stats import ModelStats
@@ -49,72 +53,8 @@ from modelport.errors import (
     SpecError,
 )
 from modelport.numbers import natural, shown
-from modelport.spec import ModelSpec, TensorSpec
 
 log = logging.getLogger("modelport.registry")
-
-
-class ModelState(StrEnum):
-    READY = "READY"
-    LOADING = "LOADING"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-TASK_ONLY = (ModelState.UNAVAILABLE, "a container model: it runs as tasks (POST /api/tasks)")
-
-
-@dataclass(slots=True, eq=False, kw_only=True)
-class LoadedVersion:
-    """One servable version: its resolved signature, batcher, instances and counters."""
-
-    name: str
-    version: int
-    spec: ModelSpec
-    signature: Signature
-    labels: tuple[str, ...]
-    batcher: Batcher  # an OnDemandBatcher stands in while evicted
-    instances: list[Instance]
-    stats: ModelStats
-    devices: tuple[str, ...]
-    inputs_by_name: dict[str, TensorSpec] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.inputs_by_name = {t.name: t for t in self.signature.inputs}
-
-
-@dataclass(slots=True, eq=False, kw_only=True)
-class ModelEntry:
-    """The registry's record of one model: its state, the reason it does not serve,
-    and its versions (serving, or standing in while evicted)."""
-
-    name: str
-    state: ModelState
-    reason: str = ""
-    spec: ModelSpec | None = None
-    versions: dict[int, LoadedVersion] = field(default_factory=dict)
-    # Memory limits: evicted versions' stand-ins, which load the model again on demand;
-    # the last request's tick, the size on disk, requests waiting for it to load.
-    standby: dict[int, LoadedVersion] = field(default_factory=dict)
-    last_used: int = 0
-    size: int = 0
-    waiters: int = 0
-    unloaded: bool = False  # through the API, so a repository poll leaves it unloaded
-
-    @property
-    def latest(self) -> LoadedVersion | None:
-        return self.versions[max(self.versions)] if self.versions else None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IndexRow:
-    """One row of the repository index: a serving version, or a model serving none
-    (``version`` empty) with the reason."""
-
-    name: str
-    version: str
-    state: str
-    reason: str
 
 
 class ModelRegistry:

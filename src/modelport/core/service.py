@@ -23,14 +23,9 @@ from typing import Protocol
 from modelport.core.batcher import BatchResult
 from modelport.core.cache import MemoryLimits
 from modelport.core.caller import LoopModelCaller
+from modelport.core.entries import IndexRow, LoadedVersion, ModelEntry, ModelState
 from modelport.core.instances import NO_GPUS, Gpus
-from modelport.core.registry import (
-    IndexRow,
-    LoadedVersion,
-    ModelEntry,
-    ModelRegistry,
-    ModelState,
-)
+from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
 from modelport.core.stats import ModelStats

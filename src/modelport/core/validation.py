@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from modelport.core.registry import LoadedVersion
+from modelport.core.entries import LoadedVersion
 from modelport.errors import InvalidInput, ModelUnavailable
 from modelport.tensors import (
     RequestedOutput,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
-from modelport.core.registry import IndexRow
+from modelport.core.entries import IndexRow
 from modelport.core.service import ModelMetadata, VersionStats
 from modelport.core.stats import Duration
 from modelport.core.triton_config import ConfigTensor, TritonConfig, VersionChoice

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Response
 
-from modelport.core.registry import ModelState
+from modelport.core.entries import ModelState
 from modelport.core.service import InferenceService
 from modelport.tasks.service import TaskService
 

@@ -29,8 +29,8 @@ from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 
 from modelport.api.http.errors import error_response
+from modelport.core.entries import LoadedVersion
 from modelport.core.friendly import FriendlyPredictor, PredictCall
-from modelport.core.registry import LoadedVersion
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput, ModelNotFound, ModelportError
 from modelport.numbers import declared_over
