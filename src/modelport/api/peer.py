@@ -32,6 +32,22 @@ def peer_app(service: InferenceService, metrics: CollectorRegistry) -> Starlette
     async def ready(request: Request) -> Response:
         return JSONResponse({"ready": service.ready()}, status_code=200 if service.ready() else 503)
 
+    async def region(request: Request) -> Response:
+        query = request.query_params
+        try:
+            if query.get("key"):
+                service.shared_memory.register(
+                    query.get("name", ""),
+                    query["key"],
+                    offset=int(query.get("offset", "0")),
+                    byte_size=int(query.get("byte_size", "0")),
+                )
+            else:
+                service.shared_memory.unregister(query.get("name", ""))
+        except ModelportError as exc:
+            return JSONResponse({"error": exc.message}, status_code=409)
+        return JSONResponse({})
+
     async def stats(request: Request) -> Response:
         model = request.query_params.get("model", "")
         version = request.query_params.get("version", "")
@@ -49,6 +65,7 @@ def peer_app(service: InferenceService, metrics: CollectorRegistry) -> Starlette
             Route("/peer/unload/{model}", unload, methods=["POST"]),
             Route("/peer/metrics", local_metrics),
             Route("/peer/stats", stats),
+            Route("/peer/region", region, methods=["POST"]),
             Route("/peer/ready", ready),
         ]
     )

@@ -14,6 +14,13 @@ from typing import Any
 import numpy as np
 import orjson
 
+from modelport.codecs.regions import (
+    REGION,
+    Regions,
+    no_regions,
+    placed_in_region,
+    region_slice,
+)
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.errors import InvalidInput
 from modelport.tensors import (
@@ -48,9 +55,12 @@ def decode_request(
     model_name: str,
     model_version: str,
     max_elements: int = 0,
+    *,
+    regions: Regions | None = None,
 ) -> DecodedRequest:
     """Parse a v2 infer body (JSON, or JSON + binary chunks); an input whose shape has
-    more than ``max_elements`` elements is refused before its data is read (0: any)."""
+    more than ``max_elements`` elements is refused before its data is read (0: any).
+    An input naming a shared-memory region is read from ``regions``."""
     if json_length is not None:
         if json_length < 0 or json_length > len(body):
             raise _fail(
@@ -72,7 +82,7 @@ def decode_request(
     offset = 0
     inputs: list[Tensor] = []
     for item in raw_inputs:
-        tensor, used = _decode_input(item, binary, offset, max_elements)
+        tensor, used = _decode_input(item, binary, offset, max_elements, regions)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -101,7 +111,7 @@ def decode_request(
 
 
 def _decode_input(
-    item: Any, binary: memoryview, offset: int, max_elements: int
+    item: Any, binary: memoryview, offset: int, max_elements: int, regions: Regions | None
 ) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise _fail("each input must be an object {name, shape, datatype, data}")
@@ -119,6 +129,11 @@ def _decode_input(
     dims = tuple(shape)
     checked_count(name, dims, max_elements)
     params = item.get("parameters") or {}
+    where = region_slice(params, name) if isinstance(params, dict) else None
+    if where is not None:
+        if regions is None:
+            raise no_regions(name)
+        return Tensor(name, datatype, decode_tensor(name, datatype, dims, regions.read(where))), 0
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -188,8 +203,11 @@ def _decode_output(item: Any) -> RequestedOutput:
     return RequestedOutput(item["name"], params)
 
 
-def encode_response(response: InferenceResponse, binary_output: bool) -> tuple[bytes, int | None]:
-    """The response body, and the JSON part's length when binary chunks follow."""
+def encode_response(
+    response: InferenceResponse, binary_output: bool, *, regions: Regions | None = None
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON part's length when binary chunks follow. An output
+    requested into a shared-memory region is written there and answered without data."""
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for tensor in response.outputs:
@@ -201,8 +219,11 @@ def encode_response(response: InferenceResponse, binary_output: bool) -> tuple[b
             "datatype": tensor.datatype,
             "shape": list(tensor.data.shape),
         }
+        where = region_slice(params, tensor.name) if REGION in params else None
+        if where is not None:
+            params = placed_in_region(tensor, where, regions)
         # FP16 cannot be written as JSON numbers by every client; Triton sends it binary.
-        if binary:
+        elif binary:
             raw = encode_tensor(tensor.data, tensor.datatype)
             params["binary_data_size"] = len(raw)
             chunks.append(raw)

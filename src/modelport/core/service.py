@@ -28,6 +28,7 @@ from modelport.core.instances import NO_GPUS, Gpus
 from modelport.core.registry import ModelRegistry
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
+from modelport.core.shared_memory import RegionStatus, SystemSharedMemory
 from modelport.core.stats import ModelStats
 from modelport.core.triton_config import TritonConfig, platform_of, triton_config
 from modelport.core.validation import checked_inputs, declared_outputs, output_names
@@ -118,6 +119,10 @@ class Peers(Protocol):
     async def statistics(self, model: str, version: str) -> list[VersionStats]:
         """The other processes' counters of ``model`` (every model if "")."""
 
+    async def share_region(self, region: RegionStatus) -> None:
+        """Register a shared-memory region in every other process (a key of "" forgets
+        the region named, or every region when the name is "" too)."""
+
 
 class InferenceService:
     """The core: models loaded from a repository, served to every adapter alike.
@@ -165,6 +170,9 @@ class InferenceService:
         # The loop the models serve on, known once opened: runtimes' threads call
         # other models through it (LoopModelCaller).
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Triton's system shared memory: the decoders read inputs from it and the
+        # encoders write outputs into it (``register_region`` is an admin call).
+        self.shared_memory = SystemSharedMemory()
 
     # -- life -----------------------------------------------------------------------------
 
@@ -178,6 +186,7 @@ class InferenceService:
     async def close(self) -> None:
         """Unload every model; each version first finishes the requests it accepted."""
         await self._registry.close()
+        self.shared_memory.close()
 
     def running_loop(self) -> asyncio.AbstractEventLoop:
         """The event loop the models serve on, for calls from other threads (a runtime
@@ -378,6 +387,23 @@ class InferenceService:
         await self._registry.unload(name)
         if self._peers is not None:
             await self._peers.broadcast("unload", name)
+
+    async def register_region(self, region: RegionStatus) -> None:
+        """Triton's system shared memory: map a region in every server process (an admin
+        call: it maps a file of the server's user)."""
+        self._check_admin()
+        self.shared_memory.register(
+            region.name, region.key, offset=region.offset, byte_size=region.byte_size
+        )
+        if self._peers is not None:
+            await self._peers.share_region(region)
+
+    async def unregister_region(self, name: str = "") -> None:
+        """Forget a region (every region when ``name`` is "") in every process."""
+        self._check_admin()
+        self.shared_memory.unregister(name)
+        if self._peers is not None:
+            await self._peers.share_region(RegionStatus(name, "", 0, 0))
 
     async def load_here(self, name: str, *, raise_errors: bool = True) -> None:
         """Load or reload a model in this process only, with no admin check: what

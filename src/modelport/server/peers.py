@@ -28,7 +28,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from prometheus_client import CollectorRegistry, generate_latest
@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelport.core.service import VersionStats
+from modelport.core.shared_memory import RegionStatus
 from modelport.core.stats import ModelStats
 from modelport.errors import ModelUnavailable
 
@@ -118,6 +119,34 @@ class SocketPeers:
             raise ModelUnavailable(
                 f"{action} of '{model}' done in process {self.me.index}, but not everywhere: "
                 + "; ".join(problems)
+            )
+
+    async def share_region(self, region: RegionStatus) -> None:
+        """Register (or, with no key, unregister) a shared-memory region in every other
+        process; ModelUnavailable names the processes that could not."""
+        query = urlencode(
+            {
+                "name": region.name,
+                "key": region.key,
+                "offset": region.offset,
+                "byte_size": region.byte_size,
+            }
+        )
+
+        async def one(index: int) -> str:
+            try:
+                answer = await self._call(index, "POST", f"/peer/region?{query}")
+            except httpx.HTTPError as exc:
+                return f"process {index}: {exc or type(exc).__name__}"
+            if answer.status_code != 200:
+                return f"process {index}: {answer.json().get('error', answer.text)}"
+            return ""
+
+        problems = [p for p in await asyncio.gather(*map(one, self._others())) if p]
+        if problems:
+            raise ModelUnavailable(
+                f"shared memory region '{region.name}' changed in process {self.me.index}, "
+                "but not everywhere: " + "; ".join(problems)
             )
 
     async def statistics(self, model: str, version: str) -> list[VersionStats]:

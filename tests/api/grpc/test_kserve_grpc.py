@@ -277,7 +277,12 @@ def test_broken_model_is_unavailable(client: triton.InferenceServerClient) -> No
 
 
 def test_unoffered_rpcs_are_unimplemented(client: triton.InferenceServerClient) -> None:
-    err = error_of(client.get_system_shared_memory_status)
+    """CUDA shared memory (system shared memory is served: tests/api/test_shared_memory.py)
+    and trace settings, which modelport does not offer."""
+    err = error_of(client.get_cuda_shared_memory_status)
+    assert err.status() == "StatusCode.UNIMPLEMENTED"
+    assert "CUDA shared memory is not supported" in err.message()
+    err = error_of(client.get_trace_settings)
     assert err.status() == "StatusCode.UNIMPLEMENTED"
 
 

@@ -32,6 +32,8 @@ ADMIN_METHODS = frozenset(
     {
         V2 + "RepositoryModelLoad",
         V2 + "RepositoryModelUnload",
+        V2 + "SystemSharedMemoryRegister",
+        V2 + "SystemSharedMemoryUnregister",
         "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
     }
 )

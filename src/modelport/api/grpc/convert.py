@@ -14,6 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from modelport.codecs.regions import (
+    REGION,
+    SHARED_MEMORY_PARAMETERS,
+    Regions,
+    no_regions,
+    placed_in_region,
+    region_slice,
+)
 from modelport.codecs.v2_binary import decode_tensor, encode_tensor
 from modelport.core.entries import IndexRow
 from modelport.core.service import ModelMetadata, VersionStats
@@ -48,20 +56,33 @@ class DecodedInfer:
 
 
 def decode_request(
-    message: pb.ModelInferRequest, model_name: str, max_elements: int = 0
+    message: pb.ModelInferRequest,
+    model_name: str,
+    max_elements: int = 0,
+    *,
+    regions: Regions | None = None,
 ) -> DecodedInfer:
     """A ModelInferRequest as the core's request, addressed to ``model_name``; an input
-    of more than ``max_elements`` elements is refused before it is read (0: any)."""
-    raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; "
-            "give one entry per input, in the order of 'inputs'"
-        )
+    of more than ``max_elements`` elements is refused before it is read (0: any). An
+    input naming a shared-memory region is read from ``regions`` and has no entry in
+    raw_input_contents (as tritonclient sends it)."""
     if not message.inputs:
         raise InvalidInput("request has no inputs")
+    given = [_parameters_of(item) for item in message.inputs]
+    places = [
+        region_slice(p, item.name) if p else None
+        for p, item in zip(given, message.inputs, strict=True)
+    ]
+    raw = message.raw_input_contents
+    in_message = places.count(None)
+    if raw and len(raw) != in_message:
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {in_message} inputs; "
+            "give one entry per input (but those in shared memory), in the order of 'inputs'"
+        )
     tensors = []
-    for i, item in enumerate(message.inputs):
+    next_raw = 0
+    for item, params, where in zip(message.inputs, given, places, strict=True):
         name, datatype = item.name, item.datatype
         if not name:
             raise InvalidInput("an input has no name")
@@ -73,15 +94,21 @@ def decode_request(
         if any(d < 0 for d in shape):
             raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
         checked_count(name, shape, max_elements)
-        if raw:
+        if where is not None:
+            if regions is None:
+                raise no_regions(name)
+            data = decode_tensor(name, datatype, shape, regions.read(where))
+            params = {k: v for k, v in params.items() if k not in SHARED_MEMORY_PARAMETERS}
+        elif raw:
             if item.HasField("contents"):
                 raise InvalidInput(
                     f"input '{name}' has both contents and raw_input_contents; use one"
                 )
-            data = decode_tensor(name, datatype, shape, raw[i])
+            data = decode_tensor(name, datatype, shape, raw[next_raw])
+            next_raw += 1
         else:
             data = _from_contents(name, datatype, shape, contents=item.contents)
-        tensors.append(Tensor(name, datatype, data, _parameters_of(item)))
+        tensors.append(Tensor(name, datatype, data, params))
     outputs = tuple(RequestedOutput(o.name, _parameters_of(o)) for o in message.outputs)
     request = InferenceRequest(
         model_name,
@@ -125,25 +152,36 @@ def _from_contents(
     return wide.astype(dtype, copy=False).reshape(shape)
 
 
-def encode_response(response: InferenceResponse, typed: bool) -> pb.ModelInferResponse:
+def encode_response(
+    response: InferenceResponse, typed: bool, *, regions: Regions | None = None
+) -> pb.ModelInferResponse:
     """The core's response as a ModelInferResponse: raw outputs, or typed when ``typed``
-    and every output has a typed list (the protocol allows no mix)."""
+    and every output has a typed list (the protocol allows no mix). An output requested
+    into a shared-memory region is written there and answered by its parameters, with an
+    empty raw entry so the others keep their places."""
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     set_parameters(message.parameters, response.parameters)
     typed = typed and all(t.datatype in V2_CONTENTS for t in response.outputs)
     raw: list[bytes] = []
+    sent_raw = False
     for tensor in response.outputs:
         out = message.outputs.add(
             name=tensor.name, datatype=tensor.datatype, shape=tensor.data.shape
         )
-        if typed:
+        if tensor.parameters and REGION in tensor.parameters:
+            where = region_slice(tensor.parameters, tensor.name)
+            assert where is not None
+            set_parameters(out.parameters, placed_in_region(tensor, where, regions))
+            raw.append(b"")
+        elif typed:
             values = getattr(out.contents, V2_CONTENTS[tensor.datatype].field)
             values.extend(tensor.data.ravel().tolist())
         else:
             raw.append(encode_tensor(tensor.data, tensor.datatype))
-    if raw:
+            sent_raw = True
+    if sent_raw:
         message.raw_output_contents.extend(raw)
     return message
 

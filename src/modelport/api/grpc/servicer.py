@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError
 from modelport.api.grpc import convert
 from modelport.api.grpc.errors import abort
 from modelport.core.service import InferenceService
+from modelport.core.shared_memory import RegionStatus, refuse_cuda
 from modelport.errors import InvalidInput, ModelNotFound, ModelportError, Unsupported
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
@@ -140,9 +141,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             request,
             routed_model(request.model_name, context),
             self.service.max_tensor_elements,
+            regions=self.service.shared_memory,
         )
         response = await self.service.infer(decoded.request)
-        return convert.encode_response(response, decoded.typed_output)
+        return convert.encode_response(
+            response, decoded.typed_output, regions=self.service.shared_memory
+        )
 
     def start_infer(
         self, raw: bytes, context: Context, done: Callable[[bytes | BaseException], None]
@@ -161,14 +165,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         def finished() -> None:  # the batcher calls it once the request's future is done
             try:
                 response = self.service.finish(started)
-                answer = convert.encode_response(response, decoded.typed_output)
+                answer = convert.encode_response(
+                    response, decoded.typed_output, regions=self.service.shared_memory
+                )
                 done(answer.SerializeToString())
             except Exception as exc:  # a ModelportError, or a fault the transport logs
                 done(exc)
 
         try:
             name = routed_model(request.model_name, context)
-            decoded = convert.decode_request(request, name, self.service.max_tensor_elements)
+            decoded = convert.decode_request(
+                request,
+                name,
+                self.service.max_tensor_elements,
+                regions=self.service.shared_memory,
+            )
             started = self.service.start(decoded.request, finished)
         except ModelportError as exc:
             done(exc)
@@ -210,16 +221,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStreamInferResponse:
         try:
             decoded = convert.decode_request(
-                request, model_id or request.model_name, self.service.max_tensor_elements
+                request,
+                model_id or request.model_name,
+                self.service.max_tensor_elements,
+                regions=self.service.shared_memory,
             )
             response = await self.service.infer(decoded.request)
+            answer = convert.encode_response(
+                response, decoded.typed_output, regions=self.service.shared_memory
+            )
         except ModelportError as exc:
             # The id and model let a client match the error to the request it sent.
             failed = pb.ModelInferResponse(model_name=model_id or request.model_name, id=request.id)
             return pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
-        return pb.ModelStreamInferResponse(
-            infer_response=convert.encode_response(response, decoded.typed_output)
-        )
+        return pb.ModelStreamInferResponse(infer_response=answer)
 
     # -- repository -----------------------------------------------------------------------
 
@@ -246,3 +261,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         await self.service.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    # -- shared memory (Triton's extension) ----------------------------------------------
+
+    @maps_errors
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Context
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        answer = pb.SystemSharedMemoryStatusResponse()
+        for region in self.service.shared_memory.status(request.name):
+            answer.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name,
+                    key=region.key,
+                    offset=region.offset,
+                    byte_size=region.byte_size,
+                )
+            )
+        return answer
+
+    @maps_errors
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        await self.service.register_region(
+            RegionStatus(request.name, request.key, request.offset, request.byte_size)
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @maps_errors
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        await self.service.unregister_region(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @maps_errors
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Context
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        raise refuse_cuda()
+
+    @maps_errors
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Context
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        raise refuse_cuda()
+
+    @maps_errors
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        raise refuse_cuda()

@@ -19,6 +19,7 @@ from modelport.api.http.fastpath import InferFastPath, failures
 from modelport.api.http.health import HealthSources, build_health_router
 from modelport.api.http.limits import BodyLimit
 from modelport.api.http.predict import build_predict_router
+from modelport.api.http.shared_memory import build_shared_memory_router
 from modelport.api.http.tasks import PREFIX as TASKS_PREFIX
 from modelport.api.http.tasks import TaskRoutes, build_tasks_router
 from modelport.api.http.v2 import InferHandler, build_router
@@ -57,6 +58,7 @@ def create_app(
     if tasks is not None:
         _include_task_routes(app, tasks)
     app.include_router(build_predict_router(service, max_body))
+    app.include_router(build_shared_memory_router(service))
     app.include_router(build_web_router())
 
     @app.exception_handler(ModelportError)

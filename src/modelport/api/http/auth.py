@@ -28,7 +28,11 @@ HEALTH_PATHS = frozenset(
 )
 PAGE_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico"})
 WORKERS_PATH = "/api/workers"
-ADMIN_PATH = re.compile(r"^/v2/repository/models/[^/]+/(?:load|unload)$")
+# Loading models, and mapping shared memory (a file of the server's user), are admin.
+ADMIN_PATH = re.compile(
+    r"^/v2/(?:repository/models/[^/]+/(?:load|unload)"
+    r"|systemsharedmemory(?:/region/[^/]+)?/(?:register|unregister))$"
+)
 
 
 def route_need(method: str, path: str, compat_prefix: str = "") -> Need:

@@ -31,6 +31,7 @@ EXTENSIONS = [
     "statistics",
     "model_configuration",
     "parameters",
+    "system_shared_memory",
 ]
 HEADER_LENGTH = "inference-header-content-length"
 # The infer route reads its body raw; this tells the OpenAPI page what it takes.
@@ -101,13 +102,22 @@ class InferHandler:
                 raise InvalidInput(
                     f"Inference-Header-Content-Length {shown(length)} is not a number"
                 )
-        return decode_request(body, json_length, model, version, self.service.max_tensor_elements)
+        return decode_request(
+            body,
+            json_length,
+            model,
+            version,
+            self.service.max_tensor_elements,
+            regions=self.service.shared_memory,
+        )
 
     def reply(
         self, response: InferenceResponse, decoded: DecodedRequest, headers: dict[str, str]
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         """Status, body and headers for a response, encoded as the request asked."""
-        out, out_json_length = encode_response(response, decoded.binary_output)
+        out, out_json_length = encode_response(
+            response, decoded.binary_output, regions=self.service.shared_memory
+        )
         reply_headers: list[tuple[bytes, bytes]]
         if out_json_length is None:
             reply_headers = [(b"content-type", b"application/json")]
