@@ -3,6 +3,8 @@ value; HTTP and gRPC encode that value (tests/api/.../test_convert.py, test_v2_h
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from modelport.core.runtime import Signature
@@ -14,6 +16,7 @@ from modelport.core.triton_config import (
     VersionChoice,
     platform_of,
     triton_config,
+    triton_json,
 )
 from modelport.spec import parse_spec
 
@@ -65,3 +68,26 @@ def test_a_model_served_elsewhere_keeps_the_platform_its_workers_report() -> Non
     spec = parse_spec("m", "runtime: cluster\nparameters: {platform: python}\n", "model.yaml")
     assert platform_of(spec) == "python"
     assert platform_of(parse_spec("m", "runtime: torch\n", "model.yaml")) == "pytorch_libtorch"
+
+
+def test_triton_json_is_the_form_python_backend_models_read() -> None:
+    spec = parse_spec("m", YAML, "model.yaml")
+    found = triton_json(triton_config(spec, Signature(spec.inputs, spec.outputs)))
+    assert json.loads(json.dumps(found)) == found  # plain JSON, as args["model_config"] is
+    assert found["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [-1]}]
+    assert found["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [2]}]
+    assert found["max_batch_size"] == 8
+    assert found["version_policy"] == {"specific": {"versions": [1, 3]}}
+    assert found["instance_group"] == [{"name": "m_0", "kind": "KIND_GPU", "count": 2, "gpus": [1]}]
+    assert found["dynamic_batching"] == {
+        "preferred_batch_size": [4, 8],
+        "max_queue_delay_microseconds": 500,
+    }
+    assert found["parameters"] == {
+        "sizes": {"string_value": "[1, 2]"},
+        "note": {"string_value": "text"},
+    }
+    plain = parse_spec("m", "runtime: fake\n", "model.yaml")
+    unbatched = triton_json(triton_config(plain, Signature((), ())))
+    assert "dynamic_batching" not in unbatched
+    assert unbatched["version_policy"] == {"latest": {"num_versions": 1}}

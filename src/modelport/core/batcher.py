@@ -20,6 +20,10 @@ batch fails, each of its requests is run again alone, so an error reaches only t
 request that caused it (unless the error is the model's: unavailable or overloaded,
 which fails the whole batch at once).
 
+A runtime that takes a batch as its requests (a :class:`RequestRuntime`, Triton's python
+backend) gets the gathered requests as they came, unmerged, and answers each on its own:
+an error it gives for one request fails that request alone, with no rerun.
+
 ``max_queue_size`` bounds the waiting requests: past it, ``submit`` raises
 :class:`Overloaded` at once.
 
@@ -50,9 +54,11 @@ from modelport.core.batch_policy import (
     WaitUntil,
 )
 from modelport.core.instances import Instance
+from modelport.core.runtime import GatheredRequest, RequestOutcome
 from modelport.core.stats import ModelStats
 from modelport.errors import InferenceFailed, ModelportError, ModelUnavailable, Overloaded
 from modelport.spec import BatchingSpec
+from modelport.tensors import InferenceRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +95,12 @@ class Batcher(Protocol):
         inputs: dict[str, np.ndarray],
         parameters: Mapping[str, Any],
         done: Callable[[], None] | None = None,
+        *,
+        request: InferenceRequest | None = None,
     ) -> asyncio.Future[BatchResult]:
         """Queue one request; the future resolves with its outputs, then ``done`` is
-        called (at once, not a loop iteration later)."""
+        called (at once, not a loop iteration later). ``request``: the request the inputs
+        came from (its id and the outputs it names), for a runtime that takes requests."""
 
     async def close(self, drain_seconds: float = 30.0) -> None:
         """Refuse new requests, finish the accepted ones (up to ``drain_seconds``), stop."""
@@ -106,17 +115,20 @@ class _Pending:
     future: asyncio.Future[BatchResult]
     enqueued_ns: int
     done: Callable[[], None] | None = None
+    request: InferenceRequest | None = None
     solo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class _Ran:
-    """What an instance thread hands back: per-request outputs and the three timings."""
+    """What an instance thread hands back: per-request outputs and the three timings;
+    ``errors``: the requests (by position) a request-taking runtime failed on their own."""
 
     results: list[dict[str, np.ndarray]]
     input_ns: int
     infer_ns: int
     output_ns: int
+    errors: Mapping[int, ModelportError] | None = None
 
 
 def _batch_key(inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -178,9 +190,12 @@ class DynamicBatcher:
         inputs: dict[str, np.ndarray],
         parameters: Mapping[str, Any],
         done: Callable[[], None] | None = None,
+        *,
+        request: InferenceRequest | None = None,
     ) -> asyncio.Future[BatchResult]:
         """Queue one request; the future resolves with its outputs, then ``done`` is
-        called (at once, not a loop iteration later)."""
+        called (at once, not a loop iteration later). ``request``: the request the inputs
+        came from (its id and the outputs it names), for a runtime that takes requests."""
         if self._closed:
             raise ModelUnavailable(f"model '{self.name}' is unloading")
         if len(self._pending) >= self.max_queue_size:
@@ -197,7 +212,7 @@ class DynamicBatcher:
         future: asyncio.Future[BatchResult] = loop.create_future()
         key = _batch_key(inputs, parameters)
         self._pending.append(
-            _Pending(inputs, parameters, rows, key, future, time.perf_counter_ns(), done)
+            _Pending(inputs, parameters, rows, key, future, time.perf_counter_ns(), done, request)
         )
         if not self._scheduled:
             self._scheduled = True
@@ -283,6 +298,8 @@ class DynamicBatcher:
 
     def _work(self, instance: Instance, batch: list[_Pending], lone: bool = False) -> _Ran:
         """Runs on the instance's thread (or inline): merge, infer, split."""
+        if instance.infer_requests is not None:
+            return self._work_requests(instance.infer_requests, batch)
         start = time.perf_counter_ns()
         if len(batch) == 1:
             inputs = batch[0].inputs
@@ -296,6 +313,36 @@ class DynamicBatcher:
         t_run = time.perf_counter_ns()
         results = self._split(outputs, batch)
         return _Ran(results, t_in - start, t_run - t_in, time.perf_counter_ns() - t_run)
+
+    def _work_requests(
+        self,
+        infer_requests: Callable[[Sequence[GatheredRequest]], list[RequestOutcome]],
+        batch: list[_Pending],
+    ) -> _Ran:
+        """Runs on the instance's thread: the requests as they came, an outcome each."""
+        start = time.perf_counter_ns()
+        gathered = [
+            GatheredRequest(p.inputs, p.parameters, r.id, tuple(o.name for o in r.outputs))
+            if (r := p.request) is not None
+            else GatheredRequest(p.inputs, p.parameters)
+            for p in batch
+        ]
+        t_in = time.perf_counter_ns()
+        outcomes = infer_requests(gathered)
+        t_run = time.perf_counter_ns()
+        if len(outcomes) != len(batch):
+            raise InferenceFailed(
+                f"model '{self.name}' gave {len(outcomes)} outcomes for {len(batch)} requests"
+            )
+        results: list[dict[str, np.ndarray]] = []
+        errors: dict[int, ModelportError] = {}
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, ModelportError):
+                errors[i] = outcome
+                results.append({})
+            else:
+                results.append(outcome)
+        return _Ran(results, t_in - start, t_run - t_in, time.perf_counter_ns() - t_run, errors)
 
     def _dispatch(self, instance: Instance, batch: list[_Pending]) -> None:
         started = time.perf_counter_ns()
@@ -335,6 +382,10 @@ class DynamicBatcher:
                     compute_ns=ran.input_ns + ran.infer_ns + ran.output_ns,
                     now=self._loop.time(),
                 )
+            if ran.errors:  # failed first, so the loop below answers only the others
+                for i, error in ran.errors.items():
+                    if not batch[i].future.done():
+                        batch[i].future.set_exception(error)
             for p, out in zip(batch, ran.results, strict=True):
                 if not p.future.done():
                     p.future.set_result(BatchResult(out, started - p.enqueued_ns, size))

@@ -23,6 +23,7 @@ import numpy as np
 from modelport.core.batcher import Batcher, BatchResult
 from modelport.errors import ModelUnavailable
 from modelport.numbers import natural
+from modelport.tensors import InferenceRequest
 
 EVICTED_REASON = "unloaded to stay under {setting} (loads again on demand)"
 
@@ -128,11 +129,13 @@ class OnDemandBatcher:
         inputs: dict[str, np.ndarray],
         parameters: Mapping[str, Any],
         done: Callable[[], None] | None = None,
+        *,
+        request: InferenceRequest | None = None,
     ) -> asyncio.Future[BatchResult]:
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         if done is not None:
             future.add_done_callback(lambda _: done())
-        task = asyncio.create_task(self._run(inputs, parameters, future))
+        task = asyncio.create_task(self._run(inputs, parameters, future, request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return future
@@ -142,11 +145,12 @@ class OnDemandBatcher:
         inputs: dict[str, np.ndarray],
         parameters: Mapping[str, Any],
         future: asyncio.Future[BatchResult],
+        request: InferenceRequest | None,
     ) -> None:
         try:
             batcher = await self._load()
             # No await between the load and the submit: nothing can evict it meanwhile.
-            result = await batcher.submit(inputs, parameters)
+            result = await batcher.submit(inputs, parameters, request=request)
         except asyncio.CancelledError:
             if not future.done():
                 future.set_exception(ModelUnavailable(f"model '{self.name}' was unloaded"))

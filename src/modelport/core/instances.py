@@ -7,14 +7,20 @@ lets ``instances.count`` copies run in parallel without blocking the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
-from modelport.core.runtime import InlineRuntime, Runtime
+from modelport.core.runtime import (
+    GatheredRequest,
+    InlineRuntime,
+    RequestOutcome,
+    RequestRuntime,
+    Runtime,
+)
 from modelport.errors import ModelUnavailable
 from modelport.spec import ModelSpec
 
@@ -27,6 +33,8 @@ class Instance:
     ``inline`` is true when the runtime is an :class:`InlineRuntime` (it never calls
     back into the server), so the batcher may run a lone request on the event loop's own
     thread, through ``infer_lone`` on a quiet model (``core/batch_policy.py``).
+    ``infer_requests`` is set when the loaded runtime takes a batch as its requests
+    (a :class:`RequestRuntime` whose ``takes_requests`` is true).
     """
 
     def __init__(self, runtime: Runtime, name: str) -> None:
@@ -36,6 +44,11 @@ class Instance:
         self.infer_lone: Callable[
             [dict[str, np.ndarray], Mapping[str, Any]], dict[str, np.ndarray]
         ] = runtime.infer_inline if isinstance(runtime, InlineRuntime) else runtime.infer
+        self.infer_requests: Callable[[Sequence[GatheredRequest]], list[RequestOutcome]] | None = (
+            runtime.infer_requests
+            if isinstance(runtime, RequestRuntime) and runtime.takes_requests
+            else None
+        )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     def call(self, work: Callable[[], T]) -> asyncio.Future[T]:

@@ -5,19 +5,20 @@ given a :class:`RuntimeContext`. The core calls ``load`` once (in a worker threa
 then ``infer`` with whole batches from the instance's own thread, then ``unload``.
 ``runtimes/fake.py`` is the smallest complete example. A runtime that never calls back
 into the server may also be an :class:`InlineRuntime`, so a lone small request can run
-on the event loop's own thread.
+on the event loop's own thread. A runtime whose model wants the batch as the requests
+it was gathered from (Triton's python backend) is a :class:`RequestRuntime`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from modelport.errors import SpecError
+from modelport.errors import ModelportError, SpecError
 from modelport.spec import ModelSpec, TensorSpec
 
 
@@ -88,6 +89,39 @@ class InlineRuntime(Runtime, Protocol):
     ) -> dict[str, np.ndarray]:
         """Run one lone request; a runtime with a faster way for one request than for
         a batch (ONNX Runtime's spinning session) uses it here, else calls ``infer``."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatheredRequest:
+    """One client request of a batch, as a :class:`RequestRuntime` gets it: its own
+    arrays (with the batch dimension when the model batches), not merged with others."""
+
+    inputs: dict[str, np.ndarray]
+    parameters: Mapping[str, Any]
+    id: str = ""
+    outputs: tuple[str, ...] = ()  # the outputs the client named; () when it named none
+
+
+# A request's outputs, or the error that fails it (and only it).
+RequestOutcome = dict[str, np.ndarray] | ModelportError
+
+
+@runtime_checkable
+class RequestRuntime(Runtime, Protocol):
+    """A runtime whose model takes a batch as the list of requests the batcher gathered
+    (Triton's python backend: ``execute(requests)``), answering each on its own.
+
+    The batcher neither concatenates nor splits for it, and an error outcome fails only
+    its own request. ``takes_requests`` is read once the runtime has loaded: the python
+    runtime is one only when its model.py holds a ``TritonPythonModel``.
+    """
+
+    @property
+    def takes_requests(self) -> bool:
+        """Whether the loaded model wants :meth:`infer_requests` rather than ``infer``."""
+
+    def infer_requests(self, requests: Sequence[GatheredRequest]) -> list[RequestOutcome]:
+        """Run the gathered requests at once; one outcome per request, in order."""
 
 
 RuntimeFactory = Callable[[RuntimeContext], Runtime]

@@ -240,7 +240,7 @@ class InferenceService:
         try:
             inputs = checked_inputs(loaded, request.inputs, self.max_tensor_elements)
             names = output_names(loaded, request.outputs)
-            future = loaded.batcher.submit(inputs, request.parameters, done)
+            future = loaded.batcher.submit(inputs, request.parameters, done, request=request)
         except ModelportError as exc:
             loaded.stats.record_request(False, time.perf_counter_ns() - begun, 0, exc.kind.value)
             raise

@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from modelport.core.runtime import Signature
 from modelport.spec import ModelSpec, TensorSpec, VersionPolicy
@@ -141,3 +142,46 @@ def _served_versions(policy: VersionPolicy) -> ServedVersions:
 def _as_text(value: object) -> str:
     # Triton's parameters are strings; a structured value travels as its JSON.
     return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def triton_json(config: TritonConfig) -> dict[str, Any]:
+    """The configuration as Triton writes it in JSON (model_config.proto's field names,
+    as protobuf's JSON printer spells them, numbers as numbers): what Triton hands a
+    python-backend model as ``args["model_config"]``."""
+
+    def tensors(items: tuple[ConfigTensor, ...]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "data_type": t.data_type, "dims": list(t.dims)} for t in items]
+
+    group = config.instance_group
+    batching = config.dynamic_batching
+    versions = config.version_policy
+    policy: dict[str, Any] = {"latest": {"num_versions": versions.num_versions}}
+    if versions.choice is VersionChoice.ALL:
+        policy = {"all": {}}
+    elif versions.choice is VersionChoice.SPECIFIC:
+        policy = {"specific": {"versions": list(versions.versions)}}
+    found: dict[str, Any] = {
+        "name": config.name,
+        "platform": config.platform,
+        "backend": config.backend,
+        "version_policy": policy,
+        "max_batch_size": config.max_batch_size,
+        "input": tensors(config.inputs),
+        "output": tensors(config.outputs),
+        "instance_group": [
+            {
+                "name": f"{config.name}_0",
+                "kind": group.kind.value,
+                "count": group.count,
+                "gpus": list(group.gpus),
+            }
+        ],
+        "parameters": {key: {"string_value": value} for key, value in config.parameters.items()},
+        "model_transaction_policy": {"decoupled": False},
+    }
+    if batching is not None:
+        found["dynamic_batching"] = {
+            "preferred_batch_size": list(batching.preferred_batch_size),
+            "max_queue_delay_microseconds": batching.max_queue_delay_microseconds,
+        }
+    return found

@@ -1,4 +1,5 @@
-"""The ``python`` runtime: a class named ``Model`` in ``model.py``.
+"""The ``python`` runtime: a class named ``Model`` in ``model.py`` (or Triton's
+``TritonPythonModel``, run unchanged by ``runtimes/triton_python.py``).
 
 The contract is small. ``predict`` is required; ``setup`` and ``teardown`` are optional::
 
@@ -21,6 +22,10 @@ The contract is small. ``predict`` is required; ``setup`` and ``teardown`` are o
 The model's inputs and outputs are declared in its model.yaml. ``model.py`` is looked
 for in the version folder first, then in the model folder. ``predict`` may take just
 ``inputs`` if it needs no parameters.
+
+A model.py written for Triton's python backend (``class TritonPythonModel`` with
+``initialize``/``execute``/``finalize``, ``import triton_python_backend_utils``) runs as
+it is: its ``execute`` gets the requests the batcher gathered, one per client request.
 """
 
 from __future__ import annotations
@@ -28,14 +33,19 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelport.core.runtime import RuntimeContext, Signature
+from modelport.core.runtime import GatheredRequest, RequestOutcome, RuntimeContext, Signature
 from modelport.errors import SpecError
+from modelport.runtimes.triton_python import (
+    TRITON_CLASS_NAME,
+    TritonPythonModelRunner,
+    register_utils_module,
+)
 
 MODEL_FILE = "model.py"
 CLASS_NAME = "Model"
@@ -46,6 +56,7 @@ class PythonRuntime:
         self.context = context
         self.model: Any = None
         self._with_parameters = True
+        self._triton: TritonPythonModelRunner | None = None
 
     def _find(self) -> Path:
         for folder in (self.context.version_dir, self.context.model_dir):
@@ -53,7 +64,8 @@ class PythonRuntime:
                 return folder / MODEL_FILE
         raise SpecError(
             f"{self.context.version_dir / MODEL_FILE}: missing; a python model needs a "
-            f"{MODEL_FILE} with a class {CLASS_NAME} (in the version or the model folder)"
+            f"{MODEL_FILE} with a class {CLASS_NAME} or {TRITON_CLASS_NAME} (in the version "
+            "or the model folder)"
         )
 
     def load(self) -> None:
@@ -65,14 +77,25 @@ class PythonRuntime:
             raise SpecError(f"{path}: cannot be imported")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
+        register_utils_module()  # before the import: a Triton model.py imports it at once
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(module_name, None)
             raise SpecError(f"{path}: importing it raised {type(exc).__name__}: {exc}") from exc
+        triton_class = getattr(module, TRITON_CLASS_NAME, None)
+        if isinstance(triton_class, type):
+            runner = TritonPythonModelRunner(triton_class, ctx, path)
+            self.model = runner.model
+            runner.initialize()
+            self._triton = runner
+            return
         cls = getattr(module, CLASS_NAME, None)
         if cls is None or not callable(getattr(cls, "predict", None)):
-            raise SpecError(f"{path}: needs a class {CLASS_NAME} with a predict method")
+            raise SpecError(
+                f"{path}: needs a class {CLASS_NAME} with a predict method (or Triton's "
+                f"{TRITON_CLASS_NAME} with an execute method)"
+            )
         self._with_parameters = len(inspect.signature(cls.predict).parameters) >= 3
         model = cls()
         if hasattr(model, "setup"):
@@ -87,9 +110,24 @@ class PythonRuntime:
     def signature(self) -> Signature:
         return Signature((), ())
 
+    @property
+    def takes_requests(self) -> bool:
+        """True for a TritonPythonModel: its execute wants the requests, unmerged."""
+        return self._triton is not None
+
+    def infer_requests(self, requests: Sequence[GatheredRequest]) -> list[RequestOutcome]:
+        if self._triton is None:
+            raise TypeError(f"{CLASS_NAME}.predict takes a batch, not requests; call infer")
+        return self._triton.execute(requests)
+
     def infer(
         self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
+        if self._triton is not None:  # one request (a warm-up sample)
+            (outcome,) = self._triton.execute([GatheredRequest(inputs, parameters)])
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
         if self._with_parameters:
             result = self.model.predict(inputs, dict(parameters))
         else:
@@ -102,7 +140,10 @@ class PythonRuntime:
         return {name: np.asarray(value) for name, value in result.items()}
 
     def unload(self) -> None:
-        if self.model is not None and hasattr(self.model, "teardown"):
+        if self._triton is not None:
+            self._triton.finalize()
+            self._triton = None
+        elif self.model is not None and hasattr(self.model, "teardown"):
             self.model.teardown()
         self.model = None
         ctx = self.context
