@@ -277,7 +277,7 @@ def test_broken_model_is_unavailable(client: triton.InferenceServerClient) -> No
 
 
 def test_unoffered_rpcs_are_unimplemented(client: triton.InferenceServerClient) -> None:
-    """CUDA shared memory (system shared memory is served: tests/api/test_shared_memory.py)
+    """CUDA shared memory (system shared memory is served: tests/api/test_system_shared_memory.py)
     and trace settings, which modelport does not offer."""
     err = error_of(client.get_cuda_shared_memory_status)
     assert err.status() == "StatusCode.UNIMPLEMENTED"

@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from conftest import ServerProcess, StartServer, free_port
+from support.cluster_fixtures import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,13 +30,13 @@ BYTES = 2 * WIDTH * 4  # two rows of FP32
 
 @dataclass
 class Served:
-    server: ServerProcess
+    server: Any  # conftest.ServerProcess
     http_url: str
     grpc_url: str
 
 
 @pytest.fixture(scope="module")
-def served(server_factory: StartServer) -> Served:
+def served(server_factory: Any) -> Served:
     grpc_port = free_port()
     server = server_factory(grpc_port=grpc_port)
     return Served(server, server.url.removeprefix("http://"), f"127.0.0.1:{grpc_port}")
@@ -201,7 +201,7 @@ def test_bad_regions_are_clear_errors_and_the_server_keeps_serving(
 
 
 def test_a_region_registered_through_one_process_serves_every_process(
-    server_factory: StartServer, regions: Regions
+    server_factory: Any, regions: Regions
 ) -> None:
     """``--processes 2``: the register call is applied in both processes, so infers
     landing on either read the region (many connections spread over both)."""
@@ -221,7 +221,7 @@ def test_a_region_registered_through_one_process_serves_every_process(
     server.stop()
 
 
-def test_register_is_an_admin_call(server_factory: StartServer, regions: Regions) -> None:
+def test_register_is_an_admin_call(server_factory: Any, regions: Regions) -> None:
     """Bound beyond loopback without keys, mapping server memory is refused (403) like
     loading models; status and infers stay open."""
     server = server_factory(args=["--host", "0.0.0.0"])
