@@ -44,6 +44,7 @@ class ErrorKind(Enum):
     UNAUTHENTICATED = "unauthenticated"
     TOO_MANY_REQUESTS = "too_many_requests"
     CANCELLED = "cancelled"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL = "internal"
 
 
@@ -150,3 +151,10 @@ class Cancelled(ModelportError):
     call cancelled): it was dropped from the queue. Counted, never answered."""
 
     kind = ErrorKind.CANCELLED
+
+
+class DeadlineExceeded(ModelportError):
+    """A request's deadline (v2 ``timeout`` parameter, ``Request-Timeout`` header, gRPC
+    deadline) passed while it waited in the queue: it was dropped, never run."""
+
+    kind = ErrorKind.DEADLINE_EXCEEDED

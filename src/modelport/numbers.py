@@ -44,3 +44,14 @@ def declared_over(text: str, limit: int) -> bool:
     if text and _ASCII_DIGITS.issuperset(text) and len(text) > MAX_DIGITS:
         return True
     return (natural(text) or 0) > limit
+
+
+def parse_seconds(text: str, *, what: str) -> float:
+    """Seconds as ``12`` or ``0.25`` (ASCII digits, one optional point, bounded), or an
+    InvalidInput naming ``what``."""
+    whole, _, fraction = text.strip().partition(".")
+    if natural(whole or "0", max_digits=9) is None or (
+        fraction and natural(fraction, max_digits=9) is None
+    ):
+        raise InvalidInput(f"{what} {shown(text)} is not a number of seconds (such as 5 or 0.25)")
+    return float(f"{whole or '0'}.{fraction or '0'}")

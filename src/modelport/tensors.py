@@ -153,6 +153,10 @@ class InferenceRequest:
     id: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     outputs: tuple[RequestedOutput, ...] = ()
+    # When the client stops waiting (``time.monotonic_ns()``; 0: never), from a transport
+    # deadline (gRPC's grpc-timeout, HTTP's Request-Timeout); the v2 parameter
+    # ``timeout`` (microseconds) is read by the core and shortens it.
+    deadline_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)

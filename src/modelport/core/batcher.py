@@ -25,7 +25,10 @@ backend) gets the gathered requests as they came, unmerged, and answers each on 
 an error it gives for one request fails that request alone, with no rerun.
 
 ``max_queue_size`` bounds the waiting requests: past it, ``submit`` raises
-:class:`Overloaded` at once.
+:class:`Overloaded` at once, unless the model has ``priority_levels`` and a request of a
+lower level waits: that one is shed instead (``request_queue.py``). A request with a
+deadline (:class:`QueueTerms`) still waiting when it passes is dropped with
+:class:`DeadlineExceeded`; once taken into a batch it runs to its end.
 
 ``submit``'s ``done``: called straight after the request's future is resolved, in the same
 loop callback. A done-callback of the future itself waits for the next loop iteration
@@ -54,11 +57,30 @@ from modelport.core.batch_policy import (
     WaitUntil,
 )
 from modelport.core.instances import Instance
+from modelport.core.request_queue import LevelledQueue
 from modelport.core.runtime import GatheredRequest, RequestOutcome
 from modelport.core.stats import ModelStats
-from modelport.errors import InferenceFailed, ModelportError, ModelUnavailable, Overloaded
+from modelport.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    ModelportError,
+    ModelUnavailable,
+    Overloaded,
+)
 from modelport.spec import BatchingSpec
 from modelport.tensors import InferenceRequest
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTerms:
+    """How a request waits: its deadline (``time.monotonic_ns()``; 0: none) and its
+    priority (1 first; 0: the model's default level)."""
+
+    deadline_ns: int = 0
+    priority: int = 0
+
+
+NO_TERMS = QueueTerms()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +119,12 @@ class Batcher(Protocol):
         done: Callable[[], None] | None = None,
         *,
         request: InferenceRequest | None = None,
+        terms: QueueTerms = NO_TERMS,
     ) -> asyncio.Future[BatchResult]:
         """Queue one request; the future resolves with its outputs, then ``done`` is
         called (at once, not a loop iteration later). ``request``: the request the inputs
-        came from (its id and the outputs it names), for a runtime that takes requests."""
+        came from (its id and the outputs it names), for a runtime that takes requests;
+        ``terms``: its deadline and priority."""
 
     async def close(self, drain_seconds: float = 30.0) -> None:
         """Refuse new requests, finish the accepted ones (up to ``drain_seconds``), stop."""
@@ -117,6 +141,7 @@ class _Pending:
     done: Callable[[], None] | None = None
     request: InferenceRequest | None = None
     solo: bool = False
+    level: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +185,11 @@ class DynamicBatcher:
         )
         self._history = History()
         self._free = list(reversed(self.instances))
-        self._pending: deque[_Pending] = deque()
+        self.levels = batching.priority_levels
+        self.default_level = batching.default_priority_level or max(self.levels, 1)
+        self._pending: deque[_Pending] | LevelledQueue[_Pending] = (
+            LevelledQueue(self.levels) if self.levels > 1 else deque()
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         # uvloop answers call_at with a plain Handle (no when()) for a wait under 0.5 ms,
@@ -192,18 +221,17 @@ class DynamicBatcher:
         done: Callable[[], None] | None = None,
         *,
         request: InferenceRequest | None = None,
+        terms: QueueTerms = NO_TERMS,
     ) -> asyncio.Future[BatchResult]:
         """Queue one request; the future resolves with its outputs, then ``done`` is
         called (at once, not a loop iteration later). ``request``: the request the inputs
-        came from (its id and the outputs it names), for a runtime that takes requests."""
+        came from (its id and the outputs it names), for a runtime that takes requests;
+        ``terms``: its deadline and priority."""
         if self._closed:
             raise ModelUnavailable(f"model '{self.name}' is unloading")
+        level = self._level(terms.priority) if self.levels > 1 else 1
         if len(self._pending) >= self.max_queue_size:
-            raise Overloaded(
-                f"model '{self.name}' is overloaded: {len(self._pending)} requests already "
-                f"waiting (batching.max_queue_size); retry shortly or add instances",
-                retry_after=1.0,
-            )
+            self._make_room(level)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         rows = 1
@@ -211,13 +239,69 @@ class DynamicBatcher:
             rows = next(iter(inputs.values())).shape[0]
         future: asyncio.Future[BatchResult] = loop.create_future()
         key = _batch_key(inputs, parameters)
-        self._pending.append(
-            _Pending(inputs, parameters, rows, key, future, time.perf_counter_ns(), done, request)
+        pending = _Pending(
+            inputs, parameters, rows, key, future, time.perf_counter_ns(), done, request
         )
+        pending.level = level
+        if terms.deadline_ns:
+            self._expire_at(pending, terms.deadline_ns)
+        self._pending.append(pending)
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
         return future
+
+    def _level(self, priority: int) -> int:
+        """A request's level: its priority when it names one of the model's levels, else
+        the default (as Triton reads 0 and values past the last level)."""
+        return priority if 1 <= priority <= self.levels else self.default_level
+
+    def _make_room(self, level: int) -> None:
+        """The queue is full: shed a waiting request of a lower level, or refuse."""
+        shed = self._pending.shed_for(level) if isinstance(self._pending, LevelledQueue) else None
+        if shed is None:
+            raise Overloaded(
+                f"model '{self.name}' is overloaded: {len(self._pending)} requests already "
+                f"waiting (batching.max_queue_size); retry shortly or add instances",
+                retry_after=1.0,
+            )
+        if not shed.future.done():
+            shed.future.set_exception(
+                Overloaded(
+                    f"model '{self.name}' is overloaded: this request (priority level "
+                    f"{shed.level}) gave its place to one of level {level}; retry shortly",
+                    retry_after=1.0,
+                )
+            )
+        self._notify(shed)
+
+    def _expire_at(self, pending: _Pending, deadline_ns: int) -> None:
+        left_s = (deadline_ns - time.monotonic_ns()) / 1e9
+        if left_s <= 0:
+            raise DeadlineExceeded(
+                f"the request to model '{self.name}' reached its deadline before it was "
+                "queued; give it more time (the v2 'timeout' parameter is in microseconds)"
+            )
+        loop = self._loop or asyncio.get_running_loop()
+        loop.call_later(left_s, self._expire, pending)
+
+    def _expire(self, pending: _Pending) -> None:
+        """A request's deadline passed: drop it if it still waits (a taken one runs)."""
+        if pending.future.done():
+            return
+        try:
+            self._pending.remove(pending)
+        except ValueError:
+            return
+        waited_ms = (time.perf_counter_ns() - pending.enqueued_ns) / 1e6
+        pending.future.set_exception(
+            DeadlineExceeded(
+                f"the request to model '{self.name}' waited {waited_ms:.1f} ms in the queue, "
+                "past its deadline, and was dropped without running; give it more time or "
+                "add instances"
+            )
+        )
+        self._notify(pending)
 
     # -- scheduling -------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.core.batcher import Batcher, BatchResult
+from modelport.core.batcher import NO_TERMS, Batcher, BatchResult, QueueTerms
 from modelport.errors import ModelUnavailable
 from modelport.numbers import natural
 from modelport.tensors import InferenceRequest
@@ -131,11 +131,12 @@ class OnDemandBatcher:
         done: Callable[[], None] | None = None,
         *,
         request: InferenceRequest | None = None,
+        terms: QueueTerms = NO_TERMS,
     ) -> asyncio.Future[BatchResult]:
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         if done is not None:
             future.add_done_callback(lambda _: done())
-        task = asyncio.create_task(self._run(inputs, parameters, future, request))
+        task = asyncio.create_task(self._run(inputs, parameters, future, request, terms))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return future
@@ -146,11 +147,12 @@ class OnDemandBatcher:
         parameters: Mapping[str, Any],
         future: asyncio.Future[BatchResult],
         request: InferenceRequest | None,
+        terms: QueueTerms,
     ) -> None:
         try:
             batcher = await self._load()
             # No await between the load and the submit: nothing can evict it meanwhile.
-            result = await batcher.submit(inputs, parameters, request=request)
+            result = await batcher.submit(inputs, parameters, request=request, terms=terms)
         except asyncio.CancelledError:
             if not future.done():
                 future.set_exception(ModelUnavailable(f"model '{self.name}' was unloaded"))

@@ -31,7 +31,13 @@ from modelport.core.runtime import RuntimeFactory
 from modelport.core.shared_memory import RegionStatus, SystemSharedMemory
 from modelport.core.stats import ModelStats
 from modelport.core.triton_config import TritonConfig, platform_of, triton_config
-from modelport.core.validation import checked_inputs, declared_outputs, output_names
+from modelport.core.validation import (
+    QUEUE_PARAMETERS,
+    checked_inputs,
+    declared_outputs,
+    output_names,
+    queue_terms,
+)
 from modelport.errors import (
     Cancelled,
     Forbidden,
@@ -240,7 +246,15 @@ class InferenceService:
         try:
             inputs = checked_inputs(loaded, request.inputs, self.max_tensor_elements)
             names = output_names(loaded, request.outputs)
-            future = loaded.batcher.submit(inputs, request.parameters, done, request=request)
+            if request.deadline_ns or (
+                request.parameters and not QUEUE_PARAMETERS.isdisjoint(request.parameters)
+            ):
+                terms, parameters = queue_terms(request)
+                future = loaded.batcher.submit(
+                    inputs, parameters, done, request=request, terms=terms
+                )
+            else:
+                future = loaded.batcher.submit(inputs, request.parameters, done, request=request)
         except ModelportError as exc:
             loaded.stats.record_request(False, time.perf_counter_ns() - begun, 0, exc.kind.value)
             raise

@@ -4,13 +4,17 @@ match it: the validation every transport's requests go through, once, in the cor
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from modelport.core.batcher import QueueTerms
 from modelport.core.entries import LoadedVersion
 from modelport.errors import InvalidInput, ModelUnavailable
 from modelport.tensors import (
+    InferenceRequest,
     RequestedOutput,
     Tensor,
     as_bytes_array,
@@ -112,3 +116,29 @@ def declared_outputs(
             array = array.astype(numpy_dtype(datatype))
         out.append(Tensor(name, datatype, array, params.get(name, {})))
     return tuple(out)
+
+
+# The v2 parameters the core reads itself (Triton's names) and never passes to a model.
+QUEUE_PARAMETERS = frozenset({"timeout", "priority"})
+
+
+def queue_terms(request: InferenceRequest) -> tuple[QueueTerms, dict[str, Any]]:
+    """The request's deadline and priority (from ``deadline_ns`` and the parameters
+    ``timeout``, in microseconds as Triton reads it, and ``priority``), and its
+    parameters without those two."""
+    parameters = dict(request.parameters)
+    timeout_us = _count(parameters.pop("timeout", 0), "timeout", "microseconds in the queue")
+    priority = _count(parameters.pop("priority", 0), "priority", "a level, 1 first")
+    deadline_ns = request.deadline_ns
+    if timeout_us:
+        mine = time.monotonic_ns() + timeout_us * 1000
+        deadline_ns = min(deadline_ns, mine) if deadline_ns else mine
+    return QueueTerms(deadline_ns, priority), parameters
+
+
+def _count(value: Any, name: str, meaning: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(
+            f"parameter '{name}' must be a non-negative integer ({meaning}), not {value!r}"
+        )
+    return value

@@ -212,6 +212,7 @@ _BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.UNSUPPORTED: TritonError.UNSUPPORTED,
     ErrorKind.CONFLICT: TritonError.ALREADY_EXISTS,
     ErrorKind.CANCELLED: TritonError.CANCELLED,
+    ErrorKind.DEADLINE_EXCEEDED: TritonError.UNAVAILABLE,
 }
 
 

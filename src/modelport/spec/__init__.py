@@ -70,6 +70,20 @@ class BatchingSpec(_Strict):
     max_queue_delay_us: int = Field(default=0, ge=0)
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = Field(default=1024, ge=1)
+    # Priority levels (Triton's): 1 runs first; requests name theirs with the v2
+    # parameter ``priority`` (0 or absent: ``default_priority_level``, else the lowest).
+    # When the queue is full, the lowest levels are shed first.
+    priority_levels: int = Field(default=0, ge=0, le=100)
+    default_priority_level: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _default_level_exists(self) -> BatchingSpec:
+        if self.default_priority_level > max(self.priority_levels, 1):
+            raise ValueError(
+                f"default_priority_level {self.default_priority_level} is not one of the "
+                f"{self.priority_levels} priority_levels"
+            )
+        return self
 
     @field_validator("preferred_batch_sizes")
     @classmethod

@@ -24,6 +24,7 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.UNAUTHENTICATED: 401,
     ErrorKind.TOO_MANY_REQUESTS: 429,
     ErrorKind.CANCELLED: 499,  # nginx's "client closed request": nobody reads it
+    ErrorKind.DEADLINE_EXCEEDED: 504,
     ErrorKind.INTERNAL: 500,
 }
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 import zlib
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -21,7 +23,7 @@ from modelport.core.service import InferenceService
 from modelport.core.stats import Duration, ModelStats
 from modelport.core.triton_config import ConfigTensor, TritonConfig
 from modelport.errors import InvalidInput, ModelportError, TooLarge, Unsupported
-from modelport.numbers import natural, shown
+from modelport.numbers import natural, parse_seconds, shown
 from modelport.spec import TensorSpec
 from modelport.tensors import InferenceResponse
 
@@ -34,6 +36,9 @@ EXTENSIONS = [
     "system_shared_memory",
 ]
 HEADER_LENGTH = "inference-header-content-length"
+# Seconds the client waits (KServe v2 HTTP): a request still queued after them is
+# dropped with 504.
+HEADER_TIMEOUT = "request-timeout"
 # The infer route reads its body raw; this tells the OpenAPI page what it takes.
 _INFER_EXAMPLE = {"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
 _INFER_BODY_DOC = {
@@ -102,7 +107,7 @@ class InferHandler:
                 raise InvalidInput(
                     f"Inference-Header-Content-Length {shown(length)} is not a number"
                 )
-        return decode_request(
+        decoded = decode_request(
             body,
             json_length,
             model,
@@ -110,6 +115,12 @@ class InferHandler:
             self.service.max_tensor_elements,
             regions=self.service.shared_memory,
         )
+        timeout = headers.get(HEADER_TIMEOUT)
+        if timeout is not None:  # the client stops waiting after this many seconds
+            seconds = parse_seconds(timeout, what=HEADER_TIMEOUT)
+            deadline_ns = time.monotonic_ns() + int(seconds * 1e9)
+            decoded = replace(decoded, request=replace(decoded.request, deadline_ns=deadline_ns))
+        return decoded
 
     def reply(
         self, response: InferenceResponse, decoded: DecodedRequest, headers: dict[str, str]
