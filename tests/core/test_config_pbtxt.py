@@ -183,6 +183,10 @@ def test_a_syntax_error_names_the_file_line_and_the_field() -> None:
     # The line where the text stopped making sense, and the line itself with its fields.
     assert reason.startswith(f"{WHERE}:3:26: not valid protobuf text")
     assert 'Expected "}", in `{ name: "x" data_type: TYPE_FP32`' in reason
+    # A file that stops mid-way says where.
+    reason = reason_of('platform: "onnxruntime_onnx"\ninput [\n  { name: "x" dims: [4\n')
+    assert reason.startswith(f"{WHERE}:4:1: not valid protobuf text")
+    assert reason.endswith('Expected ",", at the end of the file, after `{ name: "x" dims: [4`')
 
 
 def test_a_misspelt_field_names_the_file_line_and_the_field() -> None:

@@ -174,7 +174,7 @@ def _parse(text: str, path: Path) -> config_pb.ModelConfig:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
         line, column = exc.GetLine(), exc.GetColumn()
-        message = str(exc).split(" : ", 1)[-1].rstrip(".")
+        message = str(exc).split(" : ", 1)[-1].removeprefix("'': ").rstrip(".")
         unknown = re.search(r'has no field named "(\w+)"', message)
         if unknown:
             field = unknown[1]
@@ -182,10 +182,15 @@ def _parse(text: str, path: Path) -> config_pb.ModelConfig:
                 field, "not a field of Triton's model configuration there; check its spelling"
             )
             raise SpecError(f"{path}:{line}:{column}: field '{field}': {why}") from None
-        source = text.splitlines()[line - 1].strip() if 0 < line <= text.count("\n") + 1 else ""
+        lines = text.splitlines()
+        if 0 < line <= len(lines):
+            at = f"in `{lines[line - 1].strip()}`"
+        else:
+            last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+            at = f"at the end of the file, after `{last}`"
         raise SpecError(
             f"{path}:{line}:{column}: not valid protobuf text (Triton's model configuration): "
-            f"{message}, in `{source}`"
+            f"{message}, {at}"
         ) from None
     return config
 
