@@ -236,8 +236,12 @@ def test_model_yaml_wins_over_config_pbtxt(
     (folder / "config.pbtxt").write_text('platform: "onnxruntime_onnx"\n')
     with caplog.at_level("INFO", logger="modelport.repository"):
         source = ModelRepository(tmp_path).source("both")
-    assert source.spec.runtime == "fake"
+    assert source.spec.runtime == "fake" and source.spec_file == folder / "model.yaml"
     assert "has both model.yaml and config.pbtxt: serving from" in caplog.text
+    (folder / "model.yaml").unlink()
+    # Errors about the spec (a signature the model file lacks) name the file it came from.
+    source = ModelRepository(tmp_path).source("both")
+    assert (source.spec.runtime, source.spec_file) == ("onnx", folder / "config.pbtxt")
 
 
 def test_an_ensemble_step_naming_a_missing_model_names_the_step(tmp_path: Path) -> None:

@@ -368,7 +368,7 @@ class ModelRegistry:
         factory = self.runtimes.get(spec.runtime)
         if factory is None:
             raise SpecError(
-                f"{source.path / 'model.yaml'}: field 'runtime': unknown runtime "
+                f"{source.spec_file}: field 'runtime': unknown runtime "
                 f"'{spec.runtime}'; expected one of {', '.join(sorted(self.runtimes))}"
             )
         devices = devices_for(spec, self.gpus)
@@ -396,7 +396,7 @@ class ModelRegistry:
                     ) from exc
                 instances.append(Instance(runtime, f"{spec.name}-v{version}-{i}"))
             signature = resolve_signature(
-                source.spec, source.path / "model.yaml", instances[0].runtime.signature()
+                source.spec, source.spec_file, instances[0].runtime.signature()
             )
             stats = ModelStats()
             batcher = DynamicBatcher(

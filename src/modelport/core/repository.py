@@ -40,6 +40,12 @@ class ModelSource:
     path: Path
     spec: ModelSpec
     versions: tuple[int, ...]
+    declared_in: str = SPEC_FILE  # the file in ``path`` the spec was read from
+
+    @property
+    def spec_file(self) -> Path:
+        """The file errors about the spec name (model.yaml, or Triton's config.pbtxt)."""
+        return self.path / self.declared_in
 
 
 class SourceProvider(Protocol):
@@ -131,7 +137,7 @@ class ModelRepository:
                 f"{spec_file}: field 'version_policy': selects none of the versions "
                 f"present ({', '.join(map(str, sorted(available)))})"
             )
-        return ModelSource(name, path, spec, tuple(versions))
+        return ModelSource(name, path, spec, tuple(versions), spec_file.name)
 
     def _check_steps(self, ensemble: ModelSource) -> None:
         assert ensemble.spec.ensemble is not None
