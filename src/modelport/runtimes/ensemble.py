@@ -51,7 +51,8 @@ class EnsembleRuntime:
     ) -> dict[str, np.ndarray]:
         tensors = dict(inputs)
         for index, step in self._steps:
-            given = {name: tensors[source] for name, source in step.input_map.items()}
+            # An optional input the request left out stays out; the step's model decides.
+            given = {n: tensors[s] for n, s in step.input_map.items() if s in tensors}
             try:
                 produced = self.context.models.infer(step.model_name, given, step.version)
             except ModelportError as exc:
