@@ -78,7 +78,7 @@ def test_triton_json_is_the_form_python_backend_models_read() -> None:
     assert found["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [2]}]
     assert found["max_batch_size"] == 8
     assert found["version_policy"] == {"specific": {"versions": [1, 3]}}
-    assert found["instance_group"] == [{"name": "m_0", "kind": "KIND_GPU", "count": 2, "gpus": [1]}]
+    assert found["instance_group"] == [{"count": 2, "kind": "KIND_GPU"}]
     assert found["dynamic_batching"] == {
         "preferred_batch_size": [4, 8],
         "max_queue_delay_microseconds": 500,

@@ -27,3 +27,28 @@ def top_k(
     # A stable sort keeps ties in label order, so answers do not flicker.
     best = np.argsort(-row, kind="stable")[:count]
     return [{"label": label_of(int(i), labels), "score": round(float(row[i]), 6)} for i in best]
+
+
+def triton_classes(
+    scores: np.ndarray, count: int, labels: Sequence[str], *, batched: bool
+) -> np.ndarray:
+    """Triton's classification extension: the ``count`` highest values of each row (the
+    whole tensor, for a model that does not batch), best first, as BYTES
+    ``"<value>:<index>[:<label>]"``, shaped ``[batch, count]`` (``[count]`` unbatched).
+    ``count`` is cut to the number of classes; ``labels`` name indexes where they can."""
+    array = np.asarray(scores)
+    rows = array.reshape(array.shape[0] if batched and array.ndim else 1, -1)
+    count = min(count, rows.shape[1])
+    # Compared as float64 so unsigned values sort too; a stable sort keeps ties in index order.
+    best = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :count]
+    floats = rows.dtype.kind == "f"
+    out = np.empty(best.shape, dtype=np.object_)
+    for r, row in enumerate(best):
+        for c, index in enumerate(row):
+            value = rows[r, index]
+            text = f"{float(value):f}" if floats else str(int(value))
+            text += f":{int(index)}"
+            if int(index) < len(labels):
+                text += f":{labels[int(index)]}"
+            out[r, c] = text.encode()
+    return out if batched else out.reshape(count)

@@ -37,6 +37,8 @@ class LoadedVersion:
     instances: list[Instance]
     stats: ModelStats
     devices: tuple[str, ...]
+    # Each output's own class labels (an output's ``labels``, Triton's label_filename).
+    output_labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     inputs_by_name: dict[str, TensorSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

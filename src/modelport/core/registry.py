@@ -37,6 +37,7 @@ from modelport.core.entries import (
 )
 from modelport.core.instances import NO_GPUS, Gpus, Instance, devices_for
 from modelport.core.repository import ModelRepository, ModelSource
+from modelport.core.reshape import reshaping
 from modelport.core.runtime import (
     ModelCaller,
     RuntimeContext,
@@ -367,7 +368,7 @@ class ModelRegistry:
         factory = self.runtimes.get(spec.runtime)
         if factory is None:
             raise SpecError(
-                f"{source.path / 'model.yaml'}: field 'runtime': unknown runtime "
+                f"{source.spec_file}: field 'runtime': unknown runtime "
                 f"'{spec.runtime}'; expected one of {', '.join(sorted(self.runtimes))}"
             )
         devices = devices_for(spec, self.gpus)
@@ -383,7 +384,7 @@ class ModelRegistry:
                     device=device,
                     models=self.caller,
                 )
-                runtime = factory(ctx)
+                runtime = reshaping(factory(ctx), spec)
                 try:
                     await asyncio.to_thread(runtime.load)
                 except ModelportError:
@@ -395,7 +396,7 @@ class ModelRegistry:
                     ) from exc
                 instances.append(Instance(runtime, f"{spec.name}-v{version}-{i}"))
             signature = resolve_signature(
-                source.spec, source.path / "model.yaml", instances[0].runtime.signature()
+                source.spec, source.spec_file, instances[0].runtime.signature()
             )
             stats = ModelStats()
             batcher = DynamicBatcher(
@@ -411,7 +412,12 @@ class ModelRegistry:
                 version=version,
                 spec=spec,
                 signature=signature,
-                labels=_labels(source),
+                labels=_labels(source, source.spec.labels, "labels"),
+                output_labels={
+                    t.name: _labels(source, t.labels, f"outputs.{t.name}.labels")
+                    for t in source.spec.outputs
+                    if t.labels
+                },
                 batcher=batcher,
                 instances=instances,
                 stats=stats,
@@ -441,12 +447,12 @@ class ModelRegistry:
             await asyncio.to_thread(inst.close)
 
 
-def _labels(source: ModelSource) -> tuple[str, ...]:
-    labels = source.spec.labels
+def _labels(source: ModelSource, labels: tuple[str, ...] | str, field: str) -> tuple[str, ...]:
+    """Labels given as a list, or read from a file in the model's folder (one a line)."""
     if isinstance(labels, str):
         path = source.path / labels
         try:
             return tuple(ln.strip() for ln in path.read_text().splitlines() if ln.strip())
         except OSError as exc:
-            raise SpecError(f"{source.path / 'model.yaml'}: field 'labels': {exc}") from None
+            raise SpecError(f"{source.path}: field '{field}': {exc}") from None
     return labels

@@ -50,6 +50,11 @@ class RuntimeContext:
     device: str
     models: ModelCaller
 
+    def model_path(self, usual: str) -> Path:
+        """The model's file (or folder) in the version folder: the spec's ``model_file``
+        (Triton's default_model_filename), else the runtime's ``usual`` name."""
+        return self.version_dir / (self.spec.model_file or usual)
+
 
 class Runtime(Protocol):
     """How the core runs a model: one object per model version and instance.

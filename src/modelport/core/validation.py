@@ -1,6 +1,9 @@
 """A request checked against its model's signature, and the model's outputs made to
 match it: the validation every transport's requests go through, once, in the core
-(:meth:`~modelport.core.service.InferenceService.start` and ``finish``)."""
+(:meth:`~modelport.core.service.InferenceService.start` and ``finish``). Triton's
+classification extension is applied here too, so every transport answers it alike: a
+requested output with ``parameters.classification: N`` is answered as its top N classes
+(:func:`~modelport.codecs.classification.triton_classes`)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from modelport.codecs.classification import triton_classes
 from modelport.core.batcher import QueueTerms
 from modelport.core.entries import LoadedVersion
 from modelport.errors import InvalidInput, ModelUnavailable
@@ -22,6 +26,9 @@ from modelport.tensors import (
     numpy_dtype,
     too_many_elements,
 )
+
+# The requested output's parameter of Triton's classification extension.
+CLASSIFICATION = "classification"
 
 
 def checked_inputs(
@@ -68,7 +75,7 @@ def checked_inputs(
                 raise InvalidInput("all inputs of one request need the same batch size")
             rows = shape[0]
         inputs[tensor.name] = tensor.data
-    missing = [name for name in expected if name not in inputs]
+    missing = [name for name, spec in expected.items() if name not in inputs and not spec.optional]
     if missing:
         raise InvalidInput(f"model '{loaded.name}' needs input(s) {missing}, which are missing")
     return inputs
@@ -86,7 +93,28 @@ def output_names(loaded: LoadedVersion, requested: tuple[RequestedOutput, ...]) 
         raise InvalidInput(
             f"model '{loaded.name}' has no output(s) {unknown}; its outputs are {declared}"
         )
+    for output in requested:
+        _class_count(loaded, output)
     return names
+
+
+def _class_count(loaded: LoadedVersion, output: RequestedOutput) -> int:
+    """The classes asked of ``output`` (0: none), InvalidInput for a count that is not
+    a positive whole number or an output that holds no scores."""
+    count = output.parameters.get(CLASSIFICATION)
+    if count is None:
+        return 0
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InvalidInput(
+            f"output '{output.name}': parameter '{CLASSIFICATION}' is the number of classes "
+            f"to return, a whole number of 1 or more; got {count!r}"
+        )
+    spec = next((t for t in loaded.signature.outputs if t.name == output.name), None)
+    if spec is not None and spec.datatype in ("BYTES", "BOOL"):
+        raise InvalidInput(
+            f"output '{output.name}' is {spec.datatype}; classification needs numeric scores"
+        )
+    return count
 
 
 def declared_outputs(
@@ -100,6 +128,7 @@ def declared_outputs(
     cast to its declared datatype and carrying its request's parameters."""
     specs = {t.name: t for t in loaded.signature.outputs}
     params = {r.name: r.parameters for r in requested}
+    classes = {r.name: _class_count(loaded, r) for r in requested}
     out: list[Tensor] = []
     for name in names or list(result):
         array = result.get(name)
@@ -110,7 +139,11 @@ def declared_outputs(
         spec = specs.get(name)
         array = np.asarray(array)
         datatype = spec.datatype if spec else datatype_of(array)
-        if datatype == "BYTES":
+        if classes.get(name):
+            labels = loaded.output_labels.get(name) or loaded.labels
+            array = triton_classes(array, classes[name], labels, batched=loaded.spec.batches)
+            datatype = "BYTES"
+        elif datatype == "BYTES":
             array = as_bytes_array(array)
         elif array.dtype != numpy_dtype(datatype):
             array = array.astype(numpy_dtype(datatype))

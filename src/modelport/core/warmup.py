@@ -50,7 +50,8 @@ def warmup_inputs(
     looked up in ``folder`` (the model's folder)."""
     inputs: dict[str, np.ndarray] = {}
     for tensor in signature.inputs:
-        shape = tuple(1 if d == -1 else d for d in tensor.shape)
+        given = sample.shapes.get(tensor.name)  # Triton's dims, where the sample gives them
+        shape = tuple(given) if given else tuple(1 if d == -1 else d for d in tensor.shape)
         if spec.batches:
             shape = (sample.batch_size, *shape)
         how: Any = sample.inputs.get(tensor.name, "zeros")

@@ -80,11 +80,11 @@ class OnnxRuntime:
     def load(self) -> None:
         import onnxruntime as ort  # lazy: only servers with ONNX models pay for the import
 
-        path = self.context.version_dir / MODEL_FILE
+        path = self.context.model_path(MODEL_FILE)
         model: str | bytes = str(path)
         if not path.is_file():
             if not encrypted_path(path).is_file():
-                raise SpecError(f"{path}: missing; an onnx model's file is {MODEL_FILE}")
+                raise SpecError(f"{path}: missing; an onnx model's file is {path.name}")
             path = encrypted_path(path)
             model = self._decrypt(path)
         spec = self.context.spec
@@ -162,7 +162,7 @@ class OnnxRuntime:
 
     def _tensor(self, node: Any, batches: bool) -> TensorSpec:
         datatype = _ONNX_TYPES.get(node.type)
-        where = self.context.version_dir / MODEL_FILE
+        where = self.context.model_path(MODEL_FILE)
         if datatype is None:
             raise SpecError(f"{where}: tensor '{node.name}' has type {node.type}, not served")
         dims = [d if isinstance(d, int) and d > 0 else -1 for d in (node.shape or [])]

@@ -115,7 +115,7 @@ class TensorflowRuntime:
 
     def load(self) -> None:
         spec = self.context.spec
-        where = self.context.version_dir
+        where = self.context.model_path("")  # the version folder, unless model_file says
         if not any((where / name).is_file() for name in SAVED_MODEL_FILES):
             raise SpecError(
                 f"{where}: no saved_model.pb; a tensorflow model's version folder holds a "

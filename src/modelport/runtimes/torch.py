@@ -148,7 +148,11 @@ class TorchRuntime:
     def _find(self) -> ModelFile:
         folder = self.context.version_dir
         found: list[ModelFile] = []
-        for name, kind in MODEL_FILES.items():
+        named = self.context.spec.model_file
+        # A file named by model_file (Triton's default_model_filename) is TorchScript
+        # unless its suffix says otherwise, as Triton's pytorch backend reads it.
+        choices = {named: MODEL_FILES.get("model" + Path(named).suffix, TORCHSCRIPT)}
+        for name, kind in (choices if named else MODEL_FILES).items():
             plain = folder / name
             if plain.is_file():
                 found.append(ModelFile(plain, kind, False))

@@ -24,6 +24,7 @@ from modelport.core.runtime import RuntimeFactory
 from modelport.core.service import InferenceService, Peers
 from modelport.observability.gpus import Nvml, discover_gpus
 from modelport.runtimes.container import ContainerRuntime
+from modelport.runtimes.ensemble import EnsembleRuntime
 from modelport.runtimes.fake import FakeRuntime
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.runtimes.python import PythonRuntime
@@ -51,6 +52,7 @@ from modelport.tasks.store import TaskStore, sqlite_url
 from modelport.tasks.worker import TaskWorker, make_slots
 
 RUNTIMES: dict[str, RuntimeFactory] = {
+    "ensemble": EnsembleRuntime,
     "onnx": OnnxRuntime,
     "python": PythonRuntime,
     "fake": FakeRuntime,

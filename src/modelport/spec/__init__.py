@@ -32,6 +32,7 @@ from modelport.spec.backends import (
     RemoteSpec,
 )
 from modelport.spec.base import Strict as _Strict
+from modelport.spec.ensemble import ENSEMBLE_RUNTIME, EnsembleSpec, EnsembleStep
 from modelport.spec.tensors import (
     CODECS,
     ClassificationSpec,
@@ -43,12 +44,15 @@ from modelport.spec.tensors import (
 __all__ = [
     "CODECS",
     "CONTAINER_RUNTIME",
+    "ENSEMBLE_RUNTIME",
     "REMOTE_SCHEMES",
     "SPEC_FILE",
     "BatchingSpec",
     "ClassificationSpec",
     "ContainerSpec",
     "DetectionsSpec",
+    "EnsembleSpec",
+    "EnsembleStep",
     "ImageSpec",
     "InstancesSpec",
     "ModelSpec",
@@ -134,9 +138,12 @@ class VersionPolicy(_Strict):
 class WarmupSpec(_Strict):
     """Requests run before the model reports ready. ``inputs`` maps a name to 'random',
     'zeros', a literal nested list, or ``{file: path}`` (in the model's folder: ``.npy``, or
-    raw bytes); ``batch_size`` rows each; repeated ``count`` times."""
+    raw bytes); ``batch_size`` rows each; repeated ``count`` times. ``shapes`` gives an
+    input's sample shape (batch excluded) where its declared one has -1 dimensions
+    (Triton's ``model_warmup`` ``dims``)."""
 
     inputs: dict[str, Any] = Field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
     batch_size: int = Field(default=1, ge=1)
     count: int = Field(default=1, ge=1, le=1000)
 
@@ -163,6 +170,13 @@ class ModelSpec(_Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
     remote: RemoteSpec | None = Field(default=None, validate_default=True)
     container: ContainerSpec | None = Field(default=None, validate_default=True)
+    ensemble: EnsembleSpec | None = Field(default=None, validate_default=True)
+    # The model's file (or folder) in each version folder when it is not the runtime's
+    # usual name (Triton's default_model_filename).
+    model_file: str = ""
+    # Triton's platform name to report (a config.pbtxt's platform or backend); "" for
+    # the runtime's own.
+    platform: str = ""
 
     @field_validator("remote")
     @classmethod
@@ -184,6 +198,28 @@ class ModelSpec(_Strict):
             raise ValueError(
                 f"only a runtime: container model has one; this model's is {runtime!r}"
             )
+        return value
+
+    @field_validator("model_file")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError(f"a file or folder name inside the version folder, got {value!r}")
+        return value
+
+    @field_validator("ensemble")
+    @classmethod
+    def _ensemble_fits(cls, value: EnsembleSpec | None, info: ValidationInfo) -> Any:
+        runtime = info.data.get("runtime")
+        if runtime == ENSEMBLE_RUNTIME and value is None:
+            raise ValueError("runtime: ensemble needs an 'ensemble' section with its 'step' list")
+        if runtime != ENSEMBLE_RUNTIME and value is not None:
+            raise ValueError(f"only a runtime: ensemble model has one; this model's is {runtime!r}")
+        if value is not None:
+            inputs, outputs = info.data.get("inputs") or (), info.data.get("outputs") or ()
+            if not inputs or not outputs:
+                raise ValueError("an ensemble declares its 'inputs' and 'outputs'")
+            value.ordered([t.name for t in inputs], [t.name for t in outputs])
         return value
 
     @property

@@ -82,11 +82,18 @@ class ClassificationSpec(_Strict):
 
 
 class TensorSpec(_Strict):
-    """One named input or output. ``shape`` excludes the batch dimension; -1 is variable."""
+    """One named input or output. ``shape`` excludes the batch dimension; -1 is variable.
+    ``reshape`` is the shape the model itself takes or gives, where it differs (Triton's
+    ``reshape``); an ``optional`` input may be left out of a request; ``labels`` name an
+    output's classes (a list, or a file in the model's folder, one label a line), for
+    Triton's classification extension."""
 
     name: str = Field(min_length=1)
     datatype: str
     shape: tuple[int, ...] = ()
+    reshape: tuple[int, ...] | None = None
+    optional: bool = False
+    labels: tuple[str, ...] | str = ()
     codec: str | None = None
     description: str = ""
     image: ImageSpec | None = None
@@ -101,10 +108,10 @@ class TensorSpec(_Strict):
             raise ValueError(f"expected one of {', '.join(DATATYPES)}, got {value!r}")
         return upper
 
-    @field_validator("shape")
+    @field_validator("shape", "reshape")
     @classmethod
-    def _valid_dims(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(d < -1 or d == 0 for d in value):
+    def _valid_dims(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and any(d < -1 or d == 0 for d in value):
             raise ValueError("dimensions are positive integers, or -1 for a variable one")
         return value
 

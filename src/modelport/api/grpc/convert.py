@@ -224,7 +224,17 @@ def model_config(config: TritonConfig) -> config_pb.ModelConfig:
     """Triton's model configuration as its protobuf message."""
 
     def tensors(items: tuple[ConfigTensor, ...], kind: Any) -> list[Any]:
-        return [kind(name=t.name, data_type=t.data_type, dims=t.dims) for t in items]
+        out = []
+        for t in items:
+            message = kind(name=t.name, data_type=t.data_type, dims=t.dims)
+            if t.reshape is not None:
+                message.reshape.shape.extend(t.reshape)
+            if t.optional:
+                message.optional = True
+            if t.label_filename:
+                message.label_filename = t.label_filename
+            out.append(message)
+        return out
 
     group = config.instance_group
     message = config_pb.ModelConfig(
@@ -241,6 +251,7 @@ def model_config(config: TritonConfig) -> config_pb.ModelConfig:
                 gpus=group.gpus,
             )
         ],
+        default_model_filename=config.default_model_filename,
     )
     policy = config.version_policy
     if policy.choice is VersionChoice.ALL:
@@ -255,8 +266,28 @@ def model_config(config: TritonConfig) -> config_pb.ModelConfig:
         message.dynamic_batching.max_queue_delay_microseconds = (
             batching.max_queue_delay_microseconds
         )
+        if batching.max_queue_size:
+            message.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
     for key, text in config.parameters.items():
         message.parameters[key].string_value = text
+    for sample in config.model_warmup:
+        warmup = message.model_warmup.add(batch_size=sample.batch_size, count=sample.count)
+        for item in sample.inputs:
+            entry = warmup.inputs[item.name]
+            if item.data_type:
+                entry.data_type = config_pb.DataType.Value(item.data_type)
+            entry.dims.extend(item.dims)
+            if item.source == "input_data_file":
+                entry.input_data_file = item.file
+            else:
+                setattr(entry, item.source, True)
+    for step in config.ensemble_steps:
+        message.ensemble_scheduling.step.add(
+            model_name=step.model_name,
+            model_version=step.model_version,
+            input_map=step.input_map,
+            output_map=step.output_map,
+        )
     return message
 
 

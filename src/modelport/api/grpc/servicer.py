@@ -41,7 +41,13 @@ from modelport.protos import grpc_service_pb2_grpc as pb_grpc
 
 MODEL_ID = "model-id"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-EXTENSIONS = ["model_repository", "statistics", "model_configuration", "parameters"]
+EXTENSIONS = [
+    "model_repository",
+    "statistics",
+    "model_configuration",
+    "parameters",
+    "classification",
+]
 # Requests of one stream in flight at once; past it, the stream is read no further
 # until the oldest is answered (HTTP/2 flow control then holds the client back).
 STREAM_WINDOW = 64

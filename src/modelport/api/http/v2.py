@@ -21,7 +21,7 @@ from modelport.codecs.compression import ENCODINGS, InflatedTooLarge, inflate
 from modelport.codecs.v2_json import DecodedRequest, decode_request, encode_response
 from modelport.core.service import InferenceService
 from modelport.core.stats import Duration, ModelStats
-from modelport.core.triton_config import ConfigTensor, TritonConfig
+from modelport.core.triton_config import TritonConfig, triton_json
 from modelport.errors import InvalidInput, ModelportError, TooLarge, Unsupported
 from modelport.numbers import natural, parse_seconds, shown
 from modelport.spec import TensorSpec
@@ -34,6 +34,7 @@ EXTENSIONS = [
     "model_configuration",
     "parameters",
     "system_shared_memory",
+    "classification",
 ]
 HEADER_LENGTH = "inference-header-content-length"
 # Seconds the client waits (KServe v2 HTTP): a request still queued after them is
@@ -189,31 +190,9 @@ def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
 
 
 def config_json(config: TritonConfig) -> dict[str, Any]:
-    """Triton's model configuration as its HTTP API answers it (the fields Triton's
-    clients read, and modelport's own model.yaml under ``modelport``)."""
-
-    def tensors(items: tuple[ConfigTensor, ...]) -> list[dict[str, Any]]:
-        return [{"name": t.name, "dims": list(t.dims), "data_type": t.data_type} for t in items]
-
-    batching = config.dynamic_batching
-    return {
-        "name": config.name,
-        "platform": config.platform,
-        "backend": config.backend,
-        "max_batch_size": config.max_batch_size,
-        "input": tensors(config.inputs),
-        "output": tensors(config.outputs),
-        "instance_group": [
-            {"count": config.instance_group.count, "kind": config.instance_group.kind.value}
-        ],
-        "dynamic_batching": {
-            "preferred_batch_size": list(batching.preferred_batch_size),
-            "max_queue_delay_microseconds": batching.max_queue_delay_microseconds,
-        }
-        if batching is not None
-        else None,
-        "modelport": config.spec.model_dump(mode="json"),
-    }
+    """Triton's model configuration as its HTTP API answers it (:func:`triton_json`),
+    and modelport's own spec of the model under ``modelport``."""
+    return {**triton_json(config), "modelport": config.spec.model_dump(mode="json")}
 
 
 def _duration(d: Duration) -> dict[str, int]:
