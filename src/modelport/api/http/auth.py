@@ -4,7 +4,8 @@
 every route is checked before it runs; ``fastpath.py``'s protocol, which answers infer
 requests before any ASGI app, is given :meth:`AuthMiddleware.admit` to check them
 with. Failures answer ``{"error": ...}``: 401 with
-``WWW-Authenticate: Bearer``, 403 naming the scope needed, 429 with ``Retry-After``.
+``WWW-Authenticate: Bearer``, 403 naming the scope needed, 429 with ``Retry-After``,
+each with the security headers (``asgi.SECURITY_HEADERS``).
 A compat listener's middleware is given its API's own route needs, error shape and
 listener rules (``server/listeners.py``).
 """
@@ -14,7 +15,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from modelport.api.http.asgi import Answer, ASGIApp, Receive, Scope, Send, send_answer
+from modelport.api.http.asgi import (
+    SECURITY_HEADERS,
+    Answer,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    send_answer,
+)
 from modelport.api.http.errors import error_parts
 from modelport.api.http.tasks import PREFIX as TASKS_PREFIX
 from modelport.errors import ModelportError
@@ -97,7 +106,10 @@ class AuthMiddleware:
         try:
             grant = self.admit(scope)
         except ModelportError as exc:
-            await send_answer(send, Answer(*self.errors(exc)))
+            # Answered before the app, whose middleware adds the security headers to
+            # every other answer: added here.
+            status, body, headers = self.errors(exc)
+            await send_answer(send, Answer(status, body, [*headers, *SECURITY_HEADERS]))
             return
         try:
             await self.app(scope, receive, send)

@@ -61,14 +61,23 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(
+    *statuses: int, body: dict[str, Any] = ERROR_SCHEMA
+) -> dict[int | str, dict[str, Any]]:
     """What a route's ``responses=`` lists for the error statuses it may answer, each with
-    the ``{"error": ...}`` body, so the OpenAPI document (and clients generated from it)
-    know them."""
+    the ``{"error": ...}`` body (``body``: a compat API's own), so the OpenAPI document
+    (and clients generated from it) know them."""
     return {
         status: {
-            "description": HTTPStatus(status).phrase,
-            "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            "description": _phrase(status),
+            "content": {"application/json": {"schema": body}},
         }
         for status in statuses
     }
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a compat API's own code (the zip-task cluster server's 55x)
+        return f"HTTP {status}"

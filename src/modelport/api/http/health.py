@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Response
 
+from modelport.api.http.openapi import answers
 from modelport.core.entries import ModelState
 from modelport.core.service import InferenceService
 from modelport.tasks.service import TaskService
@@ -33,6 +34,25 @@ CHECK_TIMEOUT_S = 2.0
 MIN_FREE_BYTES = 64 * 2**20  # below this, task uploads and outputs start failing
 HEALTH_ROUTES = ("/health", "/healthz", "/readyz")
 LIVE_ROUTE = "/livez"
+# What /health answers, healthy (200) or not (503).
+REPORT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "failing"]},
+        "failing": {"type": "array", "items": {"type": "string"}},
+        "checks": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {"ok": {"type": "boolean"}},
+                "required": ["ok"],
+            },
+        },
+    },
+    "required": ["status", "failing", "checks"],
+}
+REPORT = answers("application/json", REPORT_SCHEMA)
+LIVE_SCHEMA = {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,10 +92,18 @@ def build_health_router(service: InferenceService, sources: HealthSources) -> AP
 
     for path in HEALTH_ROUTES:
         router.add_api_route(
-            path, report, methods=["GET"], summary="Health: each check, 200 or 503"
+            path,
+            report,
+            methods=["GET"],
+            summary="Health: each check, 200 or 503",
+            responses={200: REPORT, 503: {"description": "A check failed", **REPORT}},
         )
 
-    @router.get(LIVE_ROUTE, summary="Liveness: 200 while the process answers")
+    @router.get(
+        LIVE_ROUTE,
+        summary="Liveness: 200 while the process answers",
+        responses={200: answers("application/json", LIVE_SCHEMA)},
+    )
     async def live() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 

@@ -28,7 +28,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 
-from modelport.api.http.errors import error_response
+from modelport.api.http.bodies import PredictRequest
+from modelport.api.http.errors import ERROR_SCHEMA, error_response, error_responses
+from modelport.api.http.openapi import json_body
 from modelport.core.entries import LoadedVersion
 from modelport.core.friendly import FriendlyPredictor, PredictCall
 from modelport.core.service import InferenceService
@@ -39,6 +41,53 @@ from modelport.spec import TensorSpec
 PARAMETERS = ("score_threshold", "top_k")
 SAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 IMAGE_TYPES = ("image/", "application/octet-stream")
+
+# What the predict routes take besides JSON: a form with a file per image input (or
+# ``file`` when the model has one), or the bytes of one image as the body.
+_FILE = {"type": "string", "format": "binary"}
+_PREDICT_FORM = {
+    "type": "object",
+    "description": "a file per image input, named after it (or 'file' for a model with "
+    "one input), other inputs as text fields, and the parameters",
+    "properties": {
+        "file": _FILE,
+        "score_threshold": {"type": "number"},
+        "top_k": {"type": "integer"},
+    },
+}
+_IMAGE = {"schema": _FILE}
+PREDICT_BODY = json_body(
+    PredictRequest,
+    also={
+        "multipart/form-data": {"schema": _PREDICT_FORM},
+        "image/*": _IMAGE,
+        "application/octet-stream": _IMAGE,
+    },
+)
+PREDICT_ERRORS = error_responses(400, 404, 413, 500, 501, 503)
+# The detector server's route: form fields model_type and file; its errors' own body.
+_DETECTOR_FORM = {
+    "type": "object",
+    "properties": {"model_type": {"type": "string", "minLength": 1}, "file": _FILE},
+    "required": ["model_type", "file"],
+}
+_DETECTOR_ERROR = {
+    "type": "object",
+    "properties": {"success": {"const": False}, **ERROR_SCHEMA["properties"]},
+    "required": ["success", "error"],
+}
+DETECTOR_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": _DETECTOR_FORM}},
+    }
+}
+# (A body over the limit is refused before the route runs, in modelport's own shape.)
+DETECTOR_ERRORS = {
+    **error_responses(400, 404, 500, 503, body=_DETECTOR_ERROR),
+    **error_responses(413),
+}
+SAMPLE = {"content": {"image/*": _IMAGE}}
 
 
 # -- describing models for the page -------------------------------------------------------
@@ -206,11 +255,20 @@ def build_predict_router(service: InferenceService, max_body: int) -> APIRouter:
         names = sorted({r.name for r in service.index()})
         return _json({"models": [model_summary(service, n) for n in names]})
 
-    @router.get("/api/models/{model}", summary="A model's signature, labels and samples")
+    @router.get(
+        "/api/models/{model}",
+        summary="A model's signature, labels and samples",
+        responses=error_responses(400, 404, 503),
+    )
     async def describe(model: str, version: str = "") -> Response:
         return _json(model_card(service, model, version))
 
-    @router.get("/api/models/{model}/samples/{sample}", summary="A sample input file")
+    @router.get(
+        "/api/models/{model}/samples/{sample}",
+        summary="A sample input file",
+        response_class=Response,
+        responses={200: SAMPLE, **error_responses(404)},
+    )
     async def sample(model: str, sample: str) -> Response:
         found = {p.name: p for p in _samples(service, model)}.get(sample)
         if found is None:
@@ -221,6 +279,8 @@ def build_predict_router(service: InferenceService, max_body: int) -> APIRouter:
     @router.post(
         "/api/models/{model}/predict",
         summary="Run a model on files or JSON; readable answers (boxes, labels)",
+        openapi_extra=PREDICT_BODY,
+        responses=PREDICT_ERRORS,
     )
     async def predict(model: str, request: Request, version: str = "") -> Response:
         if over_limit(request):
@@ -234,6 +294,8 @@ def build_predict_router(service: InferenceService, max_body: int) -> APIRouter:
     @detector_server.post(
         "/predictor/",
         summary="The FastAPI + Redis detector server's route: form fields model_type, file",
+        openapi_extra=DETECTOR_BODY,
+        responses=DETECTOR_ERRORS,
     )
     async def predictor_compat(request: Request) -> Response:
         failed = {"success": False}

@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
 
+from modelport.api.http.bodies import SharedMemoryRegisterRequest
 from modelport.api.http.errors import error_responses
+from modelport.api.http.openapi import Responses, answers, json_body
 from modelport.core.service import InferenceService
 from modelport.core.shared_memory import RegionStatus, refuse_cuda
 from modelport.errors import InvalidInput
 
 SYSTEM = "/v2/systemsharedmemory"
+_REGION = {
+    "type": "object",
+    "required": ["name", "key", "offset", "byte_size"],
+    "properties": {
+        "name": {"type": "string"},
+        "key": {"type": "string"},
+        "offset": {"type": "integer"},
+        "byte_size": {"type": "integer"},
+    },
+}
+_STATUS: Responses = {200: answers("application/json", {"type": "array", "items": _REGION})}
+_DONE: Responses = {200: answers("application/json", {"type": "object"})}
 CUDA = "/v2/cudasharedmemory"
-
-
-class RegisterBody(BaseModel):
-    """What ``register_system_shared_memory`` posts."""
-
-    key: str = Field(description="the POSIX shared memory object, e.g. '/input_data'")
-    offset: int = Field(default=0, ge=0)
-    byte_size: int = Field(gt=0)
 
 
 def _status_json(regions: list[RegionStatus]) -> Response:
@@ -38,10 +43,10 @@ def _status_json(regions: list[RegionStatus]) -> Response:
     )
 
 
-async def _register_body(request: Request) -> RegisterBody:
+async def _register_body(request: Request) -> SharedMemoryRegisterRequest:
     body = await request.body()
     try:
-        return RegisterBody.model_validate_json(body or b"{}")
+        return SharedMemoryRegisterRequest.model_validate_json(body or b"{}")
     except ValueError as exc:
         raise InvalidInput(
             'register needs a JSON body {"key": "/name", "offset": 0, "byte_size": N}: '
@@ -53,14 +58,14 @@ def build_shared_memory_router(service: InferenceService) -> APIRouter:
     router = APIRouter(tags=["shared memory (Triton)"])
     memory = service.shared_memory
 
-    @router.get(f"{SYSTEM}/status", summary="Every registered region")
+    @router.get(f"{SYSTEM}/status", summary="Every registered region", responses=_STATUS)
     async def status_all() -> Response:
         return _status_json(memory.status())
 
     @router.get(
         f"{SYSTEM}/region/{{region}}/status",
         summary="One registered region",
-        responses=error_responses(404),
+        responses={**_STATUS, **error_responses(404)},
     )
     async def status_one(region: str) -> Response:
         return _status_json(memory.status(region))
@@ -68,13 +73,8 @@ def build_shared_memory_router(service: InferenceService) -> APIRouter:
     @router.post(
         f"{SYSTEM}/region/{{region}}/register",
         summary="Map a region of a POSIX shared memory object",
-        responses=error_responses(400, 403, 409),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": RegisterBody.model_json_schema()}},
-            }
-        },
+        responses={**_DONE, **error_responses(400, 403, 409, 503)},
+        openapi_extra=json_body(SharedMemoryRegisterRequest),
     )
     async def register(region: str, request: Request) -> Response:
         body = await _register_body(request)
@@ -82,7 +82,9 @@ def build_shared_memory_router(service: InferenceService) -> APIRouter:
         return Response(b"{}", media_type="application/json")
 
     @router.post(
-        f"{SYSTEM}/unregister", summary="Forget every region", responses=error_responses(403)
+        f"{SYSTEM}/unregister",
+        summary="Forget every region",
+        responses={**_DONE, **error_responses(403, 503)},
     )
     async def unregister_all() -> Response:
         await service.unregister_region()
@@ -91,7 +93,7 @@ def build_shared_memory_router(service: InferenceService) -> APIRouter:
     @router.post(
         f"{SYSTEM}/region/{{region}}/unregister",
         summary="Forget one region",
-        responses=error_responses(403),
+        responses={**_DONE, **error_responses(403, 503)},
     )
     async def unregister_one(region: str) -> Response:
         await service.unregister_region(region)

@@ -18,6 +18,8 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
+from modelport.api.http.errors import error_responses
+from modelport.api.http.openapi import answers
 from modelport.api.http.uploads import read_form
 from modelport.api.http.workers import WorkerLister
 from modelport.errors import Forbidden, InvalidInput
@@ -28,6 +30,32 @@ from modelport.tasks.spool import Spool
 
 PREFIX = "/api/tasks"
 NO_IMAGES = AllowList((), "model_images")
+# What POST /api/tasks takes, as the OpenAPI document shows it.
+SUBMISSION_FORM: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "description": "a container model"},
+        "version": {"type": "string", "description": "its version (default: the latest)"},
+        "parameters": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "a JSON object, given to the container",
+        },
+        "files": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "one zip, or the input files (any field name)",
+        },
+    },
+    "required": ["model"],
+}
+BINARY = {"type": "string", "format": "binary"}
+SUBMISSION = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": SUBMISSION_FORM}},
+    }
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,7 +129,13 @@ def build_tasks_router(routes: TaskRoutes) -> APIRouter:
     tasks = routes.service
     router = APIRouter(prefix=PREFIX, tags=["tasks"], dependencies=[Depends(routes.check_open)])
 
-    @router.post("", status_code=202, summary="Submit a task: a zip or files, for a model")
+    @router.post(
+        "",
+        status_code=202,
+        summary="Submit a task: a zip or files, for a model",
+        openapi_extra=SUBMISSION,
+        responses=error_responses(400, 404, 413, 503),
+    )
     async def submit(request: Request) -> Response:
         async with read_form(request, limit=routes.max_upload_bytes, spool=routes.spool) as form:
             model = form.fields.get("model", "")
@@ -115,7 +149,7 @@ def build_tasks_router(routes: TaskRoutes) -> APIRouter:
             )
         return _json(task_json(record), 202, {"location": f"{PREFIX}/{record.id}"})
 
-    @router.get("", summary="List tasks, newest first")
+    @router.get("", summary="List tasks, newest first", responses=error_responses(400))
     async def list_tasks(
         *, model: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
     ) -> Response:
@@ -141,20 +175,34 @@ def build_tasks_router(routes: TaskRoutes) -> APIRouter:
             }
         )
 
-    @router.get("/{task_id}", summary="A task's status")
+    @router.get("/{task_id}", summary="A task's status", responses=error_responses(404))
     async def get_task(task_id: str) -> Response:
         return _json(task_json(await tasks.get(task_id)))
 
-    @router.get("/{task_id}/output", summary="A succeeded task's output zip")
+    @router.get(
+        "/{task_id}/output",
+        summary="A succeeded task's output zip",
+        response_class=Response,
+        responses={200: answers("application/zip", BINARY), **error_responses(404, 409)},
+    )
     async def get_output(task_id: str) -> Response:
         return await output_response(tasks, task_id)
 
-    @router.get("/{task_id}/logs", summary="A task's container log, streamed while it runs")
+    @router.get(
+        "/{task_id}/logs",
+        summary="A task's container log, streamed while it runs",
+        response_class=Response,
+        responses={200: answers("text/plain", {"type": "string"}), **error_responses(400, 404)},
+    )
     async def get_logs(task_id: str, follow: bool = True) -> Response:
         await tasks.get(task_id)  # an unknown task is a 404, before the stream starts
         return StreamingResponse(tasks.logs(task_id, follow), media_type="text/plain")
 
-    @router.delete("/{task_id}", summary="Cancel a task (its container is stopped)")
+    @router.delete(
+        "/{task_id}",
+        summary="Cancel a task (its container is stopped)",
+        responses=error_responses(404, 409),
+    )
     async def cancel(task_id: str) -> Response:
         return _json(task_json(await tasks.cancel(task_id)))
 

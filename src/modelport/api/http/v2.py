@@ -16,7 +16,9 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from modelport.api.http.bodies import RepositoryIndexRequest, RepositoryLoadRequest, V2InferRequest
 from modelport.api.http.errors import error_parts, error_responses
+from modelport.api.http.openapi import Responses, answers, json_body
 from modelport.codecs.compression import ENCODINGS, InflatedTooLarge, inflate
 from modelport.codecs.v2_json import DecodedRequest, decode_request, encode_response
 from modelport.core.service import InferenceService
@@ -40,18 +42,16 @@ HEADER_LENGTH = "inference-header-content-length"
 # Seconds the client waits (KServe v2 HTTP): a request still queued after them is
 # dropped with 504.
 HEADER_TIMEOUT = "request-timeout"
-# The infer route reads its body raw; this tells the OpenAPI page what it takes.
-_INFER_EXAMPLE = {"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
-_INFER_BODY_DOC = {
-    "requestBody": {
-        "content": {
-            "application/json": {
-                "schema": {"type": "object", "example": {"inputs": [_INFER_EXAMPLE]}}
-            },
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        }
-    }
+# The infer route reads its body raw; this tells the OpenAPI page what it takes: the JSON
+# request, or (Triton's binary tensor data) its JSON part, of HEADER_LENGTH bytes, and the
+# tensors' bytes after it.
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_INFER_BODY_DOC = json_body(V2InferRequest, also={"application/octet-stream": _BINARY})
+_INFER_ANSWER = {
+    "content": {"application/json": {"schema": {}}, "application/octet-stream": _BINARY}
 }
+# Health and readiness answer with a status and no body.
+_NO_BODY: Responses = {200: answers(None), 503: {"description": "Not live, or not ready"}}
 
 # A compressed body up to this size is inflated on the event loop: deflate tops out near
 # 1032:1, so that is at most about a megabyte of output, a millisecond's work. A larger
@@ -230,8 +230,9 @@ def stats_json(name: str, version: str, s: ModelStats) -> dict[str, Any]:
     }
 
 
-# A model route's errors: a bad version (400), no such model or version (404).
-MODEL_ERRORS = error_responses(400, 404)
+# A model route's errors: a bad version (400), no such model or version (404), a model
+# that is not loaded (503).
+MODEL_ERRORS = error_responses(400, 404, 503)
 
 
 def build_router(service: InferenceService, max_body: int) -> APIRouter:
@@ -242,11 +243,16 @@ def build_router(service: InferenceService, max_body: int) -> APIRouter:
     async def server_metadata() -> Response:
         return _json({"name": service.name, "version": service.version, "extensions": EXTENSIONS})
 
-    @router.get("/v2/health/live", summary="Liveness")
+    @router.get("/v2/health/live", summary="Liveness", response_class=Response, responses=_NO_BODY)
     async def live() -> Response:
         return Response(status_code=200 if service.live() else 503)
 
-    @router.get("/v2/health/ready", summary="Readiness: every model has finished loading")
+    @router.get(
+        "/v2/health/ready",
+        summary="Readiness: every model has finished loading",
+        response_class=Response,
+        responses=_NO_BODY,
+    )
     async def ready() -> Response:
         return Response(status_code=200 if service.ready() else 503)
 
@@ -258,7 +264,8 @@ def build_router(service: InferenceService, max_body: int) -> APIRouter:
     @router.post(
         "/v2/repository/index",
         summary="Every model in the repository and its state",
-        responses=error_responses(400),
+        openapi_extra=json_body(RepositoryIndexRequest, required=False),
+        responses=error_responses(400, 413),
     )
     async def repository_index(request: Request) -> Response:
         body = await request.body()
@@ -285,7 +292,8 @@ def build_router(service: InferenceService, max_body: int) -> APIRouter:
     @router.post(
         "/v2/repository/models/{model}/load",
         summary="Load or reload a model",
-        responses=error_responses(400, 404, 501, 503),
+        openapi_extra=json_body(RepositoryLoadRequest, required=False),
+        responses=error_responses(400, 404, 413, 501, 503),
     )
     async def load(model: str, request: Request) -> Response:
         body = await request.body()
@@ -294,7 +302,10 @@ def build_router(service: InferenceService, max_body: int) -> APIRouter:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise InvalidInput("body must be JSON") from None
-            if isinstance(doc, dict) and (doc.get("parameters") or {}).get("config"):
+            parameters = doc.get("parameters") if isinstance(doc, dict) else None
+            if parameters is not None and not isinstance(parameters, dict):
+                raise InvalidInput("'parameters' must be a JSON object")
+            if parameters and parameters.get("config"):
                 raise Unsupported(
                     "loading with an override config is not supported; "
                     "edit the model's model.yaml and load again"
@@ -332,7 +343,12 @@ def _model_routes(
             }
         )
 
-    @router.get(prefix + "/ready", summary="Model readiness", responses=MODEL_ERRORS)
+    @router.get(
+        prefix + "/ready",
+        summary="Model readiness",
+        response_class=Response,
+        responses={**error_responses(400, 404), **_NO_BODY},
+    )
     async def model_ready(model: str, version: str = "") -> Response:
         ok = service.model_ready(model, version)
         return Response(status_code=200 if ok else 503)
@@ -358,7 +374,10 @@ def _model_routes(
         prefix + "/infer",
         summary="Run inference (JSON tensors, or JSON + binary tensor data)",
         openapi_extra=_INFER_BODY_DOC,
-        responses=error_responses(400, 404, 413, 429, 503),
+        responses={
+            200: _INFER_ANSWER,
+            **error_responses(400, 404, 409, 413, 429, 500, 501, 503, 504),
+        },
     )
     async def infer_route(model: str, request: Request, version: str = "") -> Response:
         status, body, headers = await infer(

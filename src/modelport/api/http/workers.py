@@ -7,13 +7,15 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from modelport.api.http.errors import error_responses
+
 WorkerLister = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 
 def build_workers_router(lister: WorkerLister | None) -> APIRouter:
     router = APIRouter(tags=["workers"])
 
-    @router.get("/api/workers")
+    @router.get("/api/workers", responses=error_responses(503))
     async def list_workers() -> dict[str, Any]:
         """Each live worker: its id, role, host, the models it hosts online (with their
         versions), its container models, task slots and running tasks, and when it last

@@ -37,7 +37,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 
 from modelport.api.http.docs import DOCS_PATH, add_docs
-from modelport.api.http.errors import error_parts
+from modelport.api.http.errors import ERROR_SCHEMA, error_parts, error_responses
+from modelport.api.http.openapi import DocumentedApp, Responses, answers, key_refusals
 from modelport.api.http.tasks import TaskRoutes, output_response
 from modelport.api.http.uploads import Form, read_form
 from modelport.errors import Conflict, InvalidInput, ModelNotFound, ModelportError, Unauthenticated
@@ -51,6 +52,79 @@ HELLO = {"message": "Hello world - Welcome to the public database API"}
 PAGE_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+# Its answers' shapes, for the OpenAPI document: FastAPI's {"detail": ...} for errors
+# (a list for 422, as FastAPI words a missing field), {"detail": {"detail": ...}} for
+# the codes relayed from upstream's private API, and a model as its database row.
+_TEXT, _FLAG = {"type": "string"}, {"type": "boolean"}
+DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+FIELD_ERRORS = {
+    "type": "object",
+    "properties": {
+        "detail": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string"},
+                    "loc": {"type": "array", "items": {"type": "string"}},
+                    "msg": {"type": "string"},
+                    "input": {},
+                },
+                "required": ["type", "loc", "msg"],
+            },
+        }
+    },
+    "required": ["detail"],
+}
+RELAYED = {
+    "type": "object",
+    "properties": {"detail": DETAIL},
+    "required": ["detail"],
+}
+MODEL_ROW = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "uid": {"type": "string"},
+        "human_readable_id": {"type": "string"},
+        "description": {"type": ["string", "null"]},
+        "container_tag": {"type": "string"},
+        "use_gpu": {"type": "boolean"},
+        "model_available": {"type": "boolean"},
+        "model_volume_id": {"type": ["string", "null"]},
+        "model_zip": {"type": "null"},
+    },
+    "required": ["uid", "human_readable_id", "container_tag"],
+}
+_ZIP = {"type": "string", "format": "binary"}
+HELLO_SCHEMA = {"type": "object", "properties": {"message": _TEXT}, "required": ["message"]}
+
+
+def _query(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+def _form(**fields: dict[str, Any]) -> dict[str, Any]:
+    """A body of the query's fields again (taken from the form too), and files."""
+    schema = {"type": "object", "properties": fields}
+    return {"requestBody": {"content": {"multipart/form-data": {"schema": schema}}}}
+
+
+POST_MODEL = {
+    "parameters": [
+        _query("container_tag", _TEXT, required=True),
+        _query("human_readable_id", {"type": "string", "minLength": 1}, required=True),
+        _query("description", _TEXT),
+        _query("model_available", _FLAG),
+        _query("use_gpu", _FLAG),
+    ],
+    **_form(zip_file=_ZIP),
+}
+POST_TASK = {
+    "parameters": [_query("model_human_readable_id", _TEXT, required=True)],
+    **_form(zip_file=_ZIP),
+}
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -167,23 +241,45 @@ def _model_files(values: dict[str, str], static: Upload | None) -> bool:
     return said
 
 
+def _errors(*statuses: int) -> Responses:
+    return error_responses(*statuses, body=DETAIL)
+
+
 def build_inference_server_router(routes: TaskRoutes, prefix: str = "") -> APIRouter:
     """The API under ``prefix`` ("" at the root of its own listener)."""
     tasks = routes.service
+    # A call refused here (task calls without keys, an image not allowed) is answered in
+    # this API's shape; under the main port's prefix, its key middleware's refusals are
+    # answered in modelport's.
+    refused = DETAIL if not prefix else {"anyOf": [DETAIL, ERROR_SCHEMA]}
     router = APIRouter(
         prefix=prefix.rstrip("/"),
         tags=["compat: zip-task cluster server"],
         route_class=_UpstreamErrors,
+        responses=error_responses(403, body=refused),
     )
 
     # Task calls refused where the guard would refuse them, when there is none (auth off).
     checked = [Depends(routes.check_open)]
 
-    @router.get("/", summary="Hello world")
+    @router.get(
+        "/",
+        summary="Hello world",
+        responses={200: answers("application/json", HELLO_SCHEMA)},
+    )
     async def hello() -> Response:
         return _json(HELLO)
 
-    @router.post("/api/models/", summary="Add a container model (when the operator allows)")
+    @router.post(
+        "/api/models/",
+        summary="Add a container model (when the operator allows)",
+        openapi_extra=POST_MODEL,
+        responses={
+            200: answers("application/json", MODEL_ROW),
+            **_errors(400, 405, 409, 413),
+            422: error_responses(422, body=FIELD_ERRORS)[422],
+        },
+    )
     async def post_model(request: Request) -> Response:
         if not routes.allow_model_posting:
             why = (
@@ -210,12 +306,26 @@ def build_inference_server_router(routes: TaskRoutes, prefix: str = "") -> APIRo
             )
         return _json(model_json(model))
 
-    @router.get("/api/models/", summary="List the container models", dependencies=checked)
+    @router.get(
+        "/api/models/",
+        summary="List the container models",
+        dependencies=checked,
+        responses={200: answers("application/json", {"type": "array", "items": MODEL_ROW})},
+    )
     async def list_models() -> Response:
         return _json([model_json(m) for m in await tasks.container_models()])
 
     @router.post(
-        "/api/tasks/", summary="Submit a zip for a model; answers its uid", dependencies=checked
+        "/api/tasks/",
+        summary="Submit a zip for a model; answers its uid",
+        dependencies=checked,
+        openapi_extra=POST_TASK,
+        responses={
+            200: answers("application/json", {"type": "string"}),
+            **_errors(400, 413),
+            422: error_responses(422, body=FIELD_ERRORS)[422],
+            MODEL_NOT_FOUND: error_responses(MODEL_NOT_FOUND, body=DETAIL)[MODEL_NOT_FOUND],
+        },
     )
     async def post_task(request: Request) -> Response:
         async with read_form(request, limit=routes.max_upload_bytes, spool=routes.spool) as form:
@@ -228,7 +338,14 @@ def build_inference_server_router(routes: TaskRoutes, prefix: str = "") -> APIRo
         return _json(record.id)
 
     @router.get(
-        "/api/tasks/{uid}", summary="The output zip, or 551..554 while none", dependencies=checked
+        "/api/tasks/{uid}",
+        summary="The output zip, or 551..554 while none",
+        dependencies=checked,
+        response_class=Response,
+        responses={
+            200: answers("application/zip", _ZIP),
+            **error_responses(PENDING, FAILED, NO_OUTPUT, NOT_FOUND, body=RELAYED),
+        },
     )
     async def get_task(uid: str) -> Response:
         record = await tasks.get(uid)
@@ -243,7 +360,14 @@ def build_inference_server_router(routes: TaskRoutes, prefix: str = "") -> APIRo
             return _relayed(NO_OUTPUT, "Task finished, but its output zip is gone")
 
     @router.delete(
-        "/api/tasks/{uid}", summary="Cancel if needed, and delete a task", dependencies=checked
+        "/api/tasks/{uid}",
+        summary="Cancel if needed, and delete a task",
+        dependencies=checked,
+        responses={
+            200: answers("application/json", {"type": "string"}),
+            **_errors(409),
+            **error_responses(NOT_FOUND, body=RELAYED),
+        },
     )
     async def delete_task(uid: str) -> Response:
         await tasks.delete(uid)
@@ -254,7 +378,7 @@ def build_inference_server_router(routes: TaskRoutes, prefix: str = "") -> APIRo
 
 def build_inference_server_app(routes: TaskRoutes, *, version: str) -> FastAPI:
     """The API alone, for the root of a listener of its own (with ``/docs``)."""
-    app = FastAPI(
+    app = DocumentedApp(
         title="InferenceServer public API (modelport)",
         version=version,
         description="The zip-task cluster server's v1 API, served by modelport.",
@@ -262,5 +386,8 @@ def build_inference_server_app(routes: TaskRoutes, *, version: str) -> FastAPI:
         redoc_url=None,
     )
     add_docs(app)
-    app.include_router(build_inference_server_router(routes))
+    # At the root of its own listener, the key middleware answers in this API's shape,
+    # asking for HTTP Basic auth (server/listeners.py).
+    refusals = key_refusals(DETAIL, scheme="Basic")
+    app.include_router(build_inference_server_router(routes), responses=refusals)
     return app

@@ -18,7 +18,15 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from starlette.convertors import PathConvertor, register_url_convertor
 
+from modelport.api.http.bodies import (
+    TFServingColumnarRequest,
+    TFServingExamplesRequest,
+    TFServingRowRequest,
+)
+from modelport.api.http.errors import error_responses
+from modelport.api.http.openapi import json_body
 from modelport.codecs.tfserving_json import (
     DEFAULT_SIGNATURE,
     PREDICT_METHOD,
@@ -35,6 +43,25 @@ _PREDICT_PATH = re.compile(
     r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r":(?P<verb>[a-z]+)$"
 )
+
+
+# TF Serving's errors are {"error": ...} like modelport's: 400 a bad version or body, 404
+# an unknown model, version or label, 503 a model not loaded (or overloaded), 501 the
+# verbs not offered, 500 a model that failed while running.
+MODEL_ERRORS = error_responses(400, 404, 503)
+PREDICT_ERRORS = error_responses(400, 404, 413, 500, 501, 503)
+PREDICT_BODY = json_body(TFServingRowRequest, TFServingColumnarRequest, TFServingExamplesRequest)
+
+
+class _AnyPath(PathConvertor):
+    """The rest of a path, whatever it holds: the ``path`` convertor's ``.*`` stops at a
+    newline (``%0A``), and a model name with one then fell through to the GET routes'
+    405 instead of the predict route's 404."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("any_path", _AnyPath())
 
 
 def _json(data: Any) -> Response:
@@ -81,26 +108,26 @@ def build_tfserving_router(service: InferenceService) -> APIRouter:
 
     for suffix in ("", "/versions/{version}", "/labels/{label}"):
         prefix = "/v1/models/{model}" + suffix
-        router.add_api_route(prefix, status, methods=["GET"], summary="Model version status")
         router.add_api_route(
-            prefix + "/metadata", metadata, methods=["GET"], summary="Model signature metadata"
+            prefix,
+            status,
+            methods=["GET"],
+            summary="Model version status",
+            responses=MODEL_ERRORS,
+        )
+        router.add_api_route(
+            prefix + "/metadata",
+            metadata,
+            methods=["GET"],
+            summary="Model signature metadata",
+            responses=MODEL_ERRORS,
         )
 
     @router.post(
-        "/v1/models/{rest:path}",
+        "/v1/models/{rest:any_path}",
         summary="Predict: POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict",
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "example": {"instances": [[1.0, 2.0, 3.0, 4.0]]},
-                        }
-                    }
-                }
-            }
-        },
+        openapi_extra=PREDICT_BODY,
+        responses=PREDICT_ERRORS,
     )
     async def predict(rest: str, request: Request) -> Response:
         match = _PREDICT_PATH.match(rest)
