@@ -187,6 +187,74 @@ class Settings(BaseModel):
         description="let the torch runtime load pickled modules (model.pth, model.pkl); off "
         "because unpickling runs whatever code the file names",
     )
+    # -- the upstream servers' files and command lines (cli/tritonserver.py,
+    # cli/tensorflow_model_server.py; README "Drop-in for tritonserver and
+    # tensorflow_model_server") ------------------------------------------------------------
+    extra_repositories: tuple[str, ...] = Field(
+        default=(),
+        description="more repository folders served beside 'repository' (tritonserver's "
+        "repeated --model-repository); a model name in several is served from the first",
+    )
+    model_folders: tuple[str, ...] = Field(
+        default=(),
+        description="models served from folders of their own, 'NAME=PATH' each, the folder "
+        "holding the version folders (TF Serving's --model_name and --model_base_path)",
+    )
+    model_config_file: str = Field(
+        default="",
+        description="TF Serving's model_config_list text proto: each entry's model is served "
+        "from its base_path, with its version policy and labels",
+    )
+    model_config_poll_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="read model_config_file again this often and load or unload what changed "
+        "(0: read once)",
+    )
+    enable_batching: bool = Field(
+        default=False,
+        description="batch the models of model_folders and model_config_file with TF "
+        "Serving's batching parameters (batching_parameters_file, else its defaults)",
+    )
+    batching_parameters_file: str = Field(
+        default="", description="TF Serving's BatchingParameters text proto (enable_batching)"
+    )
+    tensorflow_intra_op_parallelism: int | None = Field(
+        default=None,
+        ge=0,
+        description="TensorFlow's intra-op threads for the models of model_folders and "
+        "model_config_file (0: TensorFlow chooses; default: each model's threads)",
+    )
+    tensorflow_inter_op_parallelism: int | None = Field(
+        default=None, ge=0, description="as tensorflow_intra_op_parallelism, inter-op threads"
+    )
+    savedmodel_warmup: bool = Field(
+        default=True,
+        description="run a SavedModel's TF Serving warm-up records "
+        "(<version>/assets.extra/tf_serving_warmup_requests) when it loads",
+    )
+    monitoring_config_file: str = Field(
+        default="",
+        description="TF Serving's MonitoringConfig text proto: with prometheus_config "
+        "enabled, TF Serving's metrics (:tensorflow:serving:...) on its path of the HTTP port",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="a listener of its own answering /metrics with Triton's metric names "
+        "(nv_inference_*), as tritonserver's --metrics-port (0: none)",
+    )
+    startup_models: tuple[str, ...] = Field(
+        default=("*",),
+        description="models loaded at start, e.g. 'a,b' ('*': all; empty: none, the "
+        "repository API loads them: tritonserver's --model-control-mode explicit)",
+    )
+    exit_on_error: bool = Field(
+        default=False,
+        description="stop the server when a model fails to load at start (tritonserver's "
+        "--exit-on-error)",
+    )
     # -- tasks (long jobs in containers) ---------------------------------------------------
     data_dir: str = Field(
         default=".modelport",
@@ -366,7 +434,29 @@ class Settings(BaseModel):
             raise ValueError("expected bytes with an optional unit b, k, m or g, e.g. '2g'")
         return value.lower()
 
-    @field_validator("model_sources", "model_images", "compat_open", "cors_origins", mode="before")
+    @field_validator("model_folders")
+    @classmethod
+    def _named_folders(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = []
+        for item in value:
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip() or "/" in name:
+                raise ValueError(f"expected NAME=PATH, got {item!r}")
+            names.append(name.strip())
+        if len(set(names)) != len(names):
+            raise ValueError("a model name is given twice")
+        return value
+
+    @field_validator(
+        "model_sources",
+        "model_images",
+        "compat_open",
+        "cors_origins",
+        "extra_repositories",
+        "model_folders",
+        "startup_models",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         # From the environment or a flag a list arrives as 'a,b'; from TOML as a list.
@@ -407,11 +497,14 @@ class Settings(BaseModel):
         flags: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
         config: Path | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> Settings:
-        """Merge the three sources; ``None`` flags mean 'not given'."""
+        """Merge the three sources; ``None`` flags mean 'not given'. ``defaults`` stand
+        below all three (an upstream server's own defaults, such as tritonserver's ports:
+        the environment and modelport.toml still override them)."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        sources: dict[str, str] = {}  # setting -> where its value came from, for errors
+        values: dict[str, Any] = dict(defaults or {})
+        sources: dict[str, str] = dict.fromkeys(values, "the command's defaults")
         path = config or Path(environ.get(f"{ENV_PREFIX}CONFIG", CONFIG_FILE))
         if path.is_file():
             try:

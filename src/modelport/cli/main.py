@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,10 +14,18 @@ from rich.table import Table
 from modelport import __version__
 from modelport.cli.client import call, use_credentials
 from modelport.cli.keys import keys_app
+from modelport.cli.serving import run_server, run_upstream
 from modelport.cli.tasks import tasks_app
+from modelport.cli.tensorflow_model_server import PROGRAM as TENSORFLOW_MODEL_SERVER
+from modelport.cli.tensorflow_model_server import (
+    tensorflow_model_server_help,
+    tensorflow_model_server_settings,
+)
+from modelport.cli.tritonserver import PROGRAM as TRITONSERVER
+from modelport.cli.tritonserver import tritonserver_help, tritonserver_settings
 from modelport.cli.worker import worker, workers
 from modelport.codecs.v2_binary import encode_tensor
-from modelport.redaction import redact_text, redact_url
+from modelport.redaction import redact_text
 from modelport.settings import Settings, SettingsError
 from modelport.tensors import numpy_dtype
 
@@ -125,16 +132,6 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a model repository over HTTP and gRPC (KServe v2)."""
-    import uvloop
-
-    from modelport.api.grpc.server import GrpcListenError
-    from modelport.security.keys import KeyFileError
-    from modelport.security.tls import TlsError
-    from modelport.server.listeners import ListenError, compat_addresses
-    from modelport.server.serve import serve as run_server
-    from modelport.server.supervisor import supervise
-    from modelport.supply.pull import PullError
-
     flags = {"repository": repository, "host": host, "port": port, "grpc_port": grpc_port,
              "log_level": log_level, "log_format": log_format, "poll_seconds": poll,
              "max_loaded_models": max_loaded_models,
@@ -148,42 +145,7 @@ def serve(
     except SettingsError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-
-    def ready(service: Any = None) -> None:
-        scheme = "https" if settings.tls_cert else "http"
-        base = f"{scheme}://{settings.host}:{settings.port}"
-        console.print(
-            f"[bold green]modelport {__version__}[/] serving {redact_url(settings.repository)}"
-        )
-        if service is None:  # several processes: each has its own registry
-            console.print(f"  processes: {settings.processes}, each with every model")
-        else:
-            rows = service.index()
-            ok = sum(1 for r in rows if r.state == "READY")
-            console.print(f"  models: {ok} ready of {len({r.name for r in rows})}")
-            for row in rows:
-                if row.state != "READY":
-                    console.print(f"  [yellow]{row.name}[/]: {row.state} {redact_text(row.reason)}")
-        console.print(f"  API:     {base}/v2")
-        if settings.grpc_port:
-            console.print(f"  gRPC:    {settings.host}:{settings.grpc_port} (KServe v2)")
-        console.print(f"  docs:    {base}/docs")
-        console.print(f"  metrics: {base}/metrics")
-        for address in compat_addresses(settings):
-            access = " (open: no key asked)" if address.open else ""
-            console.print(f"  {address.name}: {address.url(bool(settings.tls_cert))}{access}")
-
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            if settings.processes > 1:
-                code = uvloop.run(supervise(settings, on_ready=ready))
-                if code:
-                    raise typer.Exit(code)
-            else:
-                uvloop.run(run_server(settings, on_ready=ready))
-    except (GrpcListenError, ListenError, PullError, TlsError, KeyFileError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    run_server(settings)
 
 
 @app.command()
@@ -362,6 +324,33 @@ def encrypt(
     for file in files:
         target = crypto.encrypt_file(file, key, remove_plain)
         console.print(f"{file} -> {target}" + (" (plain file removed)" if remove_plain else ""))
+
+
+# The upstream servers' command lines: their flags are read by their own parsers
+# (cli/upstream_flags.py), so Typer passes every argument through.
+UPSTREAM = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command("tritonserver", context_settings=UPSTREAM, add_help_option=False)
+def tritonserver(ctx: typer.Context) -> None:
+    """Serve as tritonserver does, taking its flags (modelport tritonserver --help)."""
+    run_upstream(
+        list(ctx.args),
+        program=TRITONSERVER,
+        translate=tritonserver_settings,
+        help_text=tritonserver_help,
+    )
+
+
+@app.command("tensorflow_model_server", context_settings=UPSTREAM, add_help_option=False)
+def tensorflow_model_server(ctx: typer.Context) -> None:
+    """Serve as TF Serving's tensorflow_model_server does, taking its flags (--help)."""
+    run_upstream(
+        list(ctx.args),
+        program=TENSORFLOW_MODEL_SERVER,
+        translate=tensorflow_model_server_settings,
+        help_text=tensorflow_model_server_help,
+    )
 
 
 app.add_typer(tasks_app, name="tasks")

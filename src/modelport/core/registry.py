@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from modelport.core.batcher import Batcher, DynamicBatcher
 from modelport.core.cache import (
@@ -153,9 +153,12 @@ class ModelRegistry:
 
     # -- load / unload ----------------------------------------------------------------------
 
-    async def load_all(self) -> None:
-        """Load every model of the repository at once; one failing fails only itself."""
-        await asyncio.gather(*(self.load(n, raise_errors=False) for n in self.repository.names()))
+    async def load_all(self, names: Collection[str] | None = None) -> None:
+        """Load every model of the repository (or those of ``names`` it has) at once; one
+        failing fails only itself."""
+        known = self.repository.names()
+        chosen = known if names is None else [n for n in known if n in names]
+        await asyncio.gather(*(self.load(n, raise_errors=False) for n in chosen))
         self.initial_load_done = True
 
     async def load(self, name: str, raise_errors: bool = True) -> ModelEntry:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -182,12 +182,13 @@ class InferenceService:
 
     # -- life -----------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, models: Collection[str] | None = None) -> None:
         """Load every model of the repository (one that fails is listed UNAVAILABLE with
-        its reason, and the others load); from now on runtimes may call models. (Not
-        :meth:`start`, which starts one inference.)"""
+        its reason, and the others load), or only ``models`` (the others are listed, not
+        loaded, until :meth:`load` loads them: Triton's explicit model control); from now
+        on runtimes may call models. (Not :meth:`start`, which starts one inference.)"""
         self._loop = asyncio.get_running_loop()
-        await self._registry.load_all()
+        await self._registry.load_all(models)
 
     async def close(self) -> None:
         """Unload every model; each version first finishes the requests it accepted."""

@@ -33,6 +33,7 @@ class GpuReading:
     utilization_percent: float
     memory_used_bytes: int
     memory_total_bytes: int
+    uuid: str = ""  # "GPU-8c5d...", as Triton's metrics label GPUs; "" where NVML has none
 
 
 class Nvml:
@@ -83,12 +84,14 @@ class Nvml:
         name = nvml.nvmlDeviceGetName(handle)
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         utilization = nvml.nvmlDeviceGetUtilizationRates(handle)
+        uuid = nvml.nvmlDeviceGetUUID(handle) if hasattr(nvml, "nvmlDeviceGetUUID") else ""
         return GpuReading(
             index=index,
             name=name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name),
             utilization_percent=float(utilization.gpu),
             memory_used_bytes=int(memory.used),
             memory_total_bytes=int(memory.total),
+            uuid=uuid.decode("ascii", "replace") if isinstance(uuid, bytes) else str(uuid),
         )
 
 

@@ -21,6 +21,15 @@ Threads
     one per process: the first TensorFlow model loaded sets them, and a later model asking
     for other numbers is served with the first ones (a warning says so).
 
+Warm-up records
+    As TF Serving does, a version folder's ``assets.extra/tf_serving_warmup_requests``
+    (a TFRecord file of ``PredictionLog`` protos, each a ``predict_log`` whose request
+    names the signature and holds the inputs) is run record by record as the SavedModel
+    loads, on every instance, before the version serves; a record that fails fails the
+    load, naming the record. The ``savedmodel_warmup`` setting turns it off
+    (tensorflow_model_server's ``--enable_model_warmup=false``); what it took is kept
+    in :attr:`TensorflowRuntime.warmup` (TF Serving's ``model_warmup_latency`` metric).
+
 Device
     ``cpu`` pins the model to the CPU; a GPU (``instances.device: gpu``) needs a TensorFlow
     build with CUDA, which the ``tensorflow`` extra (``tensorflow-cpu``) is not.
@@ -42,10 +51,10 @@ from modelport.codecs.tfserving_json import DEFAULT_SIGNATURE, SIGNATURE_PARAMET
 from modelport.core.repository import SAVED_MODEL_FILES
 from modelport.core.runtime import RuntimeContext, Signature
 from modelport.errors import InvalidInput, ModelUnavailable, SpecError
+from modelport.runtimes.savedmodel_warmup import WARMUP_FILE, SavedModelWarmup, run_warmup_file
 from modelport.spec import SPEC_FILE, TensorSpec
 
 log = logging.getLogger("modelport.tensorflow")
-
 
 # TensorFlow dtype name -> v2 datatype.
 _TF_TYPES = {
@@ -101,8 +110,11 @@ class TensorflowRuntime:
     never calls back into the server, so the batcher may run a lone small request on the
     event loop's thread (see core/batch_policy.py)."""
 
-    def __init__(self, context: RuntimeContext) -> None:
+    def __init__(self, context: RuntimeContext, *, warmup_records: bool = True) -> None:
+        """``warmup_records``: run the SavedModel's TF Serving warm-up file as it loads."""
         self.context = context
+        self.warmup_records = warmup_records
+        self.warmup: SavedModelWarmup | None = None
         self._tf: Any = None
         self._model: Any = None
         self._device = "/CPU:0"
@@ -155,6 +167,15 @@ class TensorflowRuntime:
                 self._tensors.setdefault(name, _read_tensors(where, name, function))
         self._known = sorted(functions)
         self._runnable = {n for n, t in self._tensors.items() if t.same_kinds(served)}
+        if self.warmup_records and (where / WARMUP_FILE).is_file():
+            self.warmup = run_warmup_file(
+                where / WARMUP_FILE,
+                tf=tf,
+                call=self._call,
+                signatures=self._known,
+                default=self._default,
+                model=spec.name,
+            )
 
     def _pick_device(self, tf: Any) -> str:
         device = self.context.device
@@ -220,10 +241,13 @@ class TensorflowRuntime:
     def infer(
         self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
-        tf = self._tf
         name = parameters.get(SIGNATURE_PARAMETER) or self._default
         if not isinstance(name, str) or name not in self._runnable:
             raise InvalidInput(self._refusal(name))
+        return self._call(name, inputs)
+
+    def _call(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tf = self._tf
         function = self._model.signatures[name]
         with tf.device(self._device):
             feeds = {
@@ -232,10 +256,11 @@ class TensorflowRuntime:
             }
             try:
                 results = function(**feeds)
-            except tf.errors.InvalidArgumentError as exc:
+            except (tf.errors.InvalidArgumentError, TypeError) as exc:
+                message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
                 raise InvalidInput(
                     f"model '{self.context.spec.name}' signature '{name}' refused the input: "
-                    f"{_op_message(str(exc.message))}"
+                    f"{_op_message(message)}"
                 ) from None
         return {n: t.numpy() for n, t in results.items()}
 

@@ -34,12 +34,13 @@ from modelport.runtimes.torch import TorchRuntime
 from modelport.security.access import AccessPolicy, Guard, Listener
 from modelport.security.keys import KeyStore
 from modelport.server.cluster import Cluster, task_models
+from modelport.server.repository import ablinfer_folder, build_repository
 from modelport.settings import Settings, admin_refusal, tasks_refusal
 from modelport.spec import ContainerSpec
 from modelport.supply.allow_lists import image_allow_list, url_allow_list
 from modelport.supply.encryption import key_provider
 from modelport.supply.pull import pull_in_thread
-from modelport.tasks.ablinfer_files import AblinferSources, SpecFolder
+from modelport.tasks.ablinfer_files import SpecFolder
 from modelport.tasks.ablinfer_runs import ContainerOptions
 from modelport.tasks.ablinfer_sessions import AblinferSessions
 from modelport.tasks.archives import ZipLimits
@@ -91,7 +92,14 @@ def build_service(
     # A remote model's URL must be allowed (model_sources) before anything is sent to it.
     sources = url_allow_list(settings.model_sources, (settings.repository,))
     remote = functools.partial(RemoteRuntime, sources=sources)
-    runtimes: dict[str, RuntimeFactory] = {**RUNTIMES, "onnx": onnx, "torch": torch}
+    # A SavedModel's TF Serving warm-up records run as it loads, unless turned off.
+    tensorflow = functools.partial(TensorflowRuntime, warmup_records=settings.savedmodel_warmup)
+    runtimes: dict[str, RuntimeFactory] = {
+        **RUNTIMES,
+        "onnx": onnx,
+        "torch": torch,
+        "tensorflow": tensorflow,
+    }
     runtimes["remote"] = remote
     runtimes.update(extra_runtimes or {})
     return InferenceService(
@@ -266,20 +274,6 @@ def build_task_service(
     )
 
 
-def build_repository(settings: Settings, only: frozenset[str] | None = None) -> ModelRepository:
-    """The local repository: its folders, and ABLInfer's specs as container models."""
-    extra = (
-        AblinferSources(SpecFolder(_ablinfer_folder(settings)))
-        if settings.ablinfer_models
-        else None
-    )
-    return ModelRepository(settings.repository_path, only, extra=extra)
-
-
-def _ablinfer_folder(settings: Settings) -> Path | None:
-    return Path(settings.ablinfer_models).resolve() if settings.ablinfer_models else None
-
-
 def build_ablinfer_sessions(settings: Settings, tasks: TaskService) -> AblinferSessions:
     """ABLInfer's InferServer sessions (the ``ablinfer`` listener's service) over
     ``tasks``: the specs of ``ablinfer_models``, the sessions in the task database, their
@@ -302,7 +296,7 @@ def build_ablinfer_sessions(settings: Settings, tasks: TaskService) -> AblinferS
         user=limits.user,
     )
     return AblinferSessions(
-        specs=SpecFolder(_ablinfer_folder(settings)),
+        specs=SpecFolder(ablinfer_folder(settings)),
         tasks=tasks,
         folder=Path(settings.data_dir).resolve() / "ablinfer",
         options=options,

@@ -1,4 +1,5 @@
-"""The HTTP listeners of a server process besides its main port: one per compat API.
+"""The HTTP listeners of a server process besides its main port: one per compat API,
+and the metrics port (``metrics_port``: Triton's metric names, as on tritonserver's).
 
 ``--compat inference-server=8123`` serves that upstream API (``COMPAT_APIS``) at the
 root of its own address, alone, with the server's TLS, in the same process and event
@@ -22,6 +23,7 @@ from modelport.api.http.asgi import ASGIApp, SecurityHeaders
 from modelport.api.http.auth import AuthMiddleware
 from modelport.api.http.compat import COMPAT_APIS, CompatApi, CompatParts
 from modelport.api.http.limits import BodyLimit
+from modelport.api.http.metrics_paths import Render, metrics_port_app
 from modelport.core.service import InferenceService
 from modelport.security.access import Guard
 from modelport.security.tls import TlsFiles
@@ -100,21 +102,20 @@ def _address(settings: Settings, listener: CompatListener, known: str) -> Compat
     )
 
 
-def _bind(address: CompatAddress, shared: bool) -> socket.socket:
+def _bind(what: str, host: str, port: int, shared: bool) -> socket.socket:
     try:
         if shared:  # several server processes: each binds the port (SO_REUSEPORT)
-            return reuseport_socket(address.host, address.port)
-        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+            return reuseport_socket(host, port)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address.host, address.port))
+        sock.bind((host, port))
         sock.listen(2048)
         sock.setblocking(False)
         return sock
     except OSError as exc:
         raise ListenError(
-            f"compat listener {address.name}: cannot listen on {address.host}:{address.port} "
-            f"({exc.strerror or exc})"
+            f"{what}: cannot listen on {host}:{port} ({exc.strerror or exc})"
         ) from None
 
 
@@ -158,7 +159,9 @@ async def start_compat_listeners(
     one cannot start."""
     addresses = compat_addresses(parts.settings)
     for address in addresses:
-        sock = _bind(address, parts.shared_port)
+        sock = _bind(
+            f"compat listener {address.name}", address.host, address.port, parts.shared_port
+        )
         config = uvicorn.Config(
             compat_app(parts, address),
             lifespan="off",
@@ -181,3 +184,33 @@ async def start_compat_listeners(
                 address.port,
             )
     return addresses
+
+
+async def start_metrics_port(
+    parts: ListenerParts, stack: contextlib.AsyncExitStack, render: Render
+) -> None:
+    """The ``metrics_port`` listener: ``GET /metrics`` answers ``render()`` (Triton's
+    metric names), asking for a key as the main port's /metrics does; the stack stops
+    it. ListenError when it cannot start."""
+    settings = parts.settings
+    host, port = settings.host, settings.metrics_port
+    sock = _bind("metrics port", host, port, parts.shared_port)
+    app: ASGIApp = SecurityHeaders(metrics_port_app(render))
+    if parts.guard is not None:
+        app = AuthMiddleware(
+            app,
+            parts.guard,
+            listener=listener_access(settings, host),
+            need=lambda method, path: "metrics",
+        )
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        **(parts.tls.uvicorn_options() if parts.tls else {}),
+    )
+    await run_in_stack(QuietServer(config), stack, sockets=[sock])
+    log.info("metrics (Triton's names) at %s:%d/metrics", host, port)

@@ -22,24 +22,26 @@ import uvicorn
 
 from modelport.api.grpc.server import STOP_GRACE_S, start_grpc_server
 from modelport.api.http.app import create_app
-from modelport.api.http.auth import AuthMiddleware
+from modelport.api.http.auth import AuthMiddleware, RouteNeed, route_need
 from modelport.api.http.config import Listener
 from modelport.api.http.cors import allow_origins
 from modelport.api.http.fastpath import FastPathConfig, http_protocol
 from modelport.api.http.health import HealthSources
+from modelport.api.http.metrics_paths import MetricsPath
 from modelport.api.http.v2 import InferHandler
 from modelport.api.peer import peer_app
+from modelport.core.repositories import SourceChain, WatchedFolders
 from modelport.core.service import InferenceService
 from modelport.core.watcher import RepositoryWatcher
 from modelport.observability.gpus import Nvml
 from modelport.observability.metrics import metrics_registry, setup_logging
-from modelport.security.access import Guard
+from modelport.observability.upstream_metrics import tfserving_metrics, triton_metrics
+from modelport.security.access import Guard, Need
 from modelport.security.tls import load_tls
 from modelport.server.build import (
     GIL_SWITCH_SECONDS,
     build_ablinfer_sessions,
     build_guard,
-    build_repository,
     build_service,
     build_task_service,
     claim_data_dir,
@@ -55,10 +57,13 @@ from modelport.server.listeners import (
     compat_addresses,
     run_in_stack,
     start_compat_listeners,
+    start_metrics_port,
 )
 from modelport.server.peers import ProcessInfo, SocketPeers, reuseport_socket
+from modelport.server.repository import build_repository, open_models, poll_interval
 from modelport.settings import Settings, admin_refusal, is_loopback
 from modelport.supply.pull import PullingWatcher, is_url
+from modelport.supply.tfserving_config import read_monitoring_path
 
 log = logging.getLogger("modelport")
 
@@ -87,6 +92,19 @@ def _warn_when_open(settings: Settings, guard: Guard | None) -> None:
         settings.host,
         ", ".join(can),
     )
+
+
+def main_route_need(settings: Settings, monitoring: str) -> RouteNeed:
+    """What a request to the main port needs: modelport's routes, and TF Serving's
+    monitoring path (``monitoring``, "" for none) as its /metrics."""
+    prefix = settings.compat_inference_server.rstrip("/")
+
+    def need(method: str, path: str) -> Need:
+        if monitoring and path == monitoring:
+            return "metrics"
+        return route_need(method, path, prefix)
+
+    return need
 
 
 def served_listeners(settings: Settings, *, tls: bool) -> list[Listener]:
@@ -144,6 +162,12 @@ async def serve(
     tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     guard = build_guard(settings)
     compat_addresses(settings)  # a ListenError (an unknown API) stops serve here too
+    # TF Serving's monitoring path ("" : none); a SettingsError stops serve here too.
+    monitoring = (
+        read_monitoring_path(Path(settings.monitoring_config_file))
+        if settings.monitoring_config_file
+        else ""
+    )
     _warn_when_open(settings, guard)
     nvml = Nvml.open()  # GPUs for placement and metrics; unavailable without a driver
     async with contextlib.AsyncExitStack() as stack:
@@ -190,13 +214,15 @@ async def serve(
                 tasks=tasks, shared_broker=bool(settings.broker), data_dir=Path(settings.data_dir)
             ),
         )
+        if monitoring:
+            asgi = MetricsPath(asgi, path=monitoring, render=lambda: tfserving_metrics(service))
         admit = None
         if guard is not None:
             asgi = AuthMiddleware(
                 asgi,
                 guard,
-                compat_prefix=settings.compat_inference_server,
                 listener=listener_access(settings, settings.host),
+                need=main_route_need(settings, monitoring),
             )
             admit = asgi.admit
         asgi = allow_origins(asgi, settings.cors_origins)
@@ -253,6 +279,8 @@ async def serve(
             ablinfer=ablinfer,
         )
         await start_compat_listeners(parts, stack)
+        if settings.metrics_port:
+            await start_metrics_port(parts, stack, lambda: triton_metrics(service, nvml))
         if process is not None:
             path = process.socket_path(process.index)
             path.unlink(missing_ok=True)
@@ -273,16 +301,21 @@ async def serve(
         await tasks.start()
         if ablinfer is not None:
             await ablinfer.start()
-        await service.open()
+        await open_models(settings, service, local)
         if cluster is not None:
             node = server_node(cluster, service, tasks, gateway)
             await node.start()
             stack.push_async_callback(node.stop)
-        if settings.poll_seconds:
+        poll_s = poll_interval(settings)
+        if poll_s:
+            # Models outside the repository's folder are watched where their files are.
+            watched = (
+                WatchedFolders(service, local) if isinstance(local.extra, SourceChain) else service
+            )
             watcher = (
-                PullingWatcher(service, settings.poll_seconds, lambda: pull_repository(settings))
+                PullingWatcher(service, poll_s, lambda: pull_repository(settings))
                 if pulls
-                else RepositoryWatcher(service, settings.poll_seconds)
+                else RepositoryWatcher(watched, poll_s)
             )
             await watcher.start()
             stack.push_async_callback(watcher.close)

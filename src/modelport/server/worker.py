@@ -21,13 +21,13 @@ from modelport.observability.metrics import setup_logging
 from modelport.server.build import (
     GIL_SWITCH_SECONDS,
     TaskStorage,
-    build_repository,
     build_service,
     build_task_worker,
     claim_data_dir,
     pull_repository,
 )
 from modelport.server.cluster import connect, task_models
+from modelport.server.repository import build_repository
 from modelport.settings import Settings
 from modelport.supply.pull import is_url
 
