@@ -28,6 +28,7 @@ from modelport.runtimes.fake import FakeRuntime
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.runtimes.python import PythonRuntime
 from modelport.runtimes.remote import RemoteRuntime
+from modelport.runtimes.remote_replicas import ReplicaSets
 from modelport.runtimes.tensorflow import TensorflowRuntime
 from modelport.runtimes.torch import TorchRuntime
 from modelport.security.access import AccessPolicy, Guard, Listener
@@ -88,7 +89,7 @@ def build_service(
     )
     # A remote model's URL must be allowed (model_sources) before anything is sent to it.
     sources = url_allow_list(settings.model_sources, (settings.repository,))
-    remote = functools.partial(RemoteRuntime, sources=sources)
+    remote = functools.partial(RemoteRuntime, sources=sources, replica_sets=ReplicaSets())
     runtimes: dict[str, RuntimeFactory] = {**RUNTIMES, "onnx": onnx, "torch": torch}
     runtimes["remote"] = remote
     runtimes.update(extra_runtimes or {})
