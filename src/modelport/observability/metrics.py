@@ -97,7 +97,30 @@ class ModelMetrics(Collector):
                     instances.add_metric([*key, device], loaded.devices.count(device))
         yield from (requests, inferences, executions, *histograms.values(), depth, instances)
         yield ready
+        yield from self._traffic()
         yield from _replicas(v for m in self.service.models() for v in m.versions)
+
+    def _traffic(self) -> Iterator[Metric]:
+        labels = ["model", "version", "target"]
+        routed = CounterMetricFamily(
+            "modelport_traffic_requests",
+            "Requests naming no version, by the target the traffic split sent them to "
+            "(a version, or another model) and the version that answered",
+            labels=labels,
+        )
+        compared = CounterMetricFamily(
+            "modelport_shadow_comparisons",
+            "Shadow copies by the version whose answer was returned, the shadow target, "
+            "and outcome (agree, disagree, failed)",
+            labels=[*labels, "outcome"],
+        )
+        for traffic in self.service.traffic():
+            for route, count in traffic.routed.items():
+                routed.add_metric([traffic.model, str(route.version), route.target], count)
+            for comparison, count in traffic.compared.items():
+                key = [traffic.model, str(comparison.version), comparison.target]
+                compared.add_metric([*key, comparison.outcome], count)
+        yield from (routed, compared)
 
 
 def _replicas(versions: Iterator[LoadedVersion]) -> Iterator[Metric]:

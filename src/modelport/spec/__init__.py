@@ -39,6 +39,7 @@ from modelport.spec.tensors import (
     ImageSpec,
     TensorSpec,
 )
+from modelport.spec.traffic import ShadowSpec, checked_traffic
 
 __all__ = [
     "CODECS",
@@ -53,6 +54,7 @@ __all__ = [
     "InstancesSpec",
     "ModelSpec",
     "RemoteSpec",
+    "ShadowSpec",
     "TensorSpec",
     "ThreadsSpec",
     "VersionPolicy",
@@ -149,6 +151,9 @@ class ModelSpec(_Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
     remote: RemoteSpec | None = Field(default=None, validate_default=True)
     container: ContainerSpec | None = Field(default=None, validate_default=True)
+    # How requests that name no version are shared out (spec/traffic.py).
+    traffic: dict[str, int] = Field(default_factory=dict)
+    shadow: ShadowSpec | None = None
 
     @field_validator("remote")
     @classmethod
@@ -176,6 +181,11 @@ class ModelSpec(_Strict):
     def runs_as_tasks(self) -> bool:
         """Container models run as tasks (``/api/tasks``), never as online models."""
         return self.runtime == CONTAINER_RUNTIME
+
+    @field_validator("traffic", mode="before")
+    @classmethod
+    def _traffic(cls, value: Any) -> Any:
+        return checked_traffic(value)
 
     @field_validator("version_labels")
     @classmethod
