@@ -19,7 +19,7 @@ from modelport.api.http.tasks import TaskRoutes
 from modelport.cluster.gateway import ClusterRepository
 from modelport.cluster.node import ClusterNode
 from modelport.core.cache import MemoryLimits
-from modelport.core.repository import ModelRepository
+from modelport.core.repository import ModelRepository, SourceProvider
 from modelport.core.runtime import RuntimeFactory
 from modelport.core.service import InferenceService, Peers
 from modelport.observability.gpus import Nvml, discover_gpus
@@ -29,6 +29,7 @@ from modelport.runtimes.onnx import OnnxRuntime
 from modelport.runtimes.python import PythonRuntime
 from modelport.runtimes.remote import RemoteRuntime
 from modelport.runtimes.remote_replicas import ReplicaSets
+from modelport.runtimes.remote_repository import ChainedSources, RemoteRepositories
 from modelport.runtimes.tensorflow import TensorflowRuntime
 from modelport.runtimes.torch import TorchRuntime
 from modelport.security.access import AccessPolicy, Guard, Listener
@@ -224,7 +225,7 @@ def build_task_service(
     the ``primary`` process. ``adopt``: several processes, one in-process broker each:
     this one takes up the tasks the others stored."""
     storage = TaskStorage.open(settings)
-    repository = build_repository(settings)
+    repository = build_repository(settings, mirror_remotes=False)  # tasks run no remotes
     memory = MemoryBroker()
     broker = cluster.broker(repository) if cluster is not None else memory
     hours = settings.task_retention_hours
@@ -265,13 +266,23 @@ def build_task_service(
     )
 
 
-def build_repository(settings: Settings, only: frozenset[str] | None = None) -> ModelRepository:
-    """The local repository: its folders, and ABLInfer's specs as container models."""
-    extra = (
+def build_repository(
+    settings: Settings, only: frozenset[str] | None = None, *, mirror_remotes: bool = True
+) -> ModelRepository:
+    """The local repository: its folders, ABLInfer's specs as container models, and
+    (``mirror_remotes``) the models of remote repositories as remote ones."""
+    extra: SourceProvider | None = (
         AblinferSources(SpecFolder(_ablinfer_folder(settings)))
         if settings.ablinfer_models
         else None
     )
+    if mirror_remotes:
+        remotes = RemoteRepositories(
+            settings.repository_path,
+            settings.remote,
+            url_allow_list(settings.model_sources, (settings.repository,)),
+        )
+        extra = remotes if extra is None else ChainedSources(extra, remotes)
     return ModelRepository(settings.repository_path, only, extra=extra)
 
 
