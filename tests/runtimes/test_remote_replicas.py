@@ -244,6 +244,7 @@ def test_the_urls_section() -> None:
     for text, expected in [
         ("remote: {url: 'http://a:1', urls: ['http://b:1']}", "not both"),
         ("remote: {urls: ['http://a:1', 'http://a:1']}", "named twice"),
+        ("remote: {model: m}", "give 'url' (one remote) or 'urls' (its replicas)"),
         ("remote: {url: 'http://a:1', health: {interval: 1}}", "give them as 'urls'"),
         ("remote: {urls: ['ftp://u:pw@a:1']}", "expected http://"),
     ]:

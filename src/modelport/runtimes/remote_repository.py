@@ -214,8 +214,8 @@ class Mirror:
         finally:
             self._listed_at = time.monotonic()
 
-    def source(self, name: str) -> ModelSource:
-        listed = self.listing[name]
+    def source(self, listed: ListedModel, name: str) -> ModelSource:
+        """The source of ``listed``, served here as ``name``."""
         spec = self.declaration.spec
         model = ModelSpec(
             name=name,
@@ -287,8 +287,10 @@ class RemoteRepositories:
 
     def source(self, name: str) -> ModelSource:
         for mirror in self._current():
-            if name in mirror.listing:  # the first declaration that lists it wins
-                return mirror.source(name)
+            # The first declaration that lists it wins; a refresh may replace the listing.
+            listed = mirror.listing.get(name)
+            if listed is not None:
+                return mirror.source(listed, name)
         raise ModelNotFound(f"no remote repository lists a model '{name}'")
 
 

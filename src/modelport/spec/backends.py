@@ -83,8 +83,10 @@ class RemoteSpec(_Strict):
 
     @model_validator(mode="after")
     def _protocol_fits(self) -> RemoteSpec:
-        if bool(self.url) == bool(self.urls):
+        if self.url and self.urls:
             raise ValueError("give 'url' (one remote) or 'urls' (its replicas), not both")
+        if not self.replicas[0]:
+            raise ValueError("give 'url' (one remote) or 'urls' (its replicas)")
         if "health" in self.model_fields_set and not self.urls:
             raise ValueError("'health' watches replicas: give them as 'urls'")
         if self.protocol == "tfserving" and not all(u.startswith("grpc://") for u in self.replicas):
