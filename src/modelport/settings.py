@@ -7,6 +7,7 @@ by ``--config`` / ``MODELPORT_CONFIG``), then the defaults below.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -24,6 +25,7 @@ from pydantic import (
 )
 
 from modelport.numbers import natural
+from modelport.spec.remote_repository import RemoteRepositorySpec
 
 ENV_PREFIX = "MODELPORT_"
 CONFIG_FILE = "modelport.toml"
@@ -395,6 +397,21 @@ class Settings(BaseModel):
         description="container images clients may post as models (compat API), as globs "
         "such as 'registry.example.com/lab/*'; none by default",
     )
+    remote: tuple[RemoteRepositorySpec, ...] = Field(
+        default=(),
+        description="remote repositories whose every model is served here: [[remote]] "
+        "tables of modelport.toml (remote_repository = URL, ...), or JSON in MODELPORT_REMOTE",
+    )
+
+    @field_validator("remote", mode="before")
+    @classmethod
+    def _remote_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else ()
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"expected a JSON list of remote repositories: {exc}") from None
+        return value
 
     @field_validator("compat", mode="before")
     @classmethod
@@ -512,6 +529,8 @@ class Settings(BaseModel):
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise SettingsError(f"{path}: {exc}") from None
             values.update(doc.get("server", doc))
+            if "server" in doc and "remote" in doc:  # [[remote]] tables beside [server]
+                values["remote"] = doc["remote"]
             sources.update(dict.fromkeys(values, str(path)))
         elif config is not None:
             raise SettingsError(f"{config}: no such settings file")

@@ -132,6 +132,29 @@ class RequestRuntime(Runtime, Protocol):
 RuntimeFactory = Callable[[RuntimeContext], Runtime]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetStats:
+    """One place a runtime sends its batches to (a replica of a remote model), as the
+    metrics show it: ``target`` is its URL without credentials."""
+
+    target: str
+    up: bool
+    in_flight: int
+    successes: int
+    failures: int
+    ejections: int
+
+
+@runtime_checkable
+class ReportsTargets(Protocol):
+    """A runtime that spreads its batches over several targets (a ``remote`` model's
+    replicas) and counts each: the metrics label them by target."""
+
+    def targets(self) -> tuple[TargetStats, ...]:
+        """Each target's state and counters now (the same for every instance of a
+        model version, which share them)."""
+
+
 def resolve_signature(spec: ModelSpec, where: Path, found: Signature) -> Signature:
     """The signature served: model.yaml's declarations, checked against what the model
     file has, or the file's own when nothing is declared. ``where`` names model.yaml."""

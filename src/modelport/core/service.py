@@ -30,6 +30,7 @@ from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
 from modelport.core.shared_memory import RegionStatus, SystemSharedMemory
 from modelport.core.stats import ModelStats
+from modelport.core.traffic import ModelTraffic
 from modelport.core.triton_config import TritonConfig, platform_of, triton_config
 from modelport.core.validation import (
     QUEUE_PARAMETERS,
@@ -105,6 +106,9 @@ class StartedInference:
     names: list[str]
     begun: int
     future: asyncio.Future[BatchResult]
+    # The name the response carries when another model answered for this one (a
+    # traffic split); "" for the loaded version's own.
+    answered_as: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,7 @@ class InferenceService:
         # Triton's system shared memory: the decoders read inputs from it and the
         # encoders write outputs into it (``register_region`` is an admin call).
         self.shared_memory = SystemSharedMemory()
+        self._traffic: dict[str, ModelTraffic] = {}  # models with traffic or shadow
 
     # -- life -----------------------------------------------------------------------------
 
@@ -243,6 +248,18 @@ class InferenceService:
         request; :meth:`infer` is the same two halves with an ``await`` between them.
         """
         loaded = self._registry.get(request.model_name, request.model_version)
+        spec = loaded.spec
+        if request.model_version or not (spec.traffic or spec.shadow is not None):
+            return self._start(loaded, request, done)
+        return self._start_shared_out(loaded, request, done)
+
+    def _start(
+        self,
+        loaded: LoadedVersion,
+        request: InferenceRequest,
+        done: Callable[[], None] | None,
+        answered_as: str = "",
+    ) -> StartedInference:
         begun = time.perf_counter_ns()
         try:
             inputs = checked_inputs(loaded, request.inputs, self.max_tensor_elements)
@@ -260,8 +277,33 @@ class InferenceService:
             loaded.stats.record_request(False, time.perf_counter_ns() - begun, 0, exc.kind.value)
             raise
         return StartedInference(
-            loaded=loaded, request=request, names=names, begun=begun, future=future
+            loaded=loaded,
+            request=request,
+            names=names,
+            begun=begun,
+            future=future,
+            answered_as=answered_as,
         )
+
+    def _start_shared_out(
+        self, loaded: LoadedVersion, request: InferenceRequest, done: Callable[[], None] | None
+    ) -> StartedInference:
+        """A request to a model with ``traffic`` or ``shadow`` that names no version:
+        the split picks who answers, and a share is copied to the shadow."""
+        traffic = self._traffic.get(loaded.name)
+        if traffic is None or traffic.spec is not loaded.spec:
+            traffic = self._traffic[loaded.name] = ModelTraffic.of(loaded.spec)
+        answering = traffic.answering(self._registry.get)
+        started = self._start(answering, request, done, answered_as=loaded.name)
+        traffic.copy(
+            request, started.future, answering, self._registry.get, self.max_tensor_elements
+        )
+        return started
+
+    def traffic(self) -> list[ModelTraffic]:
+        """The split and shadow counters of every model that has had traffic shared
+        out, for the metrics."""
+        return list(self._traffic.values())
 
     def finish(self, started: StartedInference) -> InferenceResponse:
         """The response of a started request whose future is done; raises its error."""
@@ -284,7 +326,8 @@ class InferenceService:
             loaded.stats.record_request(False, elapsed, 0, exc.kind.value)
             raise
         loaded.stats.record_request(True, time.perf_counter_ns() - started.begun, result.queue_ns)
-        return InferenceResponse(loaded.name, str(loaded.version), outputs, request.id, {})
+        name = started.answered_as or loaded.name
+        return InferenceResponse(name, str(loaded.version), outputs, request.id, {})
 
     # -- metadata, repository, statistics -------------------------------------------------
 

@@ -23,6 +23,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from modelport.core.entries import LoadedVersion
+from modelport.core.runtime import ReportsTargets
 from modelport.core.service import InferenceService
 from modelport.core.stats import Histogram
 from modelport.observability.gpus import Nvml
@@ -95,6 +97,63 @@ class ModelMetrics(Collector):
                     instances.add_metric([*key, device], loaded.devices.count(device))
         yield from (requests, inferences, executions, *histograms.values(), depth, instances)
         yield ready
+        yield from self._traffic()
+        yield from _replicas(v for m in self.service.models() for v in m.versions)
+
+    def _traffic(self) -> Iterator[Metric]:
+        labels = ["model", "version", "target"]
+        routed = CounterMetricFamily(
+            "modelport_traffic_requests",
+            "Requests naming no version, by the target the traffic split sent them to "
+            "(a version, or another model) and the version that answered",
+            labels=labels,
+        )
+        compared = CounterMetricFamily(
+            "modelport_shadow_comparisons",
+            "Shadow copies by the version whose answer was returned, the shadow target, "
+            "and outcome (agree, disagree, failed)",
+            labels=[*labels, "outcome"],
+        )
+        for traffic in self.service.traffic():
+            for route, count in traffic.routed.items():
+                routed.add_metric([traffic.model, str(route.version), route.target], count)
+            for comparison, count in traffic.compared.items():
+                key = [traffic.model, str(comparison.version), comparison.target]
+                compared.add_metric([*key, comparison.outcome], count)
+        yield from (routed, compared)
+
+
+def _replicas(versions: Iterator[LoadedVersion]) -> Iterator[Metric]:
+    """A ``remote`` model's replicas (remote.urls), labelled by their URL as target."""
+    labels = ["model", "version", "target"]
+    up = GaugeMetricFamily(
+        "modelport_remote_replica_up", "1 while a replica is in the rotation", labels=labels
+    )
+    in_flight = GaugeMetricFamily(
+        "modelport_remote_replica_in_flight", "Batches a replica is running", labels=labels
+    )
+    calls = CounterMetricFamily(
+        "modelport_remote_replica_calls",
+        "A replica's batches answered (success), and its batches and health checks that "
+        "failed (failure)",
+        labels=[*labels, "outcome"],
+    )
+    ejections = CounterMetricFamily(
+        "modelport_remote_replica_ejections", "Times a replica left the rotation", labels=labels
+    )
+    for loaded in versions:
+        # The instances of a version share their replicas: the first one tells.
+        runtime = loaded.instances[0].runtime if loaded.instances else None
+        if not isinstance(runtime, ReportsTargets):
+            continue
+        for target in runtime.targets():
+            key = [loaded.name, str(loaded.version), target.target]
+            up.add_metric(key, 1.0 if target.up else 0.0)
+            in_flight.add_metric(key, target.in_flight)
+            calls.add_metric([*key, "success"], target.successes)
+            calls.add_metric([*key, "failure"], target.failures)
+            ejections.add_metric(key, target.ejections)
+    yield from (up, in_flight, calls, ejections)
 
 
 def _add_histogram(family: HistogramMetricFamily, key: list[str], hist: Histogram) -> None:

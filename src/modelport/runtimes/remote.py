@@ -15,6 +15,11 @@ front's batcher forms is sent to the remote as one request::
       timeout: 5                   # seconds per request
       headers: {authorization: Bearer abc}   # HTTP headers, or gRPC metadata
 
+``urls: [...]`` in place of ``url`` names replicas of the remote model, each batch
+going to the least loaded one, with failover, ejection and health checks
+(``modelport.runtimes.remote_replicas``); ``version: same`` asks the remote for the
+version of the local version's number.
+
 ``load`` checks that the remote model is ready and reads its metadata, so the signature
 comes from the remote when model.yaml declares none (its batch dimension dropped when
 the front batches). Over HTTP, tensors travel with Triton's binary data extension on a
@@ -40,12 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from modelport.core.runtime import RuntimeContext, Signature
+from modelport.core.runtime import RuntimeContext, Signature, TargetStats
 from modelport.errors import ModelUnavailable, SpecError
 from modelport.runtimes.remote_client import RemoteClient, RemoteTensor
+from modelport.runtimes.remote_replicas import ReplicaClient, ReplicaSet, ReplicaSets
 from modelport.runtimes.remote_tfserving import TfServingClient
 from modelport.runtimes.remote_v2 import GrpcV2Client, HttpV2Client
-from modelport.spec import SPEC_FILE, TensorSpec
+from modelport.spec import SPEC_FILE, RemoteSpec, TensorSpec
 from modelport.supply.allow_lists import AllowList
 from modelport.tensors import DATATYPES, datatype_of
 
@@ -53,28 +59,52 @@ from modelport.tensors import DATATYPES, datatype_of
 class RemoteRuntime:
     """Runs a model's batches on a remote KServe v2 server (see the module docstring)."""
 
-    def __init__(self, context: RuntimeContext, sources: AllowList | None = None) -> None:
+    def __init__(
+        self,
+        context: RuntimeContext,
+        sources: AllowList | None = None,
+        replica_sets: ReplicaSets | None = None,
+    ) -> None:
+        """``replica_sets``: the server's, so that a model version's instances share
+        one set of replicas (``remote.urls``); a runtime made alone has its own."""
         self.context = context
         # Where remotes may be (model_sources); none unless the operator names them.
         self.sources = sources or AllowList((), "model_sources")
+        self.replica_sets = replica_sets or ReplicaSets()
         remote = context.spec.remote
         if remote is None:  # spec.py refuses this; kept for a hand-built spec
             raise SpecError(f"{context.model_dir / SPEC_FILE}: field 'remote': missing")
+        if remote.version == "same":
+            remote = remote.model_copy(update={"version": context.version})
         self.remote = remote
         self.model = remote.model or context.spec.name
         self.client: RemoteClient | None = None
+        self._replicas: ReplicaSet | None = None
+        self._replicas_key = f"{context.spec.name}/{context.version}/{remote.model_dump_json()}"
         self._signature = Signature((), ())
         self._types: dict[str, str] = {}
 
+    def _client_at(self, url: str) -> RemoteClient:
+        remote = self.remote.model_copy(update={"url": url, "urls": ()})
+        return self._client_for(remote)
+
+    def _client_for(self, remote: RemoteSpec) -> RemoteClient:
+        if remote.protocol == "tfserving":
+            return TfServingClient(remote, self.model)
+        if remote.url.startswith("grpc://"):
+            return GrpcV2Client(remote, self.model)
+        return HttpV2Client(remote, self.model)
+
     def load(self) -> None:
-        self.sources.check_url(self.remote.url, f"model '{self.context.spec.name}': remote.url")
+        field = "remote.urls" if self.remote.urls else "remote.url"
+        for url in self.remote.replicas:
+            self.sources.check_url(url, f"model '{self.context.spec.name}': {field}")
         client: RemoteClient
-        if self.remote.protocol == "tfserving":
-            client = TfServingClient(self.remote, self.model)
-        elif self.remote.url.startswith("grpc://"):
-            client = GrpcV2Client(self.remote, self.model)
+        if self.remote.urls:
+            self._replicas = self.replica_sets.acquire(self._replicas_key, self._new_replicas)
+            client = ReplicaClient(self._replicas)
         else:
-            client = HttpV2Client(self.remote, self.model)
+            client = self._client_for(self.remote)
         try:
             found = client.metadata()
             self._signature = Signature(
@@ -82,11 +112,30 @@ class RemoteRuntime:
                 tuple(self._tensor(t) for t in found.outputs),
             )
         except BaseException:
-            client.close()
+            self._close_client(client)
             raise
         self.client = client
         declared = self.context.spec.inputs or self._signature.inputs
         self._types = {t.name: t.datatype for t in declared}
+
+    def _new_replicas(self) -> ReplicaSet:
+        return ReplicaSet(
+            name=self.context.spec.name,
+            urls=self.remote.urls,
+            make_client=self._client_at,
+            interval_s=self.remote.health.interval,
+            eject_after=self.remote.health.eject_after,
+        )
+
+    def _close_client(self, client: RemoteClient) -> None:
+        client.close()
+        if self._replicas is not None:
+            self._replicas = None
+            self.replica_sets.release(self._replicas_key)
+
+    def targets(self) -> tuple[TargetStats, ...]:
+        """Each replica's state and counters (none for a single ``url``)."""
+        return self._replicas.stats() if self._replicas is not None else ()
 
     def _tensor(self, tensor: RemoteTensor) -> TensorSpec:
         where = f"{self.context.model_dir / SPEC_FILE}: field 'remote'"
@@ -123,5 +172,5 @@ class RemoteRuntime:
 
     def unload(self) -> None:
         if self.client is not None:
-            self.client.close()
+            self._close_client(self.client)
             self.client = None

@@ -64,7 +64,7 @@ class RemoteErrors:
 
     def __init__(self, remote: RemoteSpec, model: str) -> None:
         self.remote, self.model = remote, model
-        version = f" version {remote.version}" if remote.version else ""
+        version = f" version {v}" if (v := remote.pinned_version) else ""
         self.what = f"remote model '{model}'{version} at {redact_url(remote.url)}"
 
     def _scrub(self, detail: str) -> str:

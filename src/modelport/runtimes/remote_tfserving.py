@@ -45,7 +45,7 @@ class TfServingClient:
 
     def __init__(self, remote: RemoteSpec, model: str) -> None:
         self.describe = RemoteErrors(remote, model)
-        self.model, self.version = model, remote.version
+        self.model, self.version = model, remote.pinned_version
         self.signature = remote.signature or DEFAULT_SIGNATURE
         self._grpc = GrpcChannel(remote, self.describe)
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._grpc.channel)

@@ -35,7 +35,7 @@ class HttpV2Client:
 
     def __init__(self, remote: RemoteSpec, model: str) -> None:
         self.describe = RemoteErrors(remote, model)
-        path = f"/v2/models/{model}" + (f"/versions/{remote.version}" if remote.version else "")
+        path = f"/v2/models/{model}" + (f"/versions/{v}" if (v := remote.pinned_version) else "")
         self._metadata_url, self._ready_url = path, f"{path}/ready"
         self._infer_url = f"{path}/infer"
         self._client = httpx.Client(
@@ -146,7 +146,7 @@ class GrpcV2Client:
 
     def __init__(self, remote: RemoteSpec, model: str) -> None:
         self.describe = RemoteErrors(remote, model)
-        self.model, self.version = model, str(remote.version or "")
+        self.model, self.version = model, str(remote.pinned_version or "")
         self._grpc = GrpcChannel(remote, self.describe)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._grpc.channel)
 

@@ -29,6 +29,7 @@ from modelport.runtimes.fake import FakeRuntime
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.runtimes.python import PythonRuntime
 from modelport.runtimes.remote import RemoteRuntime
+from modelport.runtimes.remote_replicas import ReplicaSets
 from modelport.runtimes.tensorflow import TensorflowRuntime
 from modelport.runtimes.torch import TorchRuntime
 from modelport.security.access import AccessPolicy, Guard, Listener
@@ -91,7 +92,7 @@ def build_service(
     )
     # A remote model's URL must be allowed (model_sources) before anything is sent to it.
     sources = url_allow_list(settings.model_sources, (settings.repository,))
-    remote = functools.partial(RemoteRuntime, sources=sources)
+    remote = functools.partial(RemoteRuntime, sources=sources, replica_sets=ReplicaSets())
     # A SavedModel's TF Serving warm-up records run as it loads, unless turned off.
     tensorflow = functools.partial(TensorflowRuntime, warmup_records=settings.savedmodel_warmup)
     runtimes: dict[str, RuntimeFactory] = {
@@ -233,7 +234,7 @@ def build_task_service(
     the ``primary`` process. ``adopt``: several processes, one in-process broker each:
     this one takes up the tasks the others stored."""
     storage = TaskStorage.open(settings)
-    repository = build_repository(settings)
+    repository = build_repository(settings, mirror_remotes=False)  # tasks run no remotes
     memory = MemoryBroker()
     broker = cluster.broker(repository) if cluster is not None else memory
     hours = settings.task_retention_hours

@@ -19,7 +19,9 @@ from modelport.core.entries import ModelState
 from modelport.core.repositories import FolderModel, FolderModels, SourceChain
 from modelport.core.repository import ModelRepository, SourceProvider
 from modelport.core.service import InferenceService
+from modelport.runtimes.remote_repository import RemoteRepositories
 from modelport.settings import Settings
+from modelport.supply.allow_lists import url_allow_list
 from modelport.supply.tfserving_config import ModelConfigFile, read_batching_parameters
 from modelport.tasks.ablinfer_files import AblinferSources, SpecFolder
 
@@ -30,11 +32,15 @@ log = logging.getLogger("modelport")
 NO_FOLDER = Path(os.devnull)
 
 
-def build_repository(settings: Settings, only: frozenset[str] | None = None) -> ModelRepository:
+def build_repository(
+    settings: Settings, only: frozenset[str] | None = None, *, mirror_remotes: bool = True
+) -> ModelRepository:
     """The local repository: its folder (none when ``repository`` is ""), the other
     repository folders, the models of ``model_folders`` and ``model_config_file``
-    (TF Serving's), and ABLInfer's specs as container models, in that order: the first
-    that has a name serves it. SettingsError for an unusable TF Serving file."""
+    (TF Serving's), ABLInfer's specs as container models, and (``mirror_remotes``) the
+    models remote repositories list, as remote ones (``<name>.remote.yaml`` files and
+    ``[[remote]]`` tables), in that order: the first that has a name serves it.
+    SettingsError for an unusable TF Serving file."""
     providers: list[SourceProvider] = [
         ModelRepository(Path(folder), only) for folder in settings.extra_repositories
     ]
@@ -43,6 +49,9 @@ def build_repository(settings: Settings, only: frozenset[str] | None = None) -> 
         providers.append(folder_models)
     if settings.ablinfer_models:
         providers.append(AblinferSources(SpecFolder(ablinfer_folder(settings))))
+    if mirror_remotes:
+        sources = url_allow_list(settings.model_sources, (settings.repository,))
+        providers.append(RemoteRepositories(settings.repository_path, settings.remote, sources))
     # With no repository folder the root is one that never lists a model.
     root = settings.repository_path if settings.repository else NO_FOLDER
     return ModelRepository(root, only, extra=SourceChain(providers) if providers else None)

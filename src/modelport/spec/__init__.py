@@ -40,6 +40,7 @@ from modelport.spec.tensors import (
     ImageSpec,
     TensorSpec,
 )
+from modelport.spec.traffic import ShadowSpec, checked_traffic
 
 __all__ = [
     "CODECS",
@@ -57,6 +58,7 @@ __all__ = [
     "InstancesSpec",
     "ModelSpec",
     "RemoteSpec",
+    "ShadowSpec",
     "TensorSpec",
     "ThreadsSpec",
     "VersionPolicy",
@@ -177,6 +179,9 @@ class ModelSpec(_Strict):
     # Triton's platform name to report (a config.pbtxt's platform or backend); "" for
     # the runtime's own.
     platform: str = ""
+    # How requests that name no version are shared out (spec/traffic.py).
+    traffic: dict[str, int] = Field(default_factory=dict)
+    shadow: ShadowSpec | None = None
 
     @field_validator("remote")
     @classmethod
@@ -226,6 +231,11 @@ class ModelSpec(_Strict):
     def runs_as_tasks(self) -> bool:
         """Container models run as tasks (``/api/tasks``), never as online models."""
         return self.runtime == CONTAINER_RUNTIME
+
+    @field_validator("traffic", mode="before")
+    @classmethod
+    def _traffic(cls, value: Any) -> Any:
+        return checked_traffic(value)
 
     @field_validator("version_labels")
     @classmethod

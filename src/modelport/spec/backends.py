@@ -19,6 +19,16 @@ from modelport.spec.base import Strict as _Strict
 REMOTE_SCHEMES = ("http", "https", "grpc")
 
 
+class HealthSpec(_Strict):
+    """How the replicas of a ``remote`` model (``urls``) are watched: each is checked
+    every ``interval`` seconds (its model ready, as at load), and one that fails
+    ``eject_after`` times in a row (requests or checks) leaves the rotation until a
+    check passes again. The last replica in the rotation is never ejected."""
+
+    interval: float = Field(default=2.0, gt=0)
+    eject_after: int = Field(default=3, ge=1)
+
+
 class RemoteSpec(_Strict):
     """Where a ``runtime: remote`` model really runs: another server speaking KServe v2
     (Triton, another modelport) over HTTP or gRPC, or TF Serving's gRPC API. modelport
@@ -33,25 +43,53 @@ class RemoteSpec(_Strict):
           model: resnet50        # the remote's name for it; default: this model's name
           timeout: 5             # seconds per request
           headers: {authorization: Bearer abc}
+
+    ``urls: [...]`` instead of ``url`` names replicas of one remote model: each batch
+    goes to the least loaded replica in the rotation, a replica that cannot answer is
+    failed over to the next, and one that keeps failing is ejected until its health
+    check passes (``health``). ``version: same`` asks the remote for the version of the
+    local version's number (a mirrored repository's models do).
     """
 
-    url: str
+    url: str = ""
+    urls: tuple[str, ...] = ()
     protocol: Literal["v2", "tfserving"] = "v2"
     model: str = ""
-    version: int | None = Field(default=None, ge=1)
+    version: int | Literal["same"] | None = Field(default=None)
     signature: str = ""
     timeout: float = Field(default=10.0, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
+    health: HealthSpec = HealthSpec()
 
     def redacted(self) -> RemoteSpec:
         """This section as modelport may show it: no user info, no credential headers."""
         return self.model_copy(
-            update={"url": redact_url(self.url), "headers": redact_headers(self.headers)}
+            update={
+                "url": redact_url(self.url),
+                "urls": tuple(redact_url(u) for u in self.urls),
+                "headers": redact_headers(self.headers),
+            }
         )
+
+    @property
+    def pinned_version(self) -> int | None:
+        """The remote version asked for (``same`` is resolved by the runtime first)."""
+        return self.version if isinstance(self.version, int) else None
+
+    @property
+    def replicas(self) -> tuple[str, ...]:
+        """Every URL the model runs at: ``urls``, or the one ``url``."""
+        return self.urls or (self.url,)
 
     @model_validator(mode="after")
     def _protocol_fits(self) -> RemoteSpec:
-        if self.protocol == "tfserving" and not self.url.startswith("grpc://"):
+        if self.url and self.urls:
+            raise ValueError("give 'url' (one remote) or 'urls' (its replicas), not both")
+        if not self.replicas[0]:
+            raise ValueError("give 'url' (one remote) or 'urls' (its replicas)")
+        if "health" in self.model_fields_set and not self.urls:
+            raise ValueError("'health' watches replicas: give them as 'urls'")
+        if self.protocol == "tfserving" and not all(u.startswith("grpc://") for u in self.replicas):
             raise ValueError(
                 "protocol: tfserving speaks TF Serving's gRPC API; give its grpc://host:8500"
             )
@@ -61,21 +99,42 @@ class RemoteSpec(_Strict):
             )
         return self
 
+    @field_validator("version")
+    @classmethod
+    def _positive(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("a version is a positive integer (or 'same')")
+        return value
+
     @field_validator("url")
     @classmethod
     def _valid_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in REMOTE_SCHEMES or not parts.hostname:
-            raise ValueError(
-                f"expected http://host:port, https://host:port or grpc://host:port, got {value!r}"
-            )
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"{value!r} has an invalid port") from None
-        if parts.scheme == "grpc" and (port is None or parts.path not in ("", "/")):
-            raise ValueError(f"a gRPC url is grpc://host:port, with no path; got {value!r}")
-        return value.rstrip("/")
+        return remote_url(value) if value else value
+
+    @field_validator("urls")
+    @classmethod
+    def _valid_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        urls = tuple(remote_url(u) for u in value)
+        if len(set(urls)) != len(urls):
+            raise ValueError("a replica is named twice")
+        return urls
+
+
+def remote_url(value: str) -> str:
+    """``value`` checked as a remote server's address, without a trailing '/'."""
+    parts = urlsplit(value)
+    if parts.scheme not in REMOTE_SCHEMES or not parts.hostname:
+        raise ValueError(
+            f"expected http://host:port, https://host:port or grpc://host:port, "
+            f"got {redact_url(value)!r}"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{redact_url(value)!r} has an invalid port") from None
+    if parts.scheme == "grpc" and (port is None or parts.path not in ("", "/")):
+        raise ValueError(f"a gRPC url is grpc://host:port, with no path; got {redact_url(value)!r}")
+    return value.rstrip("/")
 
 
 _MEMORY = re.compile(r"^[1-9][0-9]*[bkmg]?$")

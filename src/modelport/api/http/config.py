@@ -100,6 +100,8 @@ def _model_json(view: ModelView) -> dict[str, Any]:
             "protocol": spec.remote.protocol,
             "model": spec.remote.model,
         }
+        if spec.remote.urls:
+            model["remote"]["urls"] = [_bare_url(url) for url in spec.remote.urls]
     if spec.container is not None:
         model["container"] = {"image": spec.container.image}
     return model
