@@ -1,4 +1,4 @@
-"""The ``modelport`` command: serve, pull, models, predict, encrypt."""
+"""The ``modelport`` command: serve, pull, models, predict, bench, encrypt."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelport import __version__
+from modelport.cli.bench.command import bench
 from modelport.cli.client import call, use_credentials
 from modelport.cli.keys import keys_app
 from modelport.cli.tasks import tasks_app
@@ -364,6 +365,7 @@ def encrypt(
         console.print(f"{file} -> {target}" + (" (plain file removed)" if remove_plain else ""))
 
 
+app.command()(bench)
 app.add_typer(tasks_app, name="tasks")
 app.command()(worker)
 app.command()(workers)
