@@ -1,4 +1,4 @@
-"""The ``modelport`` command: serve, pull, models, predict, encrypt."""
+"""The ``modelport`` command: serve, pull, models, predict, bench, encrypt."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelport import __version__
+from modelport.cli.bench.command import bench
 from modelport.cli.client import call, use_credentials
 from modelport.cli.keys import keys_app
 from modelport.cli.serving import run_server, run_upstream
@@ -353,6 +354,7 @@ def tensorflow_model_server(ctx: typer.Context) -> None:
     )
 
 
+app.command()(bench)
 app.add_typer(tasks_app, name="tasks")
 app.command()(worker)
 app.command()(workers)
