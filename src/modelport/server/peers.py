@@ -101,13 +101,13 @@ class SocketPeers:
             self.me, index, method=method, path=path, timeout_s=PEER_TIMEOUT_S
         )
 
-    async def broadcast(self, action: str, model: str) -> None:
-        """Apply a load or unload in every other process; ModelUnavailable names the
-        processes that could not."""
+    async def _post_everywhere(self, path: str, what: str) -> None:
+        """POST ``path`` to every other process; ModelUnavailable names ``what`` was
+        done here and the processes that could not do it."""
 
         async def one(index: int) -> str:
             try:
-                answer = await self._call(index, "POST", f"/peer/{action}/{model}")
+                answer = await self._call(index, "POST", path)
             except httpx.HTTPError as exc:
                 return f"process {index}: {exc or type(exc).__name__}"
             if answer.status_code != 200:
@@ -117,9 +117,14 @@ class SocketPeers:
         problems = [p for p in await asyncio.gather(*map(one, self._others())) if p]
         if problems:
             raise ModelUnavailable(
-                f"{action} of '{model}' done in process {self.me.index}, but not everywhere: "
+                f"{what} done in process {self.me.index}, but not everywhere: "
                 + "; ".join(problems)
             )
+
+    async def broadcast(self, action: str, model: str) -> None:
+        """Apply a load or unload in every other process; ModelUnavailable names the
+        processes that could not."""
+        await self._post_everywhere(f"/peer/{action}/{model}", f"{action} of '{model}'")
 
     async def share_region(self, region: RegionStatus) -> None:
         """Register (or, with no key, unregister) a shared-memory region in every other
@@ -132,22 +137,8 @@ class SocketPeers:
                 "byte_size": region.byte_size,
             }
         )
-
-        async def one(index: int) -> str:
-            try:
-                answer = await self._call(index, "POST", f"/peer/region?{query}")
-            except httpx.HTTPError as exc:
-                return f"process {index}: {exc or type(exc).__name__}"
-            if answer.status_code != 200:
-                return f"process {index}: {answer.json().get('error', answer.text)}"
-            return ""
-
-        problems = [p for p in await asyncio.gather(*map(one, self._others())) if p]
-        if problems:
-            raise ModelUnavailable(
-                f"shared memory region '{region.name}' changed in process {self.me.index}, "
-                "but not everywhere: " + "; ".join(problems)
-            )
+        what = f"change of shared memory region '{region.name}'"
+        await self._post_everywhere(f"/peer/region?{query}", what)
 
     async def statistics(self, model: str, version: str) -> list[VersionStats]:
         """The other processes' counters of ``model`` (every model if ""), for
