@@ -184,6 +184,7 @@ class InferenceService:
         # encoders write outputs into it (``register_region`` is an admin call).
         self.shared_memory = SystemSharedMemory()
         self._traffic: dict[str, ModelTraffic] = {}  # models with traffic or shadow
+        self.draining = False  # set by drain(): the server is stopping
 
     # -- life -----------------------------------------------------------------------------
 
@@ -214,10 +215,20 @@ class InferenceService:
         return True
 
     def ready(self) -> bool:
-        """Ready once every model has finished loading (failed ones do not block it)."""
+        """Ready once every model has finished loading (failed ones do not block it), and
+        until the server starts to drain."""
+        return not self.draining and self.models_loaded()
+
+    def models_loaded(self) -> bool:
+        """Every model has finished loading (failed ones included)."""
         return self._registry.initial_load_done and all(
             e.state is not ModelState.LOADING for e in self._registry.entries.values()
         )
+
+    def drain(self) -> None:
+        """The server is stopping: health says not ready from now on, so load balancers
+        send no more, while requests are still answered."""
+        self.draining = True
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Whether ``name`` (at ``version``, else its latest) takes requests now;

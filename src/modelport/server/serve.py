@@ -13,7 +13,9 @@ import functools
 import gc
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -68,13 +70,58 @@ from modelport.supply.tfserving_config import read_monitoring_path
 log = logging.getLogger("modelport")
 
 
+class Drain:
+    """SIGTERM's grace period (``drain_seconds``): from :meth:`begin`, health says not
+    ready (HTTP 503, gRPC NOT_SERVING) while every listener keeps answering, new
+    connections included, until load balancers have noticed; then the server stops."""
+
+    def __init__(self, service: InferenceService, seconds: float) -> None:
+        self.service, self.seconds = service, seconds
+        self.until: float | None = None
+
+    def begin(self) -> bool:
+        """Start draining; False when there is nothing to wait for (``drain_seconds``
+        0, or a drain already begun: a second SIGTERM stops at once)."""
+        self.service.drain()
+        if self.until is not None or self.seconds <= 0:
+            return False
+        self.until = time.monotonic() + self.seconds
+        return True
+
+    def over(self) -> bool:
+        return self.until is not None and time.monotonic() >= self.until
+
+
 class _Server(uvicorn.Server):
-    """uvicorn raises a caught SIGTERM or SIGINT again once it has stopped, which would
-    end the process before :func:`serve` closes the models; here the signal only stops it."""
+    """The main listener, which handles the signals.
+
+    SIGTERM drains first (:class:`Drain`), then stops; SIGINT stops at once (health says
+    not ready either way). Stopping closes the listener and lets the requests in flight
+    finish (up to ``timeout_graceful_shutdown``); :func:`serve` then stops the rest.
+    uvicorn raises a caught signal again once it has stopped, which would end the
+    process before :func:`serve` closes the models and hands tasks back: here the signal
+    only stops it."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self.drain.begin():
+            log.info(
+                "SIGTERM: draining for %g s (health says not ready, requests are answered)",
+                self.drain.seconds,
+            )
+            return  # serving on until on_tick sees the drain over
+        self.drain.service.drain()
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain.over() and not self.should_exit:
+            log.info("drained for %g s; stopping", self.drain.seconds)
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def _warn_when_open(settings: Settings, guard: Guard | None) -> None:
@@ -267,7 +314,8 @@ async def serve(
         # Several processes: each binds the port with SO_REUSEPORT, and answers its peers
         # on a Unix socket of its own (peers.py).
         sockets = [reuseport_socket(settings.host, settings.port)] if process else None
-        serving = await run_in_stack(_Server(config), stack, sockets=sockets)
+        drain = Drain(service, settings.drain_seconds)
+        serving = await run_in_stack(_Server(config, drain), stack, sockets=sockets)
         parts = ListenerParts(
             settings=settings,
             service=service,
