@@ -106,6 +106,11 @@ class Settings(BaseModel):
         "answering (new connections too) this long, so load balancers notice; then the "
         "requests in flight finish, running tasks go back to the queue, and it exits",
     )
+    otel_endpoint: str = Field(
+        default="",
+        description="OpenTelemetry collector to export traces to over OTLP/HTTP, e.g. "
+        "'http://collector:4318' (needs the otel extra; '' : no tracing)",
+    )
     max_request_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="largest HTTP body (413 above)"
     )

@@ -30,6 +30,7 @@ from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
 from modelport.core.shared_memory import RegionStatus, SystemSharedMemory
 from modelport.core.stats import ModelStats
+from modelport.core.tracing import Tracer
 from modelport.core.traffic import ModelTraffic
 from modelport.core.triton_config import TritonConfig, platform_of, triton_config
 from modelport.core.validation import (
@@ -151,7 +152,8 @@ class InferenceService:
     ``admin_refusal``: why admin calls are refused on this server ("" allows them).
     ``max_tensor_elements``: the elements one input tensor may have (0: any).
     ``peers``: the server's other processes (``--processes N``), told of loads and
-    unloads and asked for their counters.
+    unloads and asked for their counters. ``tracer``: spans of requests, batches and
+    hops (None: tracing is off).
     """
 
     def __init__(
@@ -166,8 +168,11 @@ class InferenceService:
         admin_refusal: str = "",
         max_tensor_elements: int = 0,
         peers: Peers | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.name = name
+        # Spans of requests, batches and hops (core/tracing.py); None: tracing is off.
+        self.tracer = tracer
         self.version = version
         # The decoders check max_tensor_elements too, before they allocate; this check
         # covers every other way in.
@@ -175,7 +180,12 @@ class InferenceService:
         self.admin_refusal = admin_refusal
         self._peers = peers
         self._registry = ModelRegistry(
-            repository, runtimes, caller=LoopModelCaller(self), limits=limits, gpus=gpus
+            repository,
+            runtimes,
+            caller=LoopModelCaller(self),
+            limits=limits,
+            gpus=gpus,
+            tracer=tracer,
         )
         # The loop the models serve on, known once opened: runtimes' threads call
         # other models through it (LoopModelCaller).

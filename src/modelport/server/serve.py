@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -37,6 +38,7 @@ from modelport.core.service import InferenceService
 from modelport.core.watcher import RepositoryWatcher
 from modelport.observability.gpus import Nvml
 from modelport.observability.metrics import metrics_registry, setup_logging
+from modelport.observability.tracing import start_tracing
 from modelport.observability.upstream_metrics import tfserving_metrics, triton_metrics
 from modelport.security.access import Guard, Need
 from modelport.security.tls import load_tls
@@ -201,8 +203,13 @@ async def serve(
     settings: Settings,
     on_ready: Callable[[InferenceService], None] | None = None,
     process: ProcessInfo | None = None,
+    *,
+    tracer_provider: Any = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; models load while the server already answers health."""
+    """Serve until SIGINT or SIGTERM; models load while the server already answers health.
+    ``tracer_provider``: an OpenTelemetry TracerProvider to send spans through, in place
+    of the one ``otel_endpoint`` makes (embedding; the tracing tests' in-memory
+    exporter)."""
     setup_logging(settings.log_level, settings.log_format)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     # Checked before anything starts: a TlsError or KeyFileError stops serve here.
@@ -220,6 +227,11 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(log.info, "modelport stopped")
         stack.callback(os.umask, claim_data_dir(settings))
+        tracer = start_tracing(
+            settings.otel_endpoint, service_name=settings.server_name, provider=tracer_provider
+        )
+        if tracer is not None:  # closed last: it flushes the spans of everything else
+            stack.callback(tracer.close)
         cluster = connect(settings) if settings.broker else None
         if cluster is not None:
             stack.push_async_callback(cluster.close)
@@ -233,6 +245,7 @@ async def serve(
             repository=gateway if gateway is not None else local,
             extra_runtimes=cluster.runtimes(settings) if cluster else None,
             peers=peers,
+            tracer=tracer,
         )
         stack.push_async_callback(service.close)
         primary = process is None or process.primary
@@ -242,6 +255,7 @@ async def serve(
             primary=primary,
             # Several processes, one in-process broker each: the first adopts the others' tasks.
             adopt=process is not None and process.count > 1 and primary and cluster is None,
+            tracer=tracer,
         )
         stack.push_async_callback(tasks.close)
         # ABLInfer's sessions run as tasks: built when its listener or specs are asked for.

@@ -45,10 +45,14 @@ tasks_table = sa.Table(
     sa.Column("output_bytes", sa.BigInteger),
     sa.Column("files_purged", sa.Boolean, nullable=False, default=False),
     sa.Column("accept_empty_output", sa.Boolean, nullable=False, default=False),
+    sa.Column("traceparent", sa.String(64), nullable=False, default=""),
 )
 # Columns added after the table's first release: added to an older table at start, with
 # the value older rows mean ("false").
-_ADDED_COLUMNS = {"accept_empty_output": "BOOLEAN NOT NULL DEFAULT FALSE"}
+_ADDED_COLUMNS = {
+    "accept_empty_output": "BOOLEAN NOT NULL DEFAULT FALSE",
+    "traceparent": "VARCHAR(64) NOT NULL DEFAULT ''",
+}
 
 _TIMES = ("created_at", "started_at", "finished_at")
 
