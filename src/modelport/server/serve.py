@@ -38,6 +38,7 @@ from modelport.core.service import InferenceService
 from modelport.core.watcher import RepositoryWatcher
 from modelport.observability.gpus import Nvml
 from modelport.observability.metrics import metrics_registry, setup_logging
+from modelport.observability.task_metrics import TaskMetrics
 from modelport.observability.tracing import start_tracing
 from modelport.observability.upstream_metrics import tfserving_metrics, triton_metrics
 from modelport.security.access import Guard, Need
@@ -264,6 +265,7 @@ async def serve(
             ablinfer = build_ablinfer_sessions(settings, tasks)
             stack.push_async_callback(ablinfer.close)
         metrics = metrics_registry(service, nvml)
+        metrics.register(TaskMetrics(tasks))
         _, asgi = create_app(
             service,
             metrics=metrics,

@@ -214,6 +214,13 @@ class TaskStore:
             row = conn.execute(tasks_table.select().where(tasks_table.c.id == task_id)).one()
         return _from_row(row)
 
+    def count_by_status(self) -> dict[TaskStatus, int]:
+        """How many tasks are in each status (every status, 0 included)."""
+        query = sa.select(tasks_table.c.status, sa.func.count()).group_by(tasks_table.c.status)
+        with self.engine.connect() as conn:
+            counted = {str(status): int(n) for status, n in conn.execute(query)}
+        return {status: counted.get(status.value, 0) for status in TaskStatus}
+
     def with_status(self, *statuses: TaskStatus) -> list[TaskRecord]:
         query = (
             tasks_table.select()
