@@ -38,6 +38,10 @@ from support.builders import (
 )
 from support.s3_fixtures import s3  # noqa: F401 (moto's S3 server, a fixture for any test)
 
+# Every server a test starts (they inherit this environment) stops at once on SIGTERM,
+# not after the default 5 s drain; the drain's own tests (tests/server) set theirs.
+os.environ.setdefault("MODELPORT_DRAIN_SECONDS", "0")
+
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 

@@ -99,6 +99,18 @@ class Settings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    drain_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="on SIGTERM, health says NOT_SERVING at once while the listeners keep "
+        "answering (new connections too) this long, so load balancers notice; then the "
+        "requests in flight finish, running tasks go back to the queue, and it exits",
+    )
+    otel_endpoint: str = Field(
+        default="",
+        description="OpenTelemetry collector to export traces to over OTLP/HTTP, e.g. "
+        "'http://collector:4318' (needs the otel extra; '' : no tracing)",
+    )
     max_request_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="largest HTTP body (413 above)"
     )

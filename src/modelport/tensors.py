@@ -157,6 +157,8 @@ class InferenceRequest:
     # deadline (gRPC's grpc-timeout, HTTP's Request-Timeout); the v2 parameter
     # ``timeout`` (microseconds) is read by the core and shortens it.
     deadline_ns: int = 0
+    # The request's span when tracing is on (core/tracing.py; opaque here), else None.
+    trace: object | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from modelport.cluster import wire
 from modelport.cluster.keys import GROUP, RedisKeys
 from modelport.cluster.streams import ensure_group, reclaim
 from modelport.core.service import InferenceService
-from modelport.errors import ModelportError, ModelUnavailable
+from modelport.core.tracing import RequestSpan
+from modelport.errors import ErrorKind, ModelportError, ModelUnavailable
 from modelport.tensors import InferenceRequest, Tensor, datatype_of
 
 log = logging.getLogger("modelport.cluster")
@@ -33,6 +34,8 @@ RECLAIM_S = 3.0
 REPLY_TTL_S = 120
 BLOCK_MS = 1000
 MAX_DELIVERIES = 2
+# The errors a request's span counts as the server's own failure.
+SERVER_FAULTS = frozenset({ErrorKind.INTERNAL, ErrorKind.UNAVAILABLE})
 
 
 class OnlineConsumer:
@@ -104,6 +107,18 @@ class OnlineConsumer:
             pipe.xdel(self.stream, *ids)
             await pipe.execute()
 
+    def _span(self, header: dict[str, Any]) -> RequestSpan | None:
+        """The request's span, a child of the gateway's hop (the message's ``trace``);
+        None when tracing is off."""
+        tracer = self.service.tracer
+        if tracer is None:
+            return None
+        trace = header.get("trace")
+        carrier = {str(k): str(v) for k, v in trace.items()} if isinstance(trace, dict) else {}
+        return tracer.request(
+            kind="cluster", name=f"cluster {self.model}", model=self.model, carrier=carrier
+        )
+
     async def _answer(self, fields: dict[Any, Any], deliveries: int) -> None:
         raw = fields.get(b"m") or fields.get("m")
         if not raw:
@@ -117,6 +132,7 @@ class OnlineConsumer:
         if not reply or time.time() > float(header.get("deadline", 0)):
             return  # the gateway has given up on it
         outputs: dict[str, Any] = {}
+        span = self._span(header)
         try:
             if deliveries > MAX_DELIVERIES:
                 raise ModelUnavailable(
@@ -128,12 +144,17 @@ class OnlineConsumer:
                 str(header.get("version", "")),
                 str(header.get("id", "")),
                 dict(header.get("parameters") or {}),
+                trace=span,
             )
             response = await self.service.infer(request)
             outputs = {t.name: t.data for t in response.outputs}
             head: dict[str, Any] = {"id": header.get("id")}
+            if span is not None:
+                span.end()
         except ModelportError as exc:
             head = {"id": header.get("id"), "error": exc.message, "kind": exc.kind.value}
+            if span is not None:
+                span.end(exc.message if exc.kind in SERVER_FAULTS else "", status=exc.kind.value)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.rpush(reply, wire.pack(head, outputs))
             pipe.expire(reply, REPLY_TTL_S)

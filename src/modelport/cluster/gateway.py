@@ -5,7 +5,9 @@ model a live worker advertises (local models win a name clash). Such a model loa
 ``runtime: cluster``: a :class:`ClusterRuntime` per instance, whose ``infer`` sends the
 batch the local batcher formed to the model's request stream and waits for the answer
 on a list of its own. The consumer group shares the stream among the workers hosting
-the model. A request whose model has no live worker left fails at once (503), as does
+the model. With tracing on, the message carries the hop's W3C ``traceparent`` (header
+``trace``), so the worker's span of the request joins the trace. A request whose model
+has no live worker left fails at once (503), as does
 one that gets no answer within ``timeout_s``; a worker that died holding a request has
 it retried once by another worker (``cluster/consumer.py``).
 """
@@ -134,6 +136,20 @@ class ClusterRuntime:
     def infer(
         self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
+        tracer = self.context.tracer
+        if tracer is None:
+            return self._infer(inputs, parameters, None)
+        with tracer.hop("cluster infer", peer=self.keys.infer_stream(self.model)) as headers:
+            return self._infer(inputs, parameters, headers)
+
+    def _infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        parameters: Mapping[str, Any],
+        trace: dict[str, str] | None,
+    ) -> dict[str, np.ndarray]:
+        """Send the batch and wait for its answer; ``trace``: the hop's W3C headers,
+        carried in the message for the worker's span."""
         request_id = uuid.uuid4().hex
         reply = self.keys.reply(request_id)
         deadline = time.time() + self.timeout_s
@@ -145,6 +161,8 @@ class ClusterRuntime:
             "reply": reply,
             "deadline": deadline,
         }
+        if trace:
+            header["trace"] = trace
         stream = self.keys.infer_stream(self.model)
         try:
             message_id = self.client.xadd(stream, {"m": wire.pack(header, inputs)})

@@ -60,6 +60,7 @@ from modelport.core.instances import Instance
 from modelport.core.request_queue import LevelledQueue
 from modelport.core.runtime import GatheredRequest, RequestOutcome
 from modelport.core.stats import ModelStats
+from modelport.core.tracing import BatchSpan, QueuedRequest, Tracer
 from modelport.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -174,8 +175,10 @@ class DynamicBatcher:
         stats: ModelStats,
         inline_budget_ns: int = INLINE_BUDGET_NS,
         echo_cap_s: float = ECHO_CAP_S,
+        tracer: Tracer | None = None,
     ) -> None:
         self.name = name
+        self.tracer = tracer  # None: tracing is off, and batches cost one check for it
         self.instances = list(instances)
         self.max_batch_size = max_batch_size
         self.max_queue_size = batching.max_queue_size
@@ -430,18 +433,40 @@ class DynamicBatcher:
 
     def _dispatch(self, instance: Instance, batch: list[_Pending]) -> None:
         started = time.perf_counter_ns()
+        if self.tracer is not None:
+            self._dispatch_traced(instance, batch, started, self.tracer)
+            return
         future = instance.call(partial(self._work, instance, batch))
         future.add_done_callback(partial(self._finished, instance, batch, started))
+
+    def _dispatch_traced(
+        self, instance: Instance, batch: list[_Pending], started: int, tracer: Tracer
+    ) -> None:
+        span = self._batch_span(batch, started, tracer)
+        work = partial(self._work, instance, batch)
+        future = instance.call(work if span is None else partial(span.run, work))
+        future.add_done_callback(partial(self._finished, instance, batch, started, span=span))
+
+    def _batch_span(self, batch: list[_Pending], started: int, tracer: Tracer) -> BatchSpan | None:
+        members = [
+            QueuedRequest(p.request.trace if p.request is not None else None, p.enqueued_ns)
+            for p in batch
+        ]
+        return tracer.batch(model=self.name, members=members, started_ns=started)
 
     def _run_inline(self, instance: Instance, batch: list[_Pending], lone: bool) -> None:
         started = time.perf_counter_ns()
         assert self._loop is not None
+        span = None if self.tracer is None else self._batch_span(batch, started, self.tracer)
         future: asyncio.Future[_Ran] = self._loop.create_future()
         try:
-            future.set_result(self._work(instance, batch, lone))
+            if span is None:
+                future.set_result(self._work(instance, batch, lone))
+            else:
+                future.set_result(span.run(partial(self._work, instance, batch, lone)))
         except Exception as exc:
             future.set_exception(exc)
-        self._finished(instance, batch, started, future)
+        self._finished(instance, batch, started, future, span=span)
 
     def _finished(
         self,
@@ -449,9 +474,13 @@ class DynamicBatcher:
         batch: list[_Pending],
         started: int,
         future: asyncio.Future[_Ran],
+        *,
+        span: BatchSpan | None = None,
     ) -> None:
         self._free.append(instance)
         exc = None if future.cancelled() else future.exception()
+        if span is not None:
+            span.end(rows=sum(p.rows for p in batch), error=exc)
         if future.cancelled() or exc is not None:
             self._failed(batch, exc)
         else:

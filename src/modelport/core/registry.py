@@ -45,6 +45,7 @@ from modelport.core.runtime import (
     resolve_signature,
 )
 from modelport.core.stats import ModelStats
+from modelport.core.tracing import Tracer
 from modelport.core.warmup import warm_up
 from modelport.errors import (
     InvalidInput,
@@ -75,8 +76,10 @@ class ModelRegistry:
         caller: ModelCaller,
         limits: MemoryLimits | None = None,
         gpus: Gpus = NO_GPUS,
+        tracer: Tracer | None = None,
     ) -> None:
         self.repository = repository
+        self.tracer = tracer  # given to batchers and runtimes (core/tracing.py)
         self.runtimes = runtimes
         self.caller = caller
         self.limits = limits or MemoryLimits()
@@ -386,6 +389,7 @@ class ModelRegistry:
                     instance=i,
                     device=device,
                     models=self.caller,
+                    tracer=self.tracer,
                 )
                 runtime = reshaping(factory(ctx), spec)
                 try:
@@ -408,6 +412,7 @@ class ModelRegistry:
                 max_batch_size=spec.max_batch_size,
                 batching=spec.batching,
                 stats=stats,
+                tracer=self.tracer,
             )
             batcher.start()
             loaded = LoadedVersion(

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from modelport.core.tracing import Tracer
 from modelport.errors import ModelportError, SpecError
 from modelport.spec import ModelSpec, TensorSpec
 
@@ -49,6 +50,8 @@ class RuntimeContext:
     instance: int
     device: str
     models: ModelCaller
+    # Spans of hops to other servers (remote and cluster runtimes); None: tracing is off.
+    tracer: Tracer | None = None
 
     def model_path(self, usual: str) -> Path:
         """The model's file (or folder) in the version folder: the spec's ``model_file``

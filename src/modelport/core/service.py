@@ -30,6 +30,7 @@ from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
 from modelport.core.shared_memory import RegionStatus, SystemSharedMemory
 from modelport.core.stats import ModelStats
+from modelport.core.tracing import Tracer
 from modelport.core.traffic import ModelTraffic
 from modelport.core.triton_config import TritonConfig, platform_of, triton_config
 from modelport.core.validation import (
@@ -151,7 +152,8 @@ class InferenceService:
     ``admin_refusal``: why admin calls are refused on this server ("" allows them).
     ``max_tensor_elements``: the elements one input tensor may have (0: any).
     ``peers``: the server's other processes (``--processes N``), told of loads and
-    unloads and asked for their counters.
+    unloads and asked for their counters. ``tracer``: spans of requests, batches and
+    hops (None: tracing is off).
     """
 
     def __init__(
@@ -166,8 +168,11 @@ class InferenceService:
         admin_refusal: str = "",
         max_tensor_elements: int = 0,
         peers: Peers | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.name = name
+        # Spans of requests, batches and hops (core/tracing.py); None: tracing is off.
+        self.tracer = tracer
         self.version = version
         # The decoders check max_tensor_elements too, before they allocate; this check
         # covers every other way in.
@@ -175,7 +180,12 @@ class InferenceService:
         self.admin_refusal = admin_refusal
         self._peers = peers
         self._registry = ModelRegistry(
-            repository, runtimes, caller=LoopModelCaller(self), limits=limits, gpus=gpus
+            repository,
+            runtimes,
+            caller=LoopModelCaller(self),
+            limits=limits,
+            gpus=gpus,
+            tracer=tracer,
         )
         # The loop the models serve on, known once opened: runtimes' threads call
         # other models through it (LoopModelCaller).
@@ -184,6 +194,7 @@ class InferenceService:
         # encoders write outputs into it (``register_region`` is an admin call).
         self.shared_memory = SystemSharedMemory()
         self._traffic: dict[str, ModelTraffic] = {}  # models with traffic or shadow
+        self.draining = False  # set by drain(): the server is stopping
 
     # -- life -----------------------------------------------------------------------------
 
@@ -214,10 +225,20 @@ class InferenceService:
         return True
 
     def ready(self) -> bool:
-        """Ready once every model has finished loading (failed ones do not block it)."""
+        """Ready once every model has finished loading (failed ones do not block it), and
+        until the server starts to drain."""
+        return not self.draining and self.models_loaded()
+
+    def models_loaded(self) -> bool:
+        """Every model has finished loading (failed ones included)."""
         return self._registry.initial_load_done and all(
             e.state is not ModelState.LOADING for e in self._registry.entries.values()
         )
+
+    def drain(self) -> None:
+        """The server is stopping: health says not ready from now on, so load balancers
+        send no more, while requests are still answered."""
+        self.draining = True
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Whether ``name`` (at ``version``, else its latest) takes requests now;

@@ -73,6 +73,9 @@ class ModelMetrics(Collector):
         instances = GaugeMetricFamily(
             "modelport_instances", "Model instances loaded", labels=[*labels, "device"]
         )
+        busy = GaugeMetricFamily(
+            "modelport_instances_busy", "Model instances running a batch now", labels=labels
+        )
         ready = GaugeMetricFamily(
             "modelport_model_ready", "1 when the model serves", labels=["model"]
         )
@@ -93,9 +96,11 @@ class ModelMetrics(Collector):
                 ):
                     _add_histogram(family, key, hist)
                 depth.add_metric(key, loaded.batcher.queue_depth)
+                busy.add_metric(key, loaded.batcher.busy)
                 for device in sorted(set(loaded.devices)):
                     instances.add_metric([*key, device], loaded.devices.count(device))
-        yield from (requests, inferences, executions, *histograms.values(), depth, instances)
+        yield from (requests, inferences, executions, *histograms.values(), depth, busy)
+        yield instances
         yield ready
         yield from self._traffic()
         yield from _replicas(v for m in self.service.models() for v in m.versions)

@@ -57,6 +57,8 @@ class ContainerJob:
     # starts, and the ``copy_back`` paths out of it into ``output_dir`` after it exits 0.
     copy_to: str | None = None
     copy_back: tuple[str, ...] = ()
+    # The task's W3C trace context, given to the container as TRACEPARENT ("" : none).
+    traceparent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,8 @@ def run_options(job: ContainerJob, uid: int | None = None) -> dict[str, Any]:
         "MODELPORT_TASK_ID": job.task_id,
         "MODELPORT_PARAMETERS": json.dumps(job.parameters),
     }
+    if job.traceparent:  # W3C trace context, as OpenTelemetry SDKs read it
+        environment["TRACEPARENT"] = job.traceparent
     gpus = _gpu_ids(spec, job.gpu)
     requests = []
     if gpus:

@@ -47,6 +47,7 @@ import numpy as np
 
 from modelport.core.runtime import RuntimeContext, Signature, TargetStats
 from modelport.errors import ModelUnavailable, SpecError
+from modelport.redaction import redact_url
 from modelport.runtimes.remote_client import RemoteClient, RemoteTensor
 from modelport.runtimes.remote_replicas import ReplicaClient, ReplicaSet, ReplicaSets
 from modelport.runtimes.remote_tfserving import TfServingClient
@@ -168,7 +169,12 @@ class RemoteRuntime:
             name: (self._types.get(name) or datatype_of(array), array)
             for name, array in inputs.items()
         }
-        return self.client.infer(typed, parameters)
+        tracer = self.context.tracer
+        if tracer is None:
+            return self.client.infer(typed, parameters)
+        peer = ",".join(redact_url(url) for url in self.remote.replicas)
+        with tracer.hop("remote infer", peer=peer) as headers:
+            return self.client.infer(typed, parameters, headers)
 
     def unload(self) -> None:
         if self.client is not None:

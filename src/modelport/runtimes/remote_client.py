@@ -52,9 +52,13 @@ class RemoteClient(Protocol):
         """The remote model's metadata; ModelUnavailable when it is not there or not ready."""
 
     def infer(
-        self, inputs: Mapping[str, tuple[str, np.ndarray]], parameters: Mapping[str, Any]
+        self,
+        inputs: Mapping[str, tuple[str, np.ndarray]],
+        parameters: Mapping[str, Any],
+        trace_headers: Mapping[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run one batch remotely; ``inputs`` maps a name to (datatype, array)."""
+        """Run one batch remotely; ``inputs`` maps a name to (datatype, array);
+        ``trace_headers`` (W3C ``traceparent``...) go with it as headers or metadata."""
 
     def close(self) -> None: ...
 
@@ -107,10 +111,18 @@ class GrpcChannel:
             remote.url.removeprefix("grpc://"), options=GRPC_OPTIONS
         )
 
-    def call(self, method: Callable[..., Any], request: Any, loading: bool = False) -> Any:
-        """``loading``: any refusal means the model is not there to be served."""
+    def call(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        loading: bool = False,
+        extra: Mapping[str, str] | None = None,
+    ) -> Any:
+        """``loading``: any refusal means the model is not there to be served;
+        ``extra``: metadata sent besides the configured one (a trace's)."""
+        metadata = self.metadata if not extra else (*self.metadata, *extra.items())
         try:
-            return method(request, timeout=self.timeout, metadata=self.metadata)
+            return method(request, timeout=self.timeout, metadata=metadata)
         except grpc.RpcError as exc:
             raise self._error(exc, loading) from None
 

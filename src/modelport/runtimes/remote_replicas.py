@@ -246,10 +246,13 @@ class ReplicaClient:
         return found
 
     def infer(
-        self, inputs: Mapping[str, tuple[str, np.ndarray]], parameters: Mapping[str, Any]
+        self,
+        inputs: Mapping[str, tuple[str, np.ndarray]],
+        parameters: Mapping[str, Any],
+        trace_headers: Mapping[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         outputs: dict[str, np.ndarray] = self._first_answer(
-            lambda client: client.infer(inputs, parameters)
+            lambda client: client.infer(inputs, parameters, trace_headers)
         )
         return outputs
 

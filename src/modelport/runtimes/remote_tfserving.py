@@ -95,7 +95,10 @@ class TfServingClient:
             raise self.describe.failed(f"a tensor has an unsupported dtype {exc}") from None
 
     def infer(
-        self, inputs: Mapping[str, tuple[str, np.ndarray]], parameters: Mapping[str, Any]
+        self,
+        inputs: Mapping[str, tuple[str, np.ndarray]],
+        parameters: Mapping[str, Any],
+        trace_headers: Mapping[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         request = predict_pb2.PredictRequest(model_spec=self._spec())
         for name, (datatype, array) in inputs.items():
@@ -109,7 +112,7 @@ class TfServingClient:
                 )
             else:
                 proto.tensor_content = encode_tensor(array, datatype)
-        response = self._grpc.call(self._predict.Predict, request)
+        response = self._grpc.call(self._predict.Predict, request, extra=trace_headers)
         try:
             return {name: _array(name, proto) for name, proto in response.outputs.items()}
         except (ModelportError, KeyError, ValueError) as exc:

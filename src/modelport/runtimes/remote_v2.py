@@ -72,7 +72,10 @@ class HttpV2Client:
             raise self.describe.failed(f"its metadata is not KServe v2: {detail}") from None
 
     def infer(
-        self, inputs: Mapping[str, tuple[str, np.ndarray]], parameters: Mapping[str, Any]
+        self,
+        inputs: Mapping[str, tuple[str, np.ndarray]],
+        parameters: Mapping[str, Any],
+        trace_headers: Mapping[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         tensors, chunks = [], []
         for name, (datatype, array) in inputs.items():
@@ -93,7 +96,11 @@ class HttpV2Client:
             "POST",
             self._infer_url,
             content=b"".join((head, *chunks)),
-            headers={JSON_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"},
+            headers={
+                JSON_LENGTH: str(len(head)),
+                "Content-Type": "application/octet-stream",
+                **(trace_headers or {}),
+            },
         )
         if response.status_code != 200:
             raise self._status_error(response)
@@ -167,14 +174,17 @@ class GrpcV2Client:
         )
 
     def infer(
-        self, inputs: Mapping[str, tuple[str, np.ndarray]], parameters: Mapping[str, Any]
+        self,
+        inputs: Mapping[str, tuple[str, np.ndarray]],
+        parameters: Mapping[str, Any],
+        trace_headers: Mapping[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         request = pb.ModelInferRequest(model_name=self.model, model_version=self.version)
         for name, (datatype, array) in inputs.items():
             request.inputs.add(name=name, datatype=datatype, shape=array.shape)
             request.raw_input_contents.append(encode_tensor(array, datatype))
         set_parameters(request.parameters, parameters)
-        response = self._grpc.call(self._stub.ModelInfer, request)
+        response = self._grpc.call(self._stub.ModelInfer, request, extra=trace_headers)
         raw = response.raw_output_contents
         outputs = {}
         try:

@@ -22,6 +22,7 @@ from modelport.core.cache import MemoryLimits
 from modelport.core.repository import ModelRepository
 from modelport.core.runtime import RuntimeFactory
 from modelport.core.service import InferenceService, Peers
+from modelport.core.tracing import Tracer
 from modelport.observability.gpus import Nvml, discover_gpus
 from modelport.runtimes.container import ContainerRuntime
 from modelport.runtimes.ensemble import EnsembleRuntime
@@ -76,6 +77,7 @@ def build_service(
     repository: ModelRepository | None = None,
     extra_runtimes: Mapping[str, RuntimeFactory] | None = None,
     peers: Peers | None = None,
+    tracer: Tracer | None = None,
 ) -> InferenceService:
     """The core, whole but not opened (models load in ``await service.open()``); GPU
     models are placed on the ``gpus`` setting's ids, else on those ``nvml`` finds."""
@@ -113,6 +115,7 @@ def build_service(
         admin_refusal=core_admin_refusal(settings),
         max_tensor_elements=settings.max_tensor_elements,
         peers=peers,
+        tracer=tracer,
     )
 
 
@@ -203,6 +206,7 @@ def build_task_worker(
     work_dir: Path,
     name: str = "worker",
     takeover: Callable[[str], Awaitable[bool]] | None = None,
+    tracer: Tracer | None = None,
 ) -> TaskWorker:
     """The worker that runs container tasks in ``task_slots`` CPU slots, or one slot per
     ``task_gpus``; the same for ``modelport serve`` and ``modelport worker``."""
@@ -219,6 +223,7 @@ def build_task_worker(
         name=name,
         max_attempts=settings.task_max_attempts,
         takeover=takeover,
+        tracer=tracer,
     )
 
 
@@ -228,6 +233,7 @@ def build_task_service(
     cluster: Cluster | None = None,
     primary: bool = True,
     adopt: bool = False,
+    tracer: Tracer | None = None,
 ) -> TaskService:
     """The tasks core: records in SQL, files through fsspec, the in-process broker (or
     the cluster's Redis one), and a worker for the slots, when there are any and this is
@@ -260,6 +266,7 @@ def build_task_service(
             work_dir=storage.data_dir / "work",
             name=cluster.worker_id if cluster else "worker",
             takeover=cluster.may_take_over if cluster else None,
+            tracer=tracer,
         )
     return TaskService(
         store=storage.store,

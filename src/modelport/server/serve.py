@@ -13,10 +13,13 @@ import functools
 import gc
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -35,6 +38,8 @@ from modelport.core.service import InferenceService
 from modelport.core.watcher import RepositoryWatcher
 from modelport.observability.gpus import Nvml
 from modelport.observability.metrics import metrics_registry, setup_logging
+from modelport.observability.task_metrics import TaskMetrics
+from modelport.observability.tracing import start_tracing
 from modelport.observability.upstream_metrics import tfserving_metrics, triton_metrics
 from modelport.security.access import Guard, Need
 from modelport.security.tls import load_tls
@@ -68,13 +73,58 @@ from modelport.supply.tfserving_config import read_monitoring_path
 log = logging.getLogger("modelport")
 
 
+class Drain:
+    """SIGTERM's grace period (``drain_seconds``): from :meth:`begin`, health says not
+    ready (HTTP 503, gRPC NOT_SERVING) while every listener keeps answering, new
+    connections included, until load balancers have noticed; then the server stops."""
+
+    def __init__(self, service: InferenceService, seconds: float) -> None:
+        self.service, self.seconds = service, seconds
+        self.until: float | None = None
+
+    def begin(self) -> bool:
+        """Start draining; False when there is nothing to wait for (``drain_seconds``
+        0, or a drain already begun: a second SIGTERM stops at once)."""
+        self.service.drain()
+        if self.until is not None or self.seconds <= 0:
+            return False
+        self.until = time.monotonic() + self.seconds
+        return True
+
+    def over(self) -> bool:
+        return self.until is not None and time.monotonic() >= self.until
+
+
 class _Server(uvicorn.Server):
-    """uvicorn raises a caught SIGTERM or SIGINT again once it has stopped, which would
-    end the process before :func:`serve` closes the models; here the signal only stops it."""
+    """The main listener, which handles the signals.
+
+    SIGTERM drains first (:class:`Drain`), then stops; SIGINT stops at once (health says
+    not ready either way). Stopping closes the listener and lets the requests in flight
+    finish (up to ``timeout_graceful_shutdown``); :func:`serve` then stops the rest.
+    uvicorn raises a caught signal again once it has stopped, which would end the
+    process before :func:`serve` closes the models and hands tasks back: here the signal
+    only stops it."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self.drain.begin():
+            log.info(
+                "SIGTERM: draining for %g s (health says not ready, requests are answered)",
+                self.drain.seconds,
+            )
+            return  # serving on until on_tick sees the drain over
+        self.drain.service.drain()
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain.over() and not self.should_exit:
+            log.info("drained for %g s; stopping", self.drain.seconds)
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def _warn_when_open(settings: Settings, guard: Guard | None) -> None:
@@ -154,8 +204,13 @@ async def serve(
     settings: Settings,
     on_ready: Callable[[InferenceService], None] | None = None,
     process: ProcessInfo | None = None,
+    *,
+    tracer_provider: Any = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; models load while the server already answers health."""
+    """Serve until SIGINT or SIGTERM; models load while the server already answers health.
+    ``tracer_provider``: an OpenTelemetry TracerProvider to send spans through, in place
+    of the one ``otel_endpoint`` makes (embedding; the tracing tests' in-memory
+    exporter)."""
     setup_logging(settings.log_level, settings.log_format)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     # Checked before anything starts: a TlsError or KeyFileError stops serve here.
@@ -173,6 +228,11 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(log.info, "modelport stopped")
         stack.callback(os.umask, claim_data_dir(settings))
+        tracer = start_tracing(
+            settings.otel_endpoint, service_name=settings.server_name, provider=tracer_provider
+        )
+        if tracer is not None:  # closed last: it flushes the spans of everything else
+            stack.callback(tracer.close)
         cluster = connect(settings) if settings.broker else None
         if cluster is not None:
             stack.push_async_callback(cluster.close)
@@ -186,6 +246,7 @@ async def serve(
             repository=gateway if gateway is not None else local,
             extra_runtimes=cluster.runtimes(settings) if cluster else None,
             peers=peers,
+            tracer=tracer,
         )
         stack.push_async_callback(service.close)
         primary = process is None or process.primary
@@ -195,6 +256,7 @@ async def serve(
             primary=primary,
             # Several processes, one in-process broker each: the first adopts the others' tasks.
             adopt=process is not None and process.count > 1 and primary and cluster is None,
+            tracer=tracer,
         )
         stack.push_async_callback(tasks.close)
         # ABLInfer's sessions run as tasks: built when its listener or specs are asked for.
@@ -203,6 +265,7 @@ async def serve(
             ablinfer = build_ablinfer_sessions(settings, tasks)
             stack.push_async_callback(ablinfer.close)
         metrics = metrics_registry(service, nvml)
+        metrics.register(TaskMetrics(tasks))
         _, asgi = create_app(
             service,
             metrics=metrics,
@@ -267,7 +330,8 @@ async def serve(
         # Several processes: each binds the port with SO_REUSEPORT, and answers its peers
         # on a Unix socket of its own (peers.py).
         sockets = [reuseport_socket(settings.host, settings.port)] if process else None
-        serving = await run_in_stack(_Server(config), stack, sockets=sockets)
+        drain = Drain(service, settings.drain_seconds)
+        serving = await run_in_stack(_Server(config, drain), stack, sockets=sockets)
         parts = ListenerParts(
             settings=settings,
             service=service,

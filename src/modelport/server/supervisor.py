@@ -126,7 +126,8 @@ async def supervise(settings: Settings, on_ready: Callable[[], None] | None = No
             if process.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     process.terminate()
-        deadline = time.monotonic() + STOP_S
+        # Each process drains (drain_seconds) before it stops.
+        deadline = time.monotonic() + settings.drain_seconds + STOP_S
         for process in running:
             await asyncio.to_thread(process.join, max(0.1, deadline - time.monotonic()))
             if process.is_alive():

@@ -15,9 +15,11 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from modelport.cluster.node import ClusterNode
 from modelport.observability.metrics import setup_logging
+from modelport.observability.tracing import start_tracing
 from modelport.server.build import (
     GIL_SWITCH_SECONDS,
     TaskStorage,
@@ -39,8 +41,12 @@ def worker_models(settings: Settings) -> frozenset[str] | None:
     return names or None
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Host models and take work until SIGTERM or SIGINT (or ``stop`` is set)."""
+async def run_worker(
+    settings: Settings, stop: asyncio.Event | None = None, *, tracer_provider: Any = None
+) -> None:
+    """Host models and take work until SIGTERM or SIGINT (or ``stop`` is set).
+    ``tracer_provider``: an OpenTelemetry TracerProvider to send spans through, in place
+    of the one ``otel_endpoint`` makes (observability/tracing.py)."""
     setup_logging(settings.log_level, settings.log_format)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     stop = stop or asyncio.Event()
@@ -51,7 +57,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     if is_url(settings.repository):
         await pull_repository(settings)  # a bucket: the same local copy serve makes
     local = build_repository(settings, worker_models(settings))
-    service = build_service(settings, repository=local)
+    tracer = start_tracing(
+        settings.otel_endpoint, service_name=settings.server_name, provider=tracer_provider
+    )
+    service = build_service(settings, repository=local, tracer=tracer)
     umask = claim_data_dir(settings)
     storage = TaskStorage.open(settings)
     worker = build_task_worker(
@@ -62,6 +71,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         work_dir=storage.data_dir / "work" / cluster.worker_id,
         name=cluster.worker_id,
         takeover=cluster.may_take_over,
+        tracer=tracer,
     )
     node = ClusterNode(
         cluster.client,
@@ -77,6 +87,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     async with contextlib.AsyncExitStack() as stack:
         # Stopped in the reverse order: the worker first, the Redis clients last.
         stack.callback(os.umask, umask)
+        if tracer is not None:
+            stack.callback(tracer.close)
         stack.push_async_callback(cluster.close)
         stack.push_async_callback(asyncio.to_thread, storage.store.close)
         stack.push_async_callback(service.close)

@@ -44,7 +44,8 @@ class TaskRecord:
     """One task. ``attempts`` counts the times a worker started it; ``error`` says why a
     task failed (with the tail of its log), ``exit_code`` is the container's.
     ``accept_empty_output``: a container that leaves ``/output`` empty succeeds with an
-    empty zip (the zip-task cluster server's clients expect that) instead of failing."""
+    empty zip (the zip-task cluster server's clients expect that) instead of failing.
+    ``traceparent``: the trace the task was submitted in (its container gets it)."""
 
     id: str
     model: str
@@ -62,6 +63,8 @@ class TaskRecord:
     output_bytes: int | None = None
     files_purged: bool = False
     accept_empty_output: bool = False
+    # The W3C traceparent the task was submitted with ("" : none): its span's parent.
+    traceparent: str = ""
 
     def fields(self) -> dict[str, Any]:
         """The fields as they are, for the store."""

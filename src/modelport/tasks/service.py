@@ -47,6 +47,8 @@ LOG_POLL_S = 0.25
 MAX_OFFSET = 2**62  # past it, databases' 64-bit integers overflow
 MAX_PAGE = 500
 _FILE_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
+# A W3C traceparent (version 00): what a task keeps of the trace it was submitted in.
+TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class TaskNotFound(ModelNotFound):
@@ -175,12 +177,14 @@ class TaskService:
         version: str = "",
         accept_empty_output: bool = False,
         zip_only: bool = False,
+        traceparent: str = "",
     ) -> TaskRecord:
         """Accept a task: check the model and the files, store them, queue the task. A zip
         is read through here, so one the worker could not unpack is refused now (400).
         ``accept_empty_output``: an empty ``/output`` succeeds with an empty zip instead
         of failing the task (what the zip-task cluster server's clients expect);
-        ``zip_only``: the one file must be a zip, whatever its name."""
+        ``zip_only``: the one file must be a zip, whatever its name; ``traceparent``: the
+        W3C trace context it was submitted in (kept when well formed, else dropped)."""
         chosen = await asyncio.to_thread(self._container_version, model, version)
         if not files:
             raise InvalidInput("a task needs at least one input file (a zip, or files)")
@@ -192,6 +196,7 @@ class TaskService:
                 packed=packed,
                 parameters=parameters,
                 accept_empty_output=accept_empty_output,
+                traceparent=traceparent,
             )
 
     async def submit_packed(
@@ -202,6 +207,7 @@ class TaskService:
         packed: Path,
         parameters: dict[str, Any] | None = None,
         accept_empty_output: bool = False,
+        traceparent: str = "",
     ) -> TaskRecord:
         """Store and queue a task whose input zip (``packed``) the caller has made and
         whose model it has checked (an ABLInfer session names its spec in
@@ -218,6 +224,7 @@ class TaskService:
             parameters=dict(parameters or {}),
             input_bytes=size,
             accept_empty_output=accept_empty_output,
+            traceparent=traceparent if TRACEPARENT.fullmatch(traceparent) else "",
         )
         await asyncio.to_thread(self.store.create, record)
         try:

@@ -45,10 +45,14 @@ tasks_table = sa.Table(
     sa.Column("output_bytes", sa.BigInteger),
     sa.Column("files_purged", sa.Boolean, nullable=False, default=False),
     sa.Column("accept_empty_output", sa.Boolean, nullable=False, default=False),
+    sa.Column("traceparent", sa.String(64), nullable=False, default=""),
 )
 # Columns added after the table's first release: added to an older table at start, with
 # the value older rows mean ("false").
-_ADDED_COLUMNS = {"accept_empty_output": "BOOLEAN NOT NULL DEFAULT FALSE"}
+_ADDED_COLUMNS = {
+    "accept_empty_output": "BOOLEAN NOT NULL DEFAULT FALSE",
+    "traceparent": "VARCHAR(64) NOT NULL DEFAULT ''",
+}
 
 _TIMES = ("created_at", "started_at", "finished_at")
 
@@ -209,6 +213,13 @@ class TaskStore:
                 return None
             row = conn.execute(tasks_table.select().where(tasks_table.c.id == task_id)).one()
         return _from_row(row)
+
+    def count_by_status(self) -> dict[TaskStatus, int]:
+        """How many tasks are in each status (every status, 0 included)."""
+        query = sa.select(tasks_table.c.status, sa.func.count()).group_by(tasks_table.c.status)
+        with self.engine.connect() as conn:
+            counted = {str(status): int(n) for status, n in conn.execute(query)}
+        return {status: counted.get(status.value, 0) for status in TaskStatus}
 
     def with_status(self, *statuses: TaskStatus) -> list[TaskRecord]:
         query = (

@@ -27,12 +27,13 @@ import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
 from modelport.core.repository import ModelRepository
+from modelport.core.tracing import TaskSpan, Tracer
 from modelport.errors import ModelportError
 from modelport.runtimes.container import (
     PROGRESS_FILE,
@@ -144,8 +145,10 @@ class TaskWorker:
         name: str = "worker",
         max_attempts: int = 3,
         takeover: Callable[[str], Awaitable[bool]] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store, self.blobs, self.broker = store, blobs, broker
+        self.tracer = tracer  # a span for each run (core/tracing.py); None: tracing off
         self.repository, self.executor, self.slots = repository, executor, slots
         self.work_dir, self.zip_limits = work_dir, zip_limits
         self.visibility_s, self.name = visibility_s, name
@@ -288,13 +291,36 @@ class TaskWorker:
             started.attempts,
         )
         self.running[record.id] = slot
+        span = None
+        if self.tracer is not None:
+            span = self.tracer.task(
+                task_id=record.id,
+                model=record.model,
+                attempt=started.attempts,
+                traceparent=record.traceparent,
+            )
+        # The container joins the run's span, else the trace the task came in (if any).
+        traceparent = span.traceparent if span is not None else record.traceparent
         heartbeat = asyncio.create_task(self._heartbeat(delivery))
+        disposition = Disposition.ACK
         try:
-            return await asyncio.to_thread(self._run, slot, started)
+            disposition = await asyncio.to_thread(self._run, slot, started, traceparent)
+            return disposition
         finally:
             heartbeat.cancel()
             self.running.pop(record.id, None)
             shutil.rmtree(self.work_dir / record.id, ignore_errors=True)
+            if span is not None:
+                await self._end_span(span, record.id, disposition)
+
+    async def _end_span(self, span: TaskSpan, task_id: str, disposition: Disposition) -> None:
+        """End a run's span with how the run left the task (queued again, or its end)."""
+        if disposition is Disposition.REQUEUE:
+            span.end("requeued", failed=False)
+            return
+        record = await asyncio.to_thread(self.store.get, task_id)
+        status = record.status if record is not None else None
+        span.end(status.value if status else "gone", failed=status is TaskStatus.FAILED)
 
     async def _redelivered(self, record: TaskRecord, delivery: Delivery) -> Redelivery:
         """A running task delivered (again): a duplicate, unless its claim ran out (a
@@ -329,11 +355,11 @@ class TaskWorker:
             await asyncio.sleep(self.visibility_s / 3)
             await self.broker.extend(delivery, self.visibility_s)
 
-    def _run(self, slot: Slot, record: TaskRecord) -> Disposition:
+    def _run(self, slot: Slot, record: TaskRecord, traceparent: str) -> Disposition:
         folder = self.work_dir / record.id
         shutil.rmtree(folder, ignore_errors=True)
         try:
-            job = self._prepare(slot, record, folder)
+            job = replace(self._prepare(slot, record, folder), traceparent=traceparent)
         except (ModelportError, OSError) as exc:
             reason = exc.message if isinstance(exc, ModelportError) else str(exc)
             self._finish(

@@ -26,7 +26,8 @@ def test_a_real_server_names_each_check(server: str) -> None:
         body = answer.json()
         assert body["status"] == "ok" and body["failing"] == []
         # No --broker: the in-process broker needs no check.
-        assert set(body["checks"]) == {"models", "task_store", "disk"}
+        assert set(body["checks"]) == {"models", "serving", "task_store", "disk"}
+        assert body["checks"]["serving"] == {"ok": True, "draining": False}
         models = body["checks"]["models"]
         assert models["ok"] is True and models["ready"] > 1 and models["loading"] == []
         assert "broken" in models["unavailable"]  # listed, and not failing the check
@@ -50,6 +51,11 @@ async def test_full_disk_and_loading_models_fail_their_checks(
         checks = await run_checks(service, HealthSources(data_dir=tmp_path))
         assert checks["models"].ok is True
         assert checks["disk"].ok is False
+        # Draining (SIGTERM): not ready, though every model still serves.
+        service.drain()
+        checks = await run_checks(service, HealthSources())
+        assert checks["models"].ok is True and checks["serving"].ok is False
+        assert not service.ready()
     finally:
         await service.close()
 

@@ -1,10 +1,11 @@
 """The standard gRPC health service (``grpc.health.v1.Health``), answered from the core.
 
 ``grpc_health_probe`` and Kubernetes ask for the service ``""`` (the whole server):
-SERVING once every model has finished loading, as ``/v2/health/ready``. A service name
-of ``inference.GRPCInferenceService`` means the same; a model's name asks whether that
-model is ready. Any other name is NOT_FOUND (Check) or SERVICE_UNKNOWN (Watch), as the
-health protocol says.
+SERVING once every model has finished loading, as ``/v2/health/ready``, and NOT_SERVING
+from the moment the server starts to drain (SIGTERM). A service name of
+``inference.GRPCInferenceService`` means the same; a model's name asks whether that
+model is ready (NOT_SERVING too while draining). Any other name is NOT_FOUND (Check)
+or SERVICE_UNKNOWN (Watch), as the health protocol says.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
                 ready = self.service.model_ready(name)
             except ModelNotFound:
                 return int(Status.SERVICE_UNKNOWN)
-        return int(Status.SERVING if ready else Status.NOT_SERVING)
+        # Draining (shutting down): every known name says NOT_SERVING.
+        serving = ready and not self.service.draining
+        return int(Status.SERVING if serving else Status.NOT_SERVING)
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext

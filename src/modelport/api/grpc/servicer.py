@@ -26,21 +26,26 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import replace
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from modelport.api.grpc import convert
-from modelport.api.grpc.errors import abort
+from modelport.api.grpc.errors import STATUS, abort
 from modelport.core.service import InferenceService
 from modelport.core.shared_memory import RegionStatus, refuse_cuda
+from modelport.core.tracing import RequestSpan
 from modelport.errors import InvalidInput, ModelNotFound, ModelportError, Unsupported
 from modelport.protos import grpc_service_pb2 as pb
 from modelport.protos import grpc_service_pb2_grpc as pb_grpc
 
 MODEL_ID = "model-id"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+INFER_SPAN = MODEL_INFER.lstrip("/")  # the span's name, as gRPC's semantic conventions say
+# The codes a server span counts as its own failure (the others are the caller's).
+SERVER_FAULTS = frozenset({"INTERNAL", "UNAVAILABLE", "UNIMPLEMENTED", "DEADLINE_EXCEEDED"})
 EXTENSIONS = [
     "model_repository",
     "statistics",
@@ -143,16 +148,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        decoded = convert.decode_request(
-            request,
-            routed_model(request.model_name, context),
-            self.service.max_tensor_elements,
-            regions=self.service.shared_memory,
-        )
-        response = await self.service.infer(decoded.request)
-        return convert.encode_response(
-            response, decoded.typed_output, regions=self.service.shared_memory
-        )
+        name = routed_model(request.model_name, context)
+        span = self._span(name, context)
+        try:
+            decoded = convert.decode_request(
+                request, name, self.service.max_tensor_elements, regions=self.service.shared_memory
+            )
+            asked = decoded.request if span is None else replace(decoded.request, trace=span)
+            response = await self.service.infer(asked)
+            answer = convert.encode_response(
+                response, decoded.typed_output, regions=self.service.shared_memory
+            )
+        except Exception as exc:
+            if span is not None:
+                _end_span(span, exc)
+            raise
+        if span is not None:
+            _end_span(span, None)
+        return answer
+
+    def _span(self, model: str, context: Context) -> RequestSpan | None:
+        """ModelInfer's span, its parent the caller's ``traceparent`` metadata; None
+        when tracing is off."""
+        tracer = self.service.tracer
+        if tracer is None:
+            return None
+        carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        return tracer.request(kind="grpc", name=INFER_SPAN, model=model, carrier=carrier)
 
     def start_infer(
         self, raw: bytes, context: Context, done: Callable[[bytes | BaseException], None]
@@ -167,6 +189,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except DecodeError as exc:
             done(InvalidInput(f"{MODEL_INFER}: the request is not a valid protobuf message: {exc}"))
             return None
+
+        span = None
+        if self.service.tracer is not None:  # tracing on: the call's span, ended by done
+            span = self._span(routed_model(request.model_name, context), context)
+            if span is not None:
+                done = _ending(span, done)
 
         def finished() -> None:  # the batcher calls it once the request's future is done
             try:
@@ -186,7 +214,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self.service.max_tensor_elements,
                 regions=self.service.shared_memory,
             )
-            started = self.service.start(decoded.request, finished)
+            asked = decoded.request if span is None else replace(decoded.request, trace=span)
+            started = self.service.start(asked, finished)
         except ModelportError as exc:
             done(exc)
             return None
@@ -319,3 +348,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.CudaSharedMemoryUnregisterRequest, context: Context
     ) -> pb.CudaSharedMemoryUnregisterResponse:
         raise refuse_cuda()
+
+
+def _end_span(span: RequestSpan, error: BaseException | None) -> None:
+    """End a call's span with its gRPC code (a core error's, INTERNAL for a crash)."""
+    if error is None:
+        span.end(status="OK")
+        return
+    code = STATUS[error.kind].name if isinstance(error, ModelportError) else "INTERNAL"
+    span.end(f"{type(error).__name__}: {error}" if code in SERVER_FAULTS else "", status=code)
+
+
+def _ending(
+    span: RequestSpan, done: Callable[[bytes | BaseException], None]
+) -> Callable[[bytes | BaseException], None]:
+    """``done``, ending ``span`` first."""
+
+    def ended(answer: bytes | BaseException) -> None:
+        _end_span(span, answer if isinstance(answer, BaseException) else None)
+        done(answer)
+
+    return ended

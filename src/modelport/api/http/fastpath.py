@@ -26,7 +26,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -48,6 +48,7 @@ from modelport.api.http.errors import error_parts
 from modelport.api.http.limits import body_too_large
 from modelport.api.http.v2 import InferHandler, inflates_off_loop
 from modelport.codecs.v2_json import DecodedRequest
+from modelport.core.tracing import RequestSpan, Tracer
 from modelport.errors import ModelportError
 from modelport.numbers import declared_over
 from modelport.observability.failures import FailureLog
@@ -58,6 +59,7 @@ log = logging.getLogger("modelport.http")
 # Every failed HTTP answer is logged through it, fast path or not (app.py).
 failures = FailureLog(log)
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+INFER_SPAN = "POST /v2/models/{model}/infer"  # the span's name: its route, not its path
 _CRASHED = Answer(500, b'{"error":"internal error; see the server log"}')
 _STATUS_LINES = {
     s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus if s.value >= 200
@@ -101,6 +103,7 @@ class FastInfer:
 
     def __init__(self, handler: InferHandler) -> None:
         self.handler = handler
+        self.tracer = handler.service.tracer  # None: tracing is off
 
     def start(
         self, target: InferTarget, body: bytes, answer: Callable[[Answer], None]
@@ -110,17 +113,40 @@ class FastInfer:
         work (cancel it when the client leaves), or None. A compressed body over
         ``v2.INLINE_INFLATE_BYTES`` is inflated in a worker thread first (the returned
         work is then that inflation); an uncompressed one costs one check more."""
+        span = None
+        if self.tracer is not None:
+            span, answer = self._traced(target, answer, self.tracer)
         if inflates_off_loop(body, target.headers):
-            return asyncio.ensure_future(self._inflate_then_queue(target, body, answer))
+            return asyncio.ensure_future(self._inflate_then_queue(target, body, answer, span))
         try:
             decoded = self.handler.parse(target.model, target.version, body, target.headers)
         except Exception as exc:
             answer(self._failed(target, exc))
             return None
-        return self._queue(target, decoded, answer)
+        return self._queue(target, decoded, answer, span)
+
+    @staticmethod
+    def _traced(
+        target: InferTarget, answer: Callable[[Answer], None], tracer: Tracer
+    ) -> tuple[RequestSpan, Callable[[Answer], None]]:
+        """The request's span, and ``answer`` ending it first."""
+        span = tracer.request(
+            kind="http", name=INFER_SPAN, model=target.model, carrier=target.headers
+        )
+
+        def answered(reply: Answer) -> None:
+            error = reply.body[:300].decode(errors="replace") if reply.status >= 500 else ""
+            span.end(error, status=reply.status)
+            answer(reply)
+
+        return span, answered
 
     async def _inflate_then_queue(
-        self, target: InferTarget, body: bytes, answer: Callable[[Answer], None]
+        self,
+        target: InferTarget,
+        body: bytes,
+        answer: Callable[[Answer], None],
+        span: RequestSpan | None,
     ) -> None:
         try:
             inflated = await self.handler.inflate_off_loop(body, target.headers)
@@ -129,13 +155,18 @@ class FastInfer:
         except Exception as exc:
             answer(self._failed(target, exc))
             return
-        self._queue(target, decoded, answer)
+        self._queue(target, decoded, answer, span)
 
     def _queue(
-        self, target: InferTarget, decoded: DecodedRequest, answer: Callable[[Answer], None]
+        self,
+        target: InferTarget,
+        decoded: DecodedRequest,
+        answer: Callable[[Answer], None],
+        span: RequestSpan | None,
     ) -> asyncio.Future[Any] | None:
         handler = self.handler
         service = handler.service
+        request = decoded.request if span is None else replace(decoded.request, trace=span)
 
         def done() -> None:  # called by the batcher once the future is resolved
             try:
@@ -147,7 +178,7 @@ class FastInfer:
             answer(self.tagged(target, status, body, headers))
 
         try:
-            started = service.start(decoded.request, done)
+            started = service.start(request, done)
         except Exception as exc:
             answer(self._failed(target, exc))
             return None

@@ -5,6 +5,8 @@ The checks (each bounded by :data:`CHECK_TIMEOUT_S`, all run at once):
 
 - ``models``: every model has finished loading (failed ones are listed, and do not fail
   the check, as KServe's ``/v2/health/ready``);
+- ``serving``: the server is not draining (after SIGTERM it fails at once, so load
+  balancers stop sending, while requests are still answered: ``server/serve.py``);
 - ``task_store``: the task records' database answers a query;
 - ``broker``: the shared broker (``--broker redis://...``) answers, when one is set;
 - ``disk``: ``data_dir`` has at least :data:`MIN_FREE_BYTES` free.
@@ -112,7 +114,10 @@ def build_health_router(service: InferenceService, sources: HealthSources) -> AP
 
 async def run_checks(service: InferenceService, sources: HealthSources) -> dict[str, CheckResult]:
     """Every check that applies, by name, run at once."""
-    checks: dict[str, Callable[[], Awaitable[CheckResult]]] = {"models": lambda: _models(service)}
+    checks: dict[str, Callable[[], Awaitable[CheckResult]]] = {
+        "models": lambda: _models(service),
+        "serving": lambda: _serving(service),
+    }
     tasks = sources.tasks
     if tasks is not None:
         checks["task_store"] = lambda: _reached(tasks.ping_store)
@@ -139,7 +144,13 @@ async def _models(service: InferenceService) -> CheckResult:
     unavailable = {v.name: v.reason for v in views if v.state is ModelState.UNAVAILABLE}
     ready = sum(1 for v in views if v.state is ModelState.READY)
     detail = {"ready": ready, "loading": loading, "unavailable": unavailable}
-    return CheckResult(service.ready(), detail)
+    return CheckResult(service.models_loaded(), detail)
+
+
+async def _serving(service: InferenceService) -> CheckResult:
+    if service.draining:
+        return CheckResult(False, {"draining": True, "error": "the server is shutting down"})
+    return CheckResult(True, {"draining": False})
 
 
 async def _reached(ping: Callable[[], Awaitable[None]]) -> CheckResult:

@@ -146,6 +146,7 @@ def build_tasks_router(routes: TaskRoutes) -> APIRouter:
                 form.all_files(),
                 parameters=parse_parameters(form.fields.get("parameters")),
                 version=form.fields.get("version", ""),
+                traceparent=request.headers.get("traceparent", ""),
             )
         return _json(task_json(record), 202, {"location": f"{PREFIX}/{record.id}"})
 
