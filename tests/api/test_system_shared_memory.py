@@ -8,6 +8,7 @@ UNIMPLEMENTED / 501 with its reason."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -208,7 +209,17 @@ def test_a_region_registered_through_one_process_serves_every_process(
     server = server_factory(args=["--processes", "2"])
     url = server.url.removeprefix("http://")
     client = httpclient.InferenceServerClient(url)
-    _register_all(client, regions)
+    # Ready means the process that answered is; a peer still starting refuses the
+    # register with 503 naming itself (the call may be sent again), so wait for both.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _register_all(client, regions)
+            break
+        except InferenceServerException as exc:
+            assert "not everywhere" in str(exc) and time.monotonic() < deadline, exc
+            client.unregister_system_shared_memory()
+            time.sleep(0.2)
     a, b = _inputs()
     for _ in range(12):  # a fresh connection each time: SO_REUSEPORT spreads them
         fresh = httpclient.InferenceServerClient(url)
