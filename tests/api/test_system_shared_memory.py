@@ -7,6 +7,7 @@ UNIMPLEMENTED / 501 with its reason."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -218,8 +219,9 @@ def test_a_region_registered_through_one_process_serves_every_process(
             break
         except InferenceServerException as exc:
             assert "not everywhere" in str(exc) and time.monotonic() < deadline, exc
-            client.unregister_system_shared_memory()
             time.sleep(0.2)
+            with contextlib.suppress(InferenceServerException):  # the peer may still start
+                client.unregister_system_shared_memory()
     a, b = _inputs()
     for _ in range(12):  # a fresh connection each time: SO_REUSEPORT spreads them
         fresh = httpclient.InferenceServerClient(url)
