@@ -251,7 +251,8 @@ def test_dockerfile_copies_files_the_repository_has(name: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "extras"), [
-    ("Dockerfile", {"postgres", "s3"}), ("Dockerfile.cuda", {"postgres", "s3", "gpu"}),
+    ("Dockerfile", {"postgres", "s3", "kubernetes"}),
+    ("Dockerfile.cuda", {"postgres", "s3", "gpu", "kubernetes"}),
 ])  # fmt: skip
 def test_dockerfile_installs_extras_that_exist(name: str, extras: set[str]) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

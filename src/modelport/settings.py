@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from modelport.numbers import natural
@@ -301,6 +302,41 @@ class Settings(BaseModel):
     task_max_unpacked_bytes: int = Field(default=4 * 1024**3, ge=1024)
     task_max_zip_ratio: float = Field(default=200.0, ge=1)
     task_max_zip_members: int = Field(default=10_000, ge=1)
+    # -- tasks as Kubernetes Jobs (README "Kubernetes"; tasks/kubernetes_jobs.py) ----------
+    task_executor: Literal["docker", "kubernetes"] = Field(
+        default="docker",
+        description="what runs container tasks: 'docker' (the Docker engine) or "
+        "'kubernetes' (one Job a task, files through the task_files bucket)",
+    )
+    kubernetes_namespace: str = Field(
+        default="", description="namespace of the task Jobs (default: the worker pod's own)"
+    )
+    kubernetes_files_image: str = Field(
+        default="",
+        description="the modelport image whose containers move a Job's files (required "
+        "with task_executor = 'kubernetes')",
+    )
+    kubernetes_files_secret: str = Field(
+        default="",
+        description="a Secret whose keys the files containers get as environment: the "
+        "task_files bucket's credentials (AWS_ACCESS_KEY_ID, ...)",
+    )
+    kubernetes_service_account: str = Field(
+        default="", description="service account of the task pods (their token is never mounted)"
+    )
+    kubernetes_image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
+        default="IfNotPresent", description="pull policy of kubernetes_files_image"
+    )
+    kubernetes_models_claim: str = Field(
+        default="",
+        description="a PersistentVolumeClaim holding the model repository, mounted read-only "
+        "at /model (default: each task's version folder goes through task_files)",
+    )
+    kubernetes_job_ttl_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="Kubernetes removes a finished Job no worker came back for after this",
+    )
     compat_inference_server: str = Field(
         default="/compat/inference-server",
         description="prefix of the zip-task cluster server's API ('' turns it off)",
@@ -448,6 +484,34 @@ class Settings(BaseModel):
                 raise ValueError("an API is named twice")
             return tuple(listeners)
         return value
+
+    @field_validator(
+        "kubernetes_namespace",
+        "kubernetes_files_secret",
+        "kubernetes_service_account",
+        "kubernetes_models_claim",
+    )
+    @classmethod
+    def _kubernetes_name(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value):
+            raise ValueError(f"expected a Kubernetes object name (lower case, '-', '.'): {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _kubernetes_executor(self) -> Settings:
+        if self.task_executor != "kubernetes":
+            return self
+        if not self.kubernetes_files_image:
+            raise ValueError(
+                "task_executor 'kubernetes' needs kubernetes_files_image: the modelport image "
+                "that moves each Job's files"
+            )
+        if "://" not in self.task_files or self.task_files.startswith("file:"):
+            raise ValueError(
+                "task_executor 'kubernetes' needs task_files in a bucket the task pods reach "
+                "(s3://..., gs://...), not a folder of the worker's"
+            )
+        return self
 
     @field_validator("compat_container_user")
     @classmethod

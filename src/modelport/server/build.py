@@ -49,10 +49,12 @@ from modelport.tasks.archives import ZipLimits
 from modelport.tasks.blobs import BlobStore
 from modelport.tasks.broker import Broker, MemoryBroker
 from modelport.tasks.container_models import PostedContainer
+from modelport.tasks.job_manifest import KubernetesOptions
+from modelport.tasks.kubernetes_jobs import KubernetesJobs
 from modelport.tasks.service import TaskPolicy, TaskService
 from modelport.tasks.spool import Spool
 from modelport.tasks.store import TaskStore, sqlite_url
-from modelport.tasks.worker import TaskWorker, make_slots
+from modelport.tasks.worker import TaskExecutor, TaskWorker, make_slots
 
 RUNTIMES: dict[str, RuntimeFactory] = {
     "ensemble": EnsembleRuntime,
@@ -197,6 +199,32 @@ def zip_limits(settings: Settings) -> ZipLimits:
     )
 
 
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def build_executor(settings: Settings, blobs: BlobStore) -> TaskExecutor:
+    """What runs container tasks: the Docker engine, or Kubernetes Jobs
+    (``task_executor``); neither is reached before the first task."""
+    if settings.task_executor == "docker":
+        return ContainerRuntime()
+    namespace = settings.kubernetes_namespace
+    if not namespace:  # the worker pod's own, as its service account says
+        own = SERVICE_ACCOUNT_NAMESPACE
+        namespace = own.read_text().strip() if own.is_file() else "default"
+    options = KubernetesOptions(
+        namespace=namespace,
+        files_image=settings.kubernetes_files_image,
+        files_secret=settings.kubernetes_files_secret,
+        files_url=settings.task_files,
+        service_account=settings.kubernetes_service_account,
+        image_pull_policy=settings.kubernetes_image_pull_policy,
+        models_claim=settings.kubernetes_models_claim,
+        models_root=settings.repository_path.resolve(),
+        ttl_seconds=settings.kubernetes_job_ttl_seconds,
+    )
+    return KubernetesJobs(options=options, blobs=blobs, limits=zip_limits(settings))
+
+
 def build_task_worker(
     settings: Settings,
     *,
@@ -215,7 +243,7 @@ def build_task_worker(
         blobs=storage.blobs,
         broker=broker,
         repository=repository,
-        executor=ContainerRuntime(),
+        executor=build_executor(settings, storage.blobs),
         slots=make_slots(settings.task_slots, settings.task_gpu_ids),
         work_dir=work_dir,
         zip_limits=zip_limits(settings),

@@ -26,6 +26,10 @@ class TaskBlob(StrEnum):
     INPUT = "input.zip"
     OUTPUT = "output.zip"
     LOGS = "logs.txt"
+    # A Kubernetes Job's files on their way (pod_files.py): the model's version folder
+    # to the pod, its /output back to the worker; removed once the Job has ended.
+    JOB_MODEL = "job-model.zip"
+    JOB_OUTPUT = "job-output.zip"
 
     def key(self, task_id: str) -> str:
         """The file's key in the blob store."""
@@ -77,6 +81,11 @@ class BlobStore:
     def local_root(self) -> Path | None:
         """The folder of the files when the store is a local one."""
         return Path(self.root) if "file" in _protocols(self.fs) else None
+
+    def delete(self, key: str) -> None:
+        """Remove one file; nothing happens when it is not there."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(key))
 
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix.rstrip("/"))
