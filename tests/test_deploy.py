@@ -1,11 +1,12 @@
-"""deploy/: the compose file, the Dockerfiles and the images' health check.
+"""deploy/: the compose file, the Dockerfiles, the entrypoint and the images' health check.
 
-Images cannot be pulled or built here, so the compose file is checked by the real
-compose CLI (``docker-compose config``, offline: it validates the file against the
-Compose schema and resolves variables), its modelport commands by modelport's own
-command-line parser and its ``MODELPORT_*`` variables by ``Settings``; the Dockerfiles
-are checked against the repository (the files they copy, the extras they install); and
-the health check script runs against a real server and a real worker.
+These checks run without building anything (the images themselves are built and run by
+tests/deploy/): the compose file is checked by the real compose CLI (``docker-compose
+config``, offline: it validates the file against the Compose schema and resolves
+variables), its modelport commands by modelport's own command-line parser and its
+``MODELPORT_*`` variables by ``Settings``; the Dockerfiles against the repository (the
+files they copy, the pinned packages they install); the entrypoint with a stand-in
+``modelport``; and the health check script against a real server and a real worker.
 """
 
 from __future__ import annotations
@@ -243,41 +244,125 @@ def test_dockerfile_copies_files_the_repository_has(name: str) -> None:
     copies = [shlex.split(args) for word, args in instructions(DEPLOY / name) if word == "COPY"]
     assert copies
     for *sources, _target in copies:
+        if sources[0].startswith("--from="):  # the build stage's virtualenv
+            assert sources == ["--from=build", "/opt/modelport"]
+            continue
         for source in sources:
             assert not source.startswith("--"), f"{name}: COPY {source} needs BuildKit"
+            if source == "deploy/build-ca.pe[m]":  # scripts/build-images --ca-cert's, if any
+                continue
             assert (ROOT / source).exists(), f"{name}: COPY {source}: no such file"
             assert not ignored(source), f"{name}: COPY {source} is in .dockerignore"
     assert ["deploy/healthcheck.py", "/opt/modelport/healthcheck.py"] in copies
+    assert ["deploy/docker-entrypoint.sh", "/opt/modelport/docker-entrypoint.sh"] in copies
 
 
-@pytest.mark.parametrize(("name", "extras"), [
-    ("Dockerfile", {"postgres", "s3", "kubernetes"}),
-    ("Dockerfile.cuda", {"postgres", "s3", "gpu", "kubernetes"}),
+def pinned(lock: Path) -> dict[str, str]:
+    lines = [line for line in lock.read_text().splitlines() if line and not line.startswith("#")]
+    pins = dict(line.split("==") for line in lines)
+    assert len(pins) == len(lines), f"{lock.name}: a line without == or twice the same name"
+    return pins
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    names = set()
+    for requirement in requirements:
+        if "platform_machine != 'x86_64'" in requirement:
+            continue
+        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0]
+        names.add(name.lower().replace("_", "-"))
+    return names
+
+
+@pytest.mark.parametrize(("name", "lock", "extras"), [
+    ("Dockerfile", "requirements-cpu.txt", {"postgres", "s3", "kubernetes"}),
+    ("Dockerfile.cuda", "requirements-cuda.txt", {"postgres", "s3", "gpu", "kubernetes"}),
 ])  # fmt: skip
-def test_dockerfile_installs_extras_that_exist(name: str, extras: set[str]) -> None:
+def test_dockerfile_installs_pinned_versions_of_what_modelport_needs(
+    name: str, lock: str, extras: set[str]
+) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runs = " ".join(args for word, args in instructions(DEPLOY / name) if word == "RUN")
-    named = re.findall(r'pip install "\.\[([a-z0-9,-]+)\]"', runs)
-    assert named, f"{name}: no pip install of the package with extras"
-    assert set(named[0].split(",")) == extras
-    assert extras <= set(project["optional-dependencies"])
-    if "gpu" in extras:  # onnxruntime-gpu must replace onnxruntime (README, "GPUs")
-        assert "pip uninstall -y onnxruntime " in runs
-        assert "--force-reinstall --no-deps onnxruntime-gpu" in runs
+    assert f"pip install --no-deps -r requirements-{lock.split('-')[1]}" in runs
+    assert "pip install --no-deps ." in runs
+    assert "pip uninstall -y pip setuptools" in runs  # no build tools left behind
+    pins = pinned(DEPLOY / lock)
+    wanted = requirement_names(project["dependencies"])
+    for extra in extras:
+        wanted |= requirement_names(project["optional-dependencies"][extra])
+    if "gpu" in extras:  # onnxruntime-gpu replaces onnxruntime (README, "GPUs")
+        wanted.remove("onnxruntime")
+        assert "onnxruntime" not in pins
+        assert any(p.startswith("nvidia-cudnn") for p in pins)
+    assert wanted <= set(pins), wanted - set(pins)
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfile_runs_modelport_as_a_user(name: str) -> None:
     steps = instructions(DEPLOY / name)
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    settings = dict(steps)
-    assert settings["ENTRYPOINT"] == '["modelport"]'
-    assert "modelport" in project["scripts"]
+    settings = dict(steps)  # the last of each instruction: the final stage's
+    assert settings["ENTRYPOINT"] == '["/opt/modelport/docker-entrypoint.sh"]'
+    assert settings["CMD"] == '["serve", "/models", "--host", "0.0.0.0"]'
     assert settings["USER"] == "modelport"
     assert settings["EXPOSE"].split() == ["8000", "8001"]
     assert settings["HEALTHCHECK"].endswith('CMD ["python", "/opt/modelport/healthcheck.py"]')
-    base = settings["FROM"]
-    assert base == "python:3.11-slim" if name == "Dockerfile" else base.startswith("nvidia/cuda:")
+    assert steps[0] == ("ARG", "BASE=python:3.11-slim")
+    assert [args for word, args in steps if word == "FROM"] == ["${BASE} AS build", "${BASE}"]
+    assert os.access(DEPLOY / "docker-entrypoint.sh", os.X_OK)
+
+
+# -- the entrypoint, with a stand-in modelport that prints its arguments ------------------
+
+
+def entrypoint(*args: str, env: Mapping[str, str] | None = None, tmp: Path) -> list[str]:
+    stub = tmp / "bin" / "modelport"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text(
+        '#!/bin/sh\nfor a in "$@"; do echo "$a"; done\necho "gpus=${MODELPORT_TASK_GPUS:-}"\n'
+    )
+    stub.chmod(0o755)
+    done = subprocess.run(
+        [str(DEPLOY / "docker-entrypoint.sh"), *args], capture_output=True, text=True,
+        timeout=10, env={"PATH": f"{stub.parent}:/usr/bin:/bin", **(env or {})},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_entrypoint_runs_modelport_and_the_upstream_images_commands(tmp_path: Path) -> None:
+    assert entrypoint(tmp=tmp_path)[:-1] == []
+    assert entrypoint("serve", "/models", tmp=tmp_path)[:-1] == ["serve", "/models"]
+    triton = ["tritonserver", "--model-repository=/models", "--log-verbose=1"]
+    assert entrypoint(*triton, tmp=tmp_path)[:-1] == triton
+    tfs = ["tensorflow_model_server", "--model_base_path=/m/a", "--model_name=a"]
+    assert entrypoint(*tfs, tmp=tmp_path)[:-1] == tfs
+
+
+def test_entrypoint_takes_tf_serving_s_flags_as_its_image_does(tmp_path: Path) -> None:
+    head = ["tensorflow_model_server", "--port=8500", "--rest_api_port=8501"]
+    assert entrypoint("--enable_batching", tmp=tmp_path)[:-1] == [
+        *head, "--model_name=model", "--model_base_path=/models/model", "--enable_batching"
+    ]  # fmt: skip
+    env = {"MODEL_NAME": "resnet", "MODEL_BASE_PATH": "/srv/models"}
+    assert entrypoint("--rest_api_port=9000", env=env, tmp=tmp_path)[:-1] == [
+        *head, "--model_name=resnet", "--model_base_path=/srv/models/resnet",
+        "--rest_api_port=9000",
+    ]  # fmt: skip
+    for config in (["--model_config_file=/c/models.config"], ["--model_config_file", "/c/m"]):
+        assert entrypoint("--enable_batching", *config, env=env, tmp=tmp_path)[:-1] == [
+            *head, "--enable_batching", *config
+        ]  # fmt: skip
+    # Each flag the image adds parses with modelport's own parser, which takes the last.
+    from modelport.cli.tensorflow_model_server import tensorflow_model_server_settings
+
+    args = entrypoint("--rest_api_port=9000", env=env, tmp=tmp_path)[1:-1]
+    assert tensorflow_model_server_settings(args, environ={}, config=None).settings.port == 9000
+
+
+def test_entrypoint_gives_a_swarm_replica_s_gpu_its_task_slot(tmp_path: Path) -> None:
+    assert entrypoint("worker", env={"DOCKER_RESOURCE_GPU": "1"}, tmp=tmp_path)[-1] == "gpus=1"
+    mine = {"DOCKER_RESOURCE_GPU": "1", "MODELPORT_TASK_GPUS": "0"}
+    assert entrypoint("worker", env=mine, tmp=tmp_path)[-1] == "gpus=0"
 
 
 # -- the health check, against a real server and a real worker ------------------------------
