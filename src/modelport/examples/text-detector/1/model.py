@@ -24,6 +24,9 @@ For each picture:
 Rows under ``min_score`` are not returned at all; the ``detections`` codec then keeps
 those over the request's ``score_threshold`` (by default the one in model.yaml).
 
+``thread_safe``: the pictures of a batch run side by side, one thread each (ONNX
+Runtime's sessions and OpenCV's functions may be called from several threads at once).
+
 Try it, with a bare ``modelport serve`` running::
 
     curl -F file=@samples/sign.png http://127.0.0.1:8000/api/models/text-detector/predict
@@ -74,6 +77,8 @@ def input_size(height: int, width: int, limit: int) -> tuple[int, int]:
 
 
 class Model:
+    thread_safe = True
+
     def setup(self, context: Any) -> None:
         try:
             import cv2  # lazy: a server without this example never loads OpenCV
