@@ -23,6 +23,7 @@ import threading
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from modelport.codecs.detections import detection_rows
 from modelport.codecs.image import decode_image
@@ -65,7 +66,11 @@ class Model:
 
     def detect(self, data: bytes) -> np.ndarray:
         """One encoded photo's faces: rows of x1, y1, x2, y2, score, class."""
-        gray = np.asarray(decode_image(data, "image").convert("L"))
+        return self.detect_picture(decode_image(data, "image"))
+
+    def detect_picture(self, image: Image.Image) -> np.ndarray:
+        """The faces of a decoded RGB picture (see :meth:`detect`)."""
+        gray = np.asarray(image.convert("L"))
         gray = self.cv2.equalizeHist(gray)
         rects, neighbours = self.cascade().detectMultiScale2(
             gray, self.scale_factor, self.min_neighbors, minSize=(self.min_size,) * 2

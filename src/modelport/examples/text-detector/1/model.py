@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from modelport.codecs.detections import detection_rows
 from modelport.codecs.image import decode_image, to_array
@@ -106,7 +107,10 @@ class Model:
 
     def detect(self, data: bytes) -> np.ndarray:
         """One encoded picture's text boxes: rows of x1, y1, x2, y2, score, class."""
-        image = decode_image(data, "image")
+        return self.detect_picture(decode_image(data, "image"))
+
+    def detect_picture(self, image: Image.Image) -> np.ndarray:
+        """The text boxes of a decoded RGB picture (see :meth:`detect`)."""
         size = input_size(image.height, image.width, self.limit)
         pixels = to_array(image, PP_OCR_INPUT, size, np.dtype(np.float32))
         (probability,) = self.session.run(None, {self.input_name: pixels[np.newaxis]})
