@@ -631,13 +631,18 @@ def main() -> None:
                     seconds=args.detector_duration, repeats=args.repeats, pids=pids,
                     probe_base=None,
                 )  # fmt: skip
+                # wrk counts only answers within the run: a slow point may have none.
+                ratio = (
+                    f"x{point.pictures_per_s / theirs.pictures_per_s:.2f} pictures/s, "
+                    f"x{point.p50_ms / theirs.p50_ms:.2f} p50"
+                    if theirs.pictures_per_s and theirs.p50_ms
+                    else "the peer answered nothing within the run"
+                )
                 print(
                     f"  {model:14} {name:15} c={c:<3} modelport {point.pictures_per_s:6.1f}/s "
                     f"p50 {point.p50_ms:7.1f} | peer {theirs.pictures_per_s:6.1f}/s "
                     f"({', '.join(f'{r:.1f}' for r in rates)}) p50 {theirs.p50_ms:7.1f} | "
-                    f"x{point.pictures_per_s / max(theirs.pictures_per_s, 1e-9):.2f} "
-                    f"pictures/s, x{point.p50_ms / theirs.p50_ms:.2f} p50; errors "
-                    f"{point.errors}/{theirs.errors}, other cpu "
+                    f"{ratio}; errors {point.errors}/{theirs.errors}, other cpu "
                     f"{point.other_cpu:.2f}/{theirs.other_cpu:.2f}"
                 )
     finally:
