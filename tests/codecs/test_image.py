@@ -63,6 +63,32 @@ def test_resizes_to_the_declared_size_and_keeps_the_frame() -> None:
     assert (frame.width, frame.height, frame.input_width, frame.input_height) == (60, 40, 20, 10)
 
 
+def test_a_large_jpeg_resized_anyway_is_decoded_at_a_reduced_scale() -> None:
+    # A smooth 480x320 photo-like gradient; the model reads 40x60, so the JPEG decoder
+    # may scale by 1/4 (120x80, twice the target), and the answer stays the full decode's.
+    rows, cols = np.mgrid[0:320, 0:480]
+    picture = np.stack([rows * 255 // 320, cols * 255 // 480, (rows + cols) % 256], axis=2)
+    data = _png(picture.astype(np.uint8), format="JPEG", quality=95)
+    spec = _spec(datatype="FP32", shape=[40, 60, 3])
+    assert decode_image(data, at_least=(40, 60)).size == (120, 80)
+    array, frame = encode_image_input(data, spec)
+    full = np.asarray(decode_image(data).resize((60, 40), Image.Resampling.BILINEAR))
+    assert (frame.width, frame.height, frame.input_width, frame.input_height) == (480, 320, 60, 40)
+    assert np.abs(array - full).mean() < 0.5 and np.abs(array - full).max() < 8
+
+
+def test_the_reduced_scale_follows_the_exif_rotation() -> None:
+    image = Image.fromarray(np.full((320, 480, 3), 90, np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored 480 wide, seen 320 wide
+    out = io.BytesIO()
+    image.save(out, format="JPEG", exif=exif)
+    decoded = decode_image(out.getvalue(), at_least=(60, 40))  # seen: 60 high, 40 wide
+    assert decoded.size == (80, 120)
+    array, frame = encode_image_input(out.getvalue(), _spec(datatype="UINT8", shape=[60, 40, 3]))
+    assert array.shape == (60, 40, 3) and (frame.width, frame.height) == (320, 480)
+
+
 def test_fixed_shape_is_the_resize_target() -> None:
     array, frame = encode_image_input(
         _png(_picture(8, 8)), _spec(datatype="UINT8", shape=[3, 2, 4], image={"layout": "CHW"})

@@ -3,12 +3,14 @@ other served models, and the errors a broken model.py gives."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from modelport.core.pictures import cores
 from modelport.core.service import InferenceService
 from modelport.errors import InferenceFailed, ModelportError, ModelUnavailable
 from modelport.tensors import InferenceRequest, Tensor
@@ -94,6 +96,49 @@ async def test_each_instance_gets_its_own_object(repo: Path, serve: Start) -> No
     models = [inst.runtime.model for inst in service.get_version("scale").instances]  # type: ignore[attr-defined]
     assert [m.where for m in models] == [(1, 0, "cpu"), (1, 1, "cpu")]
     assert models[0] is not models[1]
+
+
+# A thread-safe model whose requests meet at a barrier: two requests of one batch pass it
+# only if they run at the same time (one after the other, the first waits 30 s and
+# fails). A negative input fails its own request.
+MEETING = """\
+import threading
+import numpy as np
+
+class Model:
+    thread_safe = True
+
+    def setup(self, context):
+        self.barrier = threading.Barrier(2, timeout=30)
+
+    def predict(self, inputs):
+        if (inputs["x"] < 0).any():
+            raise ValueError("negative")
+        self.barrier.wait()
+        name = threading.current_thread().name
+        return {"y": inputs["x"] * 0 + float(name.rsplit("_", 1)[1])}
+"""
+
+
+@pytest.mark.skipif(cores() < 2, reason="one core: a thread-safe model's requests run in turn")
+async def test_a_thread_safe_models_requests_run_side_by_side(repo: Path, serve: Start) -> None:
+    write_model(repo, "meeting", SCALE_YAML, {"1/model.py": MEETING})
+    service = await serve()
+    bad = Tensor("x", "FP32", np.full((1, 3), -1, np.float32))
+    # Submitted in one loop turn, so the batcher takes the three as one batch.
+    first, second, failed = await asyncio.gather(
+        _infer(service, "meeting", _x()),
+        _infer(service, "meeting", _x(2)),
+        _infer(service, "meeting", bad),
+        return_exceptions=True,
+    )
+    assert isinstance(first, np.ndarray) and isinstance(second, np.ndarray)
+    assert first.shape == (1, 3) and second.shape == (2, 3)
+    assert first[0, 0] != second[0, 0]  # two threads of the model's pool
+    assert isinstance(failed, InferenceFailed)
+    assert "ValueError: negative" in failed.message
+    (stats,) = service.statistics("meeting")
+    assert stats.stats.execution_count == 1  # one batch, not three runs
 
 
 PIPELINE_YAML = """\

@@ -21,6 +21,11 @@ from modelport.tensors import numpy_dtype
 
 # A decompression bomb is refused before its pixels are allocated.
 MAX_PIXELS = 64_000_000
+# A JPEG that is resized anyway is decoded at a reduced scale (1/2, 1/4, 1/8: libjpeg's
+# DCT scaling) down to this many times the target size at least, then resized with the
+# filter as usual: Pillow's thumbnail() default, whose results it calls
+# indistinguishable from a full decode, for about half the decoding time of a photo.
+REDUCING_GAP = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +38,21 @@ class ImageFrame:
     input_height: int
 
 
-def decode_image(data: bytes, what: str = "image") -> Image.Image:
+def decode_image(
+    data: bytes, what: str = "image", *, at_least: tuple[int, int] | None = None
+) -> Image.Image:
     """Decode an image file (PNG, JPEG, anything Pillow reads) to RGB, upright as its
     EXIF orientation says, with transparent pixels on white. ``what`` names the input in
-    errors."""
+    errors. ``at_least`` (height, width): the picture is about to be resized to this, so
+    a JPEG may be decoded at a reduced scale no smaller than ``REDUCING_GAP`` times it
+    (the returned picture is then smaller than the file's)."""
+    return _decode(data, what, at_least)[0]
+
+
+def _decode(
+    data: bytes, what: str, at_least: tuple[int, int] | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded picture and the file's own (width, height), upright."""
     try:
         with Image.open(io.BytesIO(data)) as opened:
             if opened.width * opened.height > MAX_PIXELS:
@@ -44,6 +60,12 @@ def decode_image(data: bytes, what: str = "image") -> Image.Image:
                     f"input '{what}': {opened.width}x{opened.height} is over the limit of "
                     f"{MAX_PIXELS} pixels"
                 )
+            turned = opened.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            size = (opened.height, opened.width) if turned else opened.size
+            if at_least is not None and opened.format == "JPEG":
+                height, width = at_least
+                wanted = (height, width) if turned else (width, height)  # as stored
+                opened.draft(opened.mode, (wanted[0] * REDUCING_GAP, wanted[1] * REDUCING_GAP))
             image = ImageOps.exif_transpose(opened)
             image.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -55,7 +77,7 @@ def decode_image(data: bytes, what: str = "image") -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         paper = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(paper, image.convert("RGBA"))
-    return image.convert("RGB")
+    return image.convert("RGB"), size
 
 
 def image_size(data: bytes, what: str = "image") -> tuple[int, int]:
@@ -128,8 +150,8 @@ def encode_image_input(data: bytes, spec: TensorSpec) -> tuple[np.ndarray, Image
             )
         value.flat[0] = data
         return value, ImageFrame(width, height, width, height)
-    image = decode_image(data, spec.name)
     size = target_size(spec)
+    image, (width, height) = _decode(data, spec.name, size)
     array = to_array(image, spec.image or ImageSpec(), size, numpy_dtype(spec.datatype))
     in_h, in_w = size if size is not None else (image.height, image.width)
-    return array, ImageFrame(image.width, image.height, in_w, in_h)
+    return array, ImageFrame(width, height, in_w, in_h)

@@ -1,11 +1,13 @@
 """The friendly layer: files and plain values in, readable answers out, per the codecs a
 model declares (an ``image`` input decoded and resized; ``detections`` as boxes in the
 original picture's pixels; ``classification`` as top-k labels). Transport-free, so the
-HTTP routes, the page and the CLI share it.
+HTTP routes, the page and the CLI share it. Pictures are prepared off the event loop, on
+a :class:`~modelport.core.pictures.PicturePool`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Mapping
@@ -17,8 +19,9 @@ import orjson
 
 from modelport.codecs.classification import top_k
 from modelport.codecs.detections import Detection, decode_detections
-from modelport.codecs.image import ImageFrame, encode_image_input
+from modelport.codecs.image import ImageFrame
 from modelport.core.entries import LoadedVersion
+from modelport.core.pictures import PicturePool
 from modelport.core.service import InferenceService
 from modelport.errors import InvalidInput
 from modelport.numbers import natural, shown
@@ -46,15 +49,17 @@ class Prediction:
 
 
 class FriendlyPredictor:
-    """Parses friendly requests into the core's, and its answers into friendly JSON."""
+    """Parses friendly requests into the core's, and its answers into friendly JSON.
+    ``pictures``: where image inputs are prepared (a pool of its own when not given)."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, pictures: PicturePool | None = None) -> None:
         self.service = service
+        self.pictures = pictures or PicturePool()
 
     async def predict(self, model: str, version: str, call: PredictCall) -> Prediction:
         loaded = self.service.get_version(model, version)
         params = _parameters(call.parameters)
-        tensors, frame = _inputs(loaded, call)
+        tensors, frame = await self._inputs(loaded, call)
         response = await self.service.infer(InferenceRequest(model, tensors, version))
         body: dict[str, Any] = {
             "model_name": response.model_name,
@@ -99,6 +104,32 @@ class FriendlyPredictor:
         body["outputs"] = outputs
         return Prediction(response=response, frame=frame, detections=detections, body=body)
 
+    async def _inputs(
+        self, loaded: LoadedVersion, call: PredictCall
+    ) -> tuple[tuple[Tensor, ...], ImageFrame | None]:
+        values = _values_by_input(loaded, call)
+        specs = loaded.inputs_by_name
+        # The cheap inputs first (a bad one fails before any picture is decoded), then
+        # the pictures, side by side on the pool.
+        plain = {n: _value(s, values[n]) for n, s in specs.items() if s.codec != "image"}
+        files = {n: _as_bytes(values[n], n) for n, s in specs.items() if s.codec == "image"}
+        jobs = [self.pictures.encode(data, specs[name]) for name, data in files.items()]
+        done = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
+        prepared: dict[str, tuple[np.ndarray, ImageFrame | None]] = {
+            **plain,
+            **dict(zip(files, done, strict=True)),
+        }
+        tensors: list[Tensor] = []
+        frame: ImageFrame | None = None
+        for name, spec in specs.items():
+            array, seen = prepared[name]
+            if frame is None:
+                frame = seen
+            if loaded.spec.batches:
+                array = array[np.newaxis]
+            tensors.append(Tensor(name, spec.datatype, array))
+        return tuple(tensors), frame
+
 
 def _parameters(given: Mapping[str, Any]) -> dict[str, Any]:
     params: dict[str, Any] = {}
@@ -121,9 +152,9 @@ def _parameters(given: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _inputs(
-    loaded: LoadedVersion, call: PredictCall
-) -> tuple[tuple[Tensor, ...], ImageFrame | None]:
+def _values_by_input(loaded: LoadedVersion, call: PredictCall) -> dict[str, Any]:
+    """The request's value of each of the model's inputs (an unnamed file to the one
+    input left without a value)."""
     specs = loaded.inputs_by_name
     values = dict(call.named)
     unknown = [n for n in values if n not in specs]
@@ -144,16 +175,7 @@ def _inputs(
             f"model '{loaded.name}' needs input(s) {missing}; send a form field or JSON "
             "'inputs' entry for each"
         )
-    tensors: list[Tensor] = []
-    frame: ImageFrame | None = None
-    for name, spec in specs.items():
-        array, seen = _value(spec, values[name])
-        if frame is None:
-            frame = seen
-        if loaded.spec.batches:
-            array = array[np.newaxis]
-        tensors.append(Tensor(name, spec.datatype, array))
-    return tuple(tensors), frame
+    return values
 
 
 def _as_bytes(value: Any, name: str) -> bytes:
@@ -172,10 +194,8 @@ def _as_bytes(value: Any, name: str) -> bytes:
     raise InvalidInput(f"input '{name}': expected a file, base64 text or a data: URL")
 
 
-def _value(spec: TensorSpec, value: Any) -> tuple[np.ndarray, ImageFrame | None]:
-    """One input's value (batch dimension excluded) and, for an image, its frame."""
-    if spec.codec == "image":
-        return encode_image_input(_as_bytes(value, spec.name), spec)
+def _value(spec: TensorSpec, value: Any) -> tuple[np.ndarray, None]:
+    """One input's value (batch dimension excluded), for an input that is no image."""
     if spec.datatype == "BYTES":
         items = value if isinstance(value, list) else [value]
         array = np.empty(len(items), dtype=np.object_)

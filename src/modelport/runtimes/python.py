@@ -23,6 +23,13 @@ The model's inputs and outputs are declared in its model.yaml. ``model.py`` is l
 for in the version folder first, then in the model folder. ``predict`` may take just
 ``inputs`` if it needs no parameters.
 
+A model whose ``predict`` may run on several threads at once (its libraries release the
+GIL, as Pillow, OpenCV and ONNX Runtime do, and it keeps no state per call) says so with
+a class attribute, ``thread_safe = True``. A batch of several requests is then not
+merged: each request's ``predict`` runs on its own thread, up to one per core (and
+``max_batch_size``), side by side, and a request that fails fails alone. A pipeline that
+decodes pictures itself gains the most.
+
 A model.py written for Triton's python backend (``class TritonPythonModel`` with
 ``initialize``/``execute``/``finalize``, ``import triton_python_backend_utils``) runs as
 it is: its ``execute`` gets the requests the batcher gathered, one per client request.
@@ -34,13 +41,15 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from modelport.core.pictures import cores
 from modelport.core.runtime import GatheredRequest, RequestOutcome, RuntimeContext, Signature
-from modelport.errors import SpecError
+from modelport.errors import InferenceFailed, ModelportError, SpecError
 from modelport.runtimes.triton_python import (
     TRITON_CLASS_NAME,
     TritonPythonModelRunner,
@@ -49,6 +58,7 @@ from modelport.runtimes.triton_python import (
 
 MODEL_FILE = "model.py"
 CLASS_NAME = "Model"
+THREAD_SAFE = "thread_safe"  # the class attribute a thread-safe Model sets
 
 
 class PythonRuntime:
@@ -57,6 +67,7 @@ class PythonRuntime:
         self.model: Any = None
         self._with_parameters = True
         self._triton: TritonPythonModelRunner | None = None
+        self._requests: ThreadPoolExecutor | None = None  # a thread-safe Model's
 
     def _find(self) -> Path:
         for folder in (self.context.version_dir, self.context.model_dir):
@@ -106,19 +117,37 @@ class PythonRuntime:
                     f"{path}: {CLASS_NAME}.setup raised {type(exc).__name__}: {exc}"
                 ) from exc
         self.model = model
+        threads = min(cores(), ctx.spec.max_batch_size)
+        if getattr(cls, THREAD_SAFE, False) is True and threads > 1:
+            self._requests = ThreadPoolExecutor(threads, thread_name_prefix=module_name)
 
     def signature(self) -> Signature:
         return Signature((), ())
 
     @property
     def takes_requests(self) -> bool:
-        """True for a TritonPythonModel: its execute wants the requests, unmerged."""
-        return self._triton is not None
+        """True for a TritonPythonModel (its execute wants the requests, unmerged) and
+        for a thread-safe Model (its requests run side by side)."""
+        return self._triton is not None or self._requests is not None
 
     def infer_requests(self, requests: Sequence[GatheredRequest]) -> list[RequestOutcome]:
-        if self._triton is None:
+        if self._triton is not None:
+            return self._triton.execute(requests)
+        if self._requests is None:
             raise TypeError(f"{CLASS_NAME}.predict takes a batch, not requests; call infer")
-        return self._triton.execute(requests)
+        if len(requests) == 1:
+            return [self._outcome(requests[0])]
+        return list(self._requests.map(self._outcome, requests))
+
+    def _outcome(self, request: GatheredRequest) -> RequestOutcome:
+        """One request of a thread-safe Model: its outputs, or the error that fails it."""
+        try:
+            return self.infer(request.inputs, request.parameters)
+        except ModelportError as exc:
+            return exc
+        except Exception as exc:
+            name = self.context.spec.name
+            return InferenceFailed(f"model '{name}' failed: {type(exc).__name__}: {exc}")
 
     def infer(
         self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
@@ -140,6 +169,9 @@ class PythonRuntime:
         return {name: np.asarray(value) for name, value in result.items()}
 
     def unload(self) -> None:
+        if self._requests is not None:
+            self._requests.shutdown(wait=True)
+            self._requests = None
         if self._triton is not None:
             self._triton.finalize()
             self._triton = None

@@ -24,6 +24,9 @@ For each picture:
 Rows under ``min_score`` are not returned at all; the ``detections`` codec then keeps
 those over the request's ``score_threshold`` (by default the one in model.yaml).
 
+``thread_safe``: the pictures of a batch run side by side, one thread each (ONNX
+Runtime's sessions and OpenCV's functions may be called from several threads at once).
+
 Try it, with a bare ``modelport serve`` running::
 
     curl -F file=@samples/sign.png http://127.0.0.1:8000/api/models/text-detector/predict
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from modelport.codecs.detections import detection_rows
 from modelport.codecs.image import decode_image, to_array
@@ -74,6 +78,8 @@ def input_size(height: int, width: int, limit: int) -> tuple[int, int]:
 
 
 class Model:
+    thread_safe = True
+
     def setup(self, context: Any) -> None:
         try:
             import cv2  # lazy: a server without this example never loads OpenCV
@@ -101,7 +107,10 @@ class Model:
 
     def detect(self, data: bytes) -> np.ndarray:
         """One encoded picture's text boxes: rows of x1, y1, x2, y2, score, class."""
-        image = decode_image(data, "image")
+        return self.detect_picture(decode_image(data, "image"))
+
+    def detect_picture(self, image: Image.Image) -> np.ndarray:
+        """The text boxes of a decoded RGB picture (see :meth:`detect`)."""
         size = input_size(image.height, image.width, self.limit)
         pixels = to_array(image, PP_OCR_INPUT, size, np.dtype(np.float32))
         (probability,) = self.session.run(None, {self.input_name: pixels[np.newaxis]})
