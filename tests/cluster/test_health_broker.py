@@ -36,7 +36,7 @@ def test_health_names_the_broker_while_redis_is_down(
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"models", "task_store", "broker", "disk"}
+    assert set(body["checks"]) == {"models", "serving", "task_store", "broker", "disk"}
     assert all(check["ok"] for check in body["checks"].values())
 
     redis_server.stop()
