@@ -29,12 +29,18 @@ SEED = 20240601
 
 @dataclass(frozen=True, slots=True)
 class ServingSettings:
-    """What model.yaml says about batching and parallelism for one model."""
+    """What model.yaml says about batching and parallelism for one model; ``None``
+    leaves the field out, so the server's defaults choose."""
 
     max_batch_size: int = 64
-    instances: int = 1
-    intra_op: int = 1
+    instances: int | None = 1
+    intra_op: int | None = 1
     max_queue_delay_us: int = 0
+
+
+# heavy's model.yaml is the two-line one (runtime, max_batch_size) unless told otherwise:
+# issue 18 measures what a user who does not tune threads gets.
+DEFAULTS = ServingSettings(instances=None, intra_op=None)
 
 
 def mlp_graph(name: str, sizes: tuple[int, ...], seed: int = SEED) -> onnx.ModelProto:
@@ -67,15 +73,11 @@ def mlp_graph(name: str, sizes: tuple[int, ...], seed: int = SEED) -> onnx.Model
 
 
 def model_yaml(settings: ServingSettings) -> str:
-    lines = [
-        "runtime: onnx",
-        f"max_batch_size: {settings.max_batch_size}",
-        "instances:",
-        f"  count: {settings.instances}",
-        "threads:",
-        f"  intra_op: {settings.intra_op}",
-        "  inter_op: 1",
-    ]
+    lines = ["runtime: onnx", f"max_batch_size: {settings.max_batch_size}"]
+    if settings.instances is not None:
+        lines += ["instances:", f"  count: {settings.instances}"]
+    if settings.intra_op is not None:
+        lines += ["threads:", f"  intra_op: {settings.intra_op}", "  inter_op: 1"]
     if settings.max_queue_delay_us:
         lines += ["batching:", f"  max_queue_delay_us: {settings.max_queue_delay_us}"]
     return "\n".join(lines) + "\n"
@@ -92,7 +94,7 @@ def write_model(repo: Path, name: str, sizes: tuple[int, ...], settings: Serving
 def build(
     repo: Path,
     mlp: ServingSettings = ServingSettings(),
-    heavy: ServingSettings | None = ServingSettings(),
+    heavy: ServingSettings | None = DEFAULTS,
 ) -> Path:
     """Write ``mlp`` (and ``heavy`` unless None) into ``repo``; returns ``repo``."""
     repo.mkdir(parents=True, exist_ok=True)
@@ -109,8 +111,8 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1, help="mlp instances.count")
     parser.add_argument("--intra-op", type=int, default=1, help="mlp threads.intra_op")
     parser.add_argument("--max-queue-delay-us", type=int, default=0, help="mlp batching")
-    parser.add_argument("--heavy-instances", type=int, default=1)
-    parser.add_argument("--heavy-intra-op", type=int, default=2)
+    parser.add_argument("--heavy-instances", type=int, help="default: model.yaml says none")
+    parser.add_argument("--heavy-intra-op", type=int, help="default: model.yaml says none")
     parser.add_argument("--no-heavy", action="store_true", help="build only mlp")
     args = parser.parse_args()
     repo = Path(args.repo) if args.repo else Path(tempfile.mkdtemp(prefix="modelport-bench-"))

@@ -6,6 +6,7 @@ h2load cannot read gRPC trailers, so the server's own statistics are checked aft
 each run: every request h2load counted must be a success there.
 
     .venv/bin/python bench/grpc_run.py [--duration 10] [--repeats 3] [--quick]
+    .venv/bin/python bench/grpc_run.py --heavy    # the compute-bound MLP, c=64 (issue 18)
 
 Prints req/s and h2load's mean latency per concurrency (c connections, one stream
 each), medians over the repeats. Nothing is asserted; only loopback is used.
@@ -26,16 +27,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build_models import build
-from run import HOST, CpuMeter, free_port, git_commit, http, machine, server
+from build_models import DEFAULTS, HEAVY_SIZES, build
+from run import HOST, CpuMeter, free_port, git_commit, http, machine, ort_best_batched, server
 
 from modelport.protos import grpc_service_pb2 as pb
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def framed_request(width: int) -> bytes:
-    request = pb.ModelInferRequest(model_name="mlp")
+def framed_request(width: int, model: str = "mlp") -> bytes:
+    request = pb.ModelInferRequest(model_name=model)
     tensor = request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, width])
     assert tensor.name == "INPUT0"
     row = np.random.default_rng(0).random((1, width), dtype=np.float32)
@@ -44,15 +45,15 @@ def framed_request(width: int) -> bytes:
     return struct.pack(">BI", 0, len(payload)) + payload
 
 
-def successes(base: str) -> int:
-    """Requests mlp answered, over every server process (from /metrics)."""
+def successes(base: str, model: str = "mlp") -> int:
+    """Requests ``model`` answered, over every server process (from /metrics)."""
     status, body = http(f"{base}/metrics")
     assert status == 200, body
     total = 0.0
     for line in body.decode().splitlines():
         if (
             line.startswith("modelport_requests_total{")
-            and 'model="mlp"' in line
+            and f'model="{model}"' in line
             and 'outcome="success"' in line
         ):
             total += float(line.rsplit(" ", 1)[1])
@@ -99,29 +100,45 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 s runs, 1 repeat")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--processes", type=int, default=1, help="modelport serve --processes")
+    parser.add_argument(
+        "--heavy",
+        action="store_true",
+        help="the heavy MLP with the two-line model.yaml at c=64, against in-process",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.repeats = 3.0, 1
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.heavy and args.concurrency == "1,16,64":
+        levels = [64]
+    model, width = ("heavy", HEAVY_SIZES[0]) if args.heavy else ("mlp", 256)
     print(f"machine: {machine()}\nmodelport commit: {git_commit()}")
     with tempfile.TemporaryDirectory(prefix="modelport-grpc-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        build(tmp / "repo", heavy=None)
+        build(tmp / "repo", heavy=DEFAULTS if args.heavy else None)
+        best = 0.0
+        if args.heavy:
+            print("\n== in-process ONNX Runtime, heavy (rows/s) ==")
+            path = tmp / "repo" / "heavy" / "1" / "model.onnx"
+            best, label = ort_best_batched(path, width, 5.0, args.repeats, print)
+            print(f"  batch 64,    best ({label}): {best:,.0f} rows/s")
         data = tmp / "request.bin"
-        data.write_bytes(framed_request(256))
+        data.write_bytes(framed_request(width, model))
         grpc_port = free_port()
         with server(
             tmp / "repo", tmp / "server.log", grpc_port=grpc_port, processes=args.processes
         ) as (base, pid):
-            print("\n== gRPC ModelInfer, one FP32 row of 256, raw_input_contents ==")
+            if args.heavy:
+                h2load(grpc_port, data, 64, 2.0)  # warm-up
+            print(f"\n== gRPC ModelInfer, one FP32 row of {width} to {model}, raw inputs ==")
             print("     c      req/s   mean ms   failed  other cpu")
             for clients in levels:
                 rates, means, failed, other = [], [], 0, []
                 for _ in range(args.repeats):
-                    before = successes(base)
+                    before = successes(base, model)
                     with CpuMeter(pid) as meter:
                         rate, mean, done = h2load(grpc_port, data, clients, args.duration)
-                    failed += max(0, done - (successes(base) - before))
+                    failed += max(0, done - (successes(base, model) - before))
                     rates.append(rate)
                     means.append(mean)
                     other.append(meter.other)
@@ -132,6 +149,9 @@ def main() -> None:
                     + ", ".join(f"{r:,.0f}" for r in rates)
                     + ")"
                 )
+                if best:
+                    share = statistics.median(rates) / best
+                    print(f"  served / best in-process batched: {share:.1%} (target >= 85%)")
 
 
 if __name__ == "__main__":

@@ -478,8 +478,12 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1, help="mlp instances.count")
     parser.add_argument("--intra-op", type=int, default=1, help="mlp threads.intra_op")
     parser.add_argument("--max-queue-delay-us", type=int, default=0, help="mlp batching")
-    parser.add_argument("--heavy-instances", type=int, default=1)
-    parser.add_argument("--heavy-intra-op", type=int, default=2)
+    parser.add_argument(
+        "--heavy-instances", type=int, help="heavy instances.count (default: not in model.yaml)"
+    )
+    parser.add_argument(
+        "--heavy-intra-op", type=int, help="heavy threads.intra_op (default: not in model.yaml)"
+    )
     parser.add_argument("--heavy-max-batch", type=int, default=64, help="heavy max_batch_size")
     parser.add_argument("--no-heavy", action="store_true", help="skip the heavy model")
     parser.add_argument("--no-inprocess", action="store_true", help="skip in-process ORT")
@@ -510,7 +514,7 @@ def main() -> None:
     log(
         f"mlp: instances={args.instances} intra_op={args.intra_op} "
         f"max_queue_delay_us={args.max_queue_delay_us}; heavy: instances="
-        f"{args.heavy_instances} intra_op={args.heavy_intra_op}"
+        f"{args.heavy_instances or '(default)'} intra_op={args.heavy_intra_op or '(default)'}"
     )
 
     results: dict[str, float] = {}

@@ -3,6 +3,7 @@ every datatype end to end, threads, and the errors of unusable files or devices.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -124,6 +125,43 @@ async def test_threads_settings_are_applied(repo: Path, serve: Start) -> None:
     tuned = _session(service, "tuned").get_session_options()
     assert (default.intra_op_num_threads, default.inter_op_num_threads) == (1, 1)
     assert (tuned.intra_op_num_threads, tuned.inter_op_num_threads) == (3, 2)
+
+
+async def test_a_big_model_without_threads_gets_the_cores(
+    repo: Path, serve: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sizes stand in for the 16 MiB line: "big" is an MLP whose file is past it, "small" one
+    # that is not; "two" shares the cores between its instances; "pinned" says its threads.
+    write_model(repo, "small", "runtime: onnx\nmax_batch_size: 8\n")
+    write_model(repo, "big", "runtime: onnx\nmax_batch_size: 8\n")
+    write_model(repo, "two", "runtime: onnx\nmax_batch_size: 8\ninstances: {count: 2}\n")
+    write_model(repo, "pinned", "runtime: onnx\nmax_batch_size: 8\nthreads: {intra_op: 1}\n")
+    mlp_onnx(repo / "small" / "1" / "model.onnx", sizes=(8, 4))
+    for name in ("big", "two", "pinned"):
+        mlp_onnx(repo / name / "1" / "model.onnx", sizes=(256, 256, 4))
+    small_bytes = (repo / "small" / "1" / "model.onnx").stat().st_size
+    big_bytes = (repo / "big" / "1" / "model.onnx").stat().st_size
+    assert small_bytes < big_bytes
+    monkeypatch.setattr("modelport.runtimes.onnx.AUTO_THREADS_BYTES", big_bytes)
+    service = await serve()
+    cores = len(os.sched_getaffinity(0))
+
+    def intra_op(name: str) -> int:
+        return int(_session(service, name).get_session_options().intra_op_num_threads)
+
+    assert intra_op("small") == 1
+    assert intra_op("big") == cores
+    assert intra_op("two") == max(1, cores // 2)
+    assert intra_op("pinned") == 1
+    # Still no spinning: the threads would take the CPU from the event loop.
+    options = _session(service, "big").get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    x = np.ones((3, 256), dtype=np.float32)
+    (name,) = [i.name for i in _session(service, "big").get_inputs()]
+    big = await service.infer(InferenceRequest("big", (Tensor(name, "FP32", x),)))
+    pinned = await service.infer(InferenceRequest("pinned", (Tensor(name, "FP32", x),)))
+    assert big.outputs[0].data.shape == (3, 4)
+    assert pinned.outputs[0].data.shape == (3, 4)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this ONNX Runtime has a CUDA provider")

@@ -13,6 +13,14 @@ lone row's compute; batches keep the main session, whose threads never spin (spi
 threads would take the CPU from the event loop under load). Only CPU models of at most
 64 MiB get one (0 turns it off); it costs one more copy of the weights.
 
+Threads, when model.yaml says nothing of them: a small model keeps one intra-op thread
+per instance (waking a second thread costs about what a small model's batch does), and
+a model whose file holds at least ``AUTO_THREADS_BYTES`` (16 MiB of weights: its batches
+are compute- or memory-bound) gets the cores this process may use, shared among its
+instances (``cores // instances.count``, at least 1). A user who writes the two-line
+model.yaml of a big model thus gets the machine, not one core of it; ``threads:`` in
+model.yaml always wins. bench/README.md ("Compute-bound models") has the numbers.
+
 In place of ``model.onnx`` the folder may hold ``model.onnx.enc`` (``modelport
 encrypt``): it is decrypted in memory with the key from the runtime's ``model_key``
 provider and the session is built from those bytes, so the plain model never touches the
@@ -44,6 +52,7 @@ log = logging.getLogger("modelport.onnx")
 
 LONE_THREADS_MAX = 4
 LONE_MODEL_BYTES_MAX = 64 * 1024 * 1024
+AUTO_THREADS_BYTES = 16 * 1024 * 1024
 
 _ONNX_TYPES = {
     "tensor(bool)": "BOOL",
@@ -92,8 +101,9 @@ class OnnxRuntime:
             spec.name, self.context.device, spec.instances.device, ort.get_available_providers()
         )
         threads = spec.threads
+        intra_op = self._intra_op(path, choice)
         # Spinning threads would steal the CPU from the event loop between batches.
-        options = _options(ort, threads.intra_op, threads.inter_op, spin=False)
+        options = _options(ort, intra_op, threads.inter_op, spin=False)
         lone = self._lone_threads(path, choice)
         try:
             self.session = ort.InferenceSession(
@@ -109,14 +119,23 @@ class OnnxRuntime:
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._strings = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
 
+    def _intra_op(self, path: Path, choice: ProviderChoice) -> int:
+        """The main session's intra-op threads: model.yaml's, else chosen by the model's
+        size (see the module's docstring)."""
+        spec = self.context.spec
+        if "intra_op" in spec.threads.model_fields_set or choice.names != [CPU]:
+            return spec.threads.intra_op
+        if path.stat().st_size < AUTO_THREADS_BYTES:
+            return spec.threads.intra_op
+        return max(1, _cores() // spec.instances.count)
+
     def _lone_threads(self, path: Path, choice: ProviderChoice) -> int:
         """Threads of the lone-request session; 0: none (see the module's docstring)."""
         spec = self.context.spec
         value = spec.parameters.get("lone_request_threads")
         if value is None:
             small = path.stat().st_size <= LONE_MODEL_BYTES_MAX
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-            value = min(LONE_THREADS_MAX, cores) if small and choice.names == [CPU] else 0
+            value = min(LONE_THREADS_MAX, _cores()) if small and choice.names == [CPU] else 0
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SpecError(
                 f"{self.context.model_dir / 'model.yaml'}: field "
@@ -197,6 +216,11 @@ class OnnxRuntime:
     def unload(self) -> None:
         self.session = None
         self.lone_session = None
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def _options(ort: Any, intra_op: int, inter_op: int, spin: bool) -> Any:
