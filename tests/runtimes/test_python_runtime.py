@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelport.core.pictures import cores
+from modelport.core.runtime import available_cores
 from modelport.core.service import InferenceService
 from modelport.errors import InferenceFailed, ModelportError, ModelUnavailable
 from modelport.tensors import InferenceRequest, Tensor
@@ -120,7 +120,9 @@ class Model:
 """
 
 
-@pytest.mark.skipif(cores() < 2, reason="one core: a thread-safe model's requests run in turn")
+@pytest.mark.skipif(
+    available_cores() < 2, reason="one core: a thread-safe model's requests run in turn"
+)
 async def test_a_thread_safe_models_requests_run_side_by_side(repo: Path, serve: Start) -> None:
     write_model(repo, "meeting", SCALE_YAML, {"1/model.py": MEETING})
     service = await serve()

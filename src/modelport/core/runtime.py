@@ -11,6 +11,7 @@ it was gathered from (Triton's python backend) is a :class:`RequestRuntime`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,15 @@ class ReportsTargets(Protocol):
     def targets(self) -> tuple[TargetStats, ...]:
         """Each target's state and counters now (the same for every instance of a
         model version, which share them)."""
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container's cpuset
+    limits it), for sizing thread pools."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def resolve_signature(spec: ModelSpec, where: Path, found: Signature) -> Signature:

@@ -31,7 +31,6 @@ there, the plain one is served.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.core.runtime import RuntimeContext, Signature
+from modelport.core.runtime import RuntimeContext, Signature, available_cores
 from modelport.errors import ModelUnavailable, SpecError
 from modelport.spec import TensorSpec
 from modelport.supply.encryption import CryptoError, KeyProvider, decrypt_bytes, encrypted_path
@@ -127,7 +126,7 @@ class OnnxRuntime:
             return spec.threads.intra_op
         if path.stat().st_size < AUTO_THREADS_BYTES:
             return spec.threads.intra_op
-        return max(1, _cores() // spec.instances.count)
+        return max(1, available_cores() // spec.instances.count)
 
     def _lone_threads(self, path: Path, choice: ProviderChoice) -> int:
         """Threads of the lone-request session; 0: none (see the module's docstring)."""
@@ -135,7 +134,8 @@ class OnnxRuntime:
         value = spec.parameters.get("lone_request_threads")
         if value is None:
             small = path.stat().st_size <= LONE_MODEL_BYTES_MAX
-            value = min(LONE_THREADS_MAX, _cores()) if small and choice.names == [CPU] else 0
+            cpu_only = choice.names == [CPU]
+            value = min(LONE_THREADS_MAX, available_cores()) if small and cpu_only else 0
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SpecError(
                 f"{self.context.model_dir / 'model.yaml'}: field "
@@ -216,11 +216,6 @@ class OnnxRuntime:
     def unload(self) -> None:
         self.session = None
         self.lone_session = None
-
-
-def _cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def _options(ort: Any, intra_op: int, inter_op: int, spin: bool) -> Any:

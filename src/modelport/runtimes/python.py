@@ -47,8 +47,13 @@ from typing import Any
 
 import numpy as np
 
-from modelport.core.pictures import cores
-from modelport.core.runtime import GatheredRequest, RequestOutcome, RuntimeContext, Signature
+from modelport.core.runtime import (
+    GatheredRequest,
+    RequestOutcome,
+    RuntimeContext,
+    Signature,
+    available_cores,
+)
 from modelport.errors import InferenceFailed, ModelportError, SpecError
 from modelport.runtimes.triton_python import (
     TRITON_CLASS_NAME,
@@ -117,7 +122,7 @@ class PythonRuntime:
                     f"{path}: {CLASS_NAME}.setup raised {type(exc).__name__}: {exc}"
                 ) from exc
         self.model = model
-        threads = min(cores(), ctx.spec.max_batch_size)
+        threads = min(available_cores(), ctx.spec.max_batch_size)
         if getattr(cls, THREAD_SAFE, False) is True and threads > 1:
             self._requests = ThreadPoolExecutor(threads, thread_name_prefix=module_name)
 
