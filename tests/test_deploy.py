@@ -276,6 +276,132 @@ def test_no_secret_is_more_than_an_example() -> None:
     assert "deploy/.env" in (ROOT / ".gitignore").read_text().splitlines()  # the real one
 
 
+# -- stack.yaml (Docker Swarm), as `docker stack config` resolves it -----------------------
+
+
+def stack_config(overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """deploy/stack.yaml with its variables resolved, offline (no swarm needed), from
+    ``overrides`` alone (``docker stack deploy`` reads no .env file): by Swarm's own
+    loader, ``docker stack config`` (Docker CLI 23 and later), else by ``docker-compose
+    config``, whose schema has the same ``deploy:`` sections (Debian's CLI is 20.10)."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **(overrides or {})}
+    stack = str(DEPLOY / "stack.yaml")
+    commands = subprocess.run(["docker", "stack", "--help"], capture_output=True, text=True)
+    command = (
+        ["docker", "stack", "config", "-c", stack]
+        if re.search(r"^\s+config\s", commands.stdout, re.MULTILINE)
+        else [compose_cli(), "-f", stack, "config"]
+    )
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
+
+
+def mounts(service: Mapping[str, Any]) -> set[tuple[str, str, bool]]:
+    """(source, target, read-only) of each mount, from the long form (``docker stack
+    config``) or the short one (``docker-compose config``)."""
+    found = set()
+    for volume in service["volumes"]:
+        if isinstance(volume, str):
+            source, target, mode = volume.split(":")
+            found.add((source, target, mode == "ro"))
+        else:
+            found.add((volume["source"], volume["target"], bool(volume.get("read_only"))))
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict[str, Any]:
+    return stack_config()
+
+
+def test_stack_services_reach_each_other_without_ipvs(stack: dict[str, Any]) -> None:
+    services = stack["services"]
+    assert set(services) == set(LONG_RUNNING)
+    # No VIPs and no routing mesh (both need IPVS): DNS round robin, ports on the node.
+    for name, service in services.items():
+        assert service["deploy"]["endpoint_mode"] == "dnsrr", name
+        assert service["deploy"]["restart_policy"]["condition"] == "any", name
+        for port in service.get("ports", []):
+            assert port["mode"] == "host", name
+    ports = {p["target"]: p["published"] for p in services["server"]["ports"]}
+    assert ports == {8000: 8000, 8001: 8001}
+    # Redis and PostgreSQL are reached over the overlay network only.
+    assert "ports" not in services["redis"] and "ports" not in services["postgres"]
+    for name in ("redis", "postgres"):  # their data is a volume of one node
+        assert services[name]["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+
+
+def test_stack_workers_take_one_gpu_each_on_gpu_nodes(stack: dict[str, Any]) -> None:
+    worker = stack["services"]["worker"]
+    deploy = worker["deploy"]
+    assert deploy["placement"]["constraints"] == ["node.labels.gpu == true"]
+    # The engine names the GPU in DOCKER_RESOURCE_GPU, which the entrypoint makes the task
+    # slot's (test_entrypoint_gives_a_swarm_replica_s_gpu_its_task_slot).
+    assert deploy["resources"]["reservations"]["generic_resources"] == [
+        {"discrete_resource_spec": {"kind": "gpu", "value": 1}}
+    ]
+    assert worker["image"] == "modelport:cuda"
+    env = env_of(worker)
+    assert env["MODELPORT_WORKER_ID"] == "worker-{{.Task.Slot}}"  # a Swarm template
+    assert "MODELPORT_TASK_GPUS" not in env and "MODELPORT_TASK_SLOTS" not in env
+    # (docker-compose config writes a $ as $$ again, as a compose file would.)
+    check = [word.replace("$$", "$") for word in worker["healthcheck"]["test"]]
+    assert check == ["CMD-SHELL", "python /opt/modelport/healthcheck.py worker "
+                     '"$MODELPORT_BROKER" "$MODELPORT_WORKER_ID"']  # fmt: skip
+
+
+def test_stack_rolls_the_gateway_out_start_first() -> None:
+    update = stack_config()["services"]["server"]["deploy"]["update_config"]
+    assert (update["order"], update["failure_action"]) == ("start-first", "rollback")
+    one_node = stack_config({"GATEWAY_UPDATE_ORDER": "stop-first"})
+    assert one_node["services"]["server"]["deploy"]["update_config"]["order"] == "stop-first"
+    assert stack_config()["services"]["worker"]["deploy"]["update_config"]["order"] == "stop-first"
+
+
+def test_stack_runs_what_compose_runs(stack: dict[str, Any], compose: dict[str, Any]) -> None:
+    services = stack["services"]
+    server, worker = services["server"], services["worker"]
+    assert server["command"] == [
+        "serve", "/srv/modelport/models", "--host", "0.0.0.0",
+        "--broker", "redis://:change-me-redis@redis:6379/0",
+    ]  # fmt: skip
+    assert env_of(worker)["MODELPORT_BROKER"] == flag(server["command"], "--broker")
+    assert env_of(worker)["MODELPORT_TASK_STORE"] == env_of(server)["MODELPORT_TASK_STORE"]
+    for name in ("server", "worker"):
+        env = env_of(services[name])
+        assert parse_modelport(services[name]["command"]).exit_code == 0
+        assert env["MODELPORT_TASK_FILES"] == FILES
+        for key in env:
+            if key.startswith(ENV_PREFIX):
+                assert key[len(ENV_PREFIX) :].lower() in Settings.model_fields, key
+        # Templates are Swarm's to fill in; the rest must be valid settings.
+        Settings.load(environ={k: v.replace("{{.Task.Slot}}", "1") for k, v in env.items()})
+        assert ("task-files", FILES, False) in mounts(services[name]), name
+    # The worker as compose.yaml runs it: root in the modelport group, the socket, the
+    # models and its work folder at the same paths as on the node.
+    assert worker["user"] == compose["services"]["worker"]["user"] == "root:modelport"
+    assert env_of(worker)["MODELPORT_DATA_DIR_MODE"] == "group"
+    assert mounts(worker) == {
+        ("/var/run/docker.sock", "/var/run/docker.sock", False),
+        ("/srv/modelport/models", "/srv/modelport/models", True),
+        ("/var/lib/modelport-worker", "/var/lib/modelport-worker", False),
+        ("task-files", FILES, False),
+    }
+    assert compose["services"]["redis"]["command"][:-1] == services["redis"]["command"][:-1]
+
+
+def test_stack_images_and_ports_are_variables() -> None:
+    local = {"REDIS_IMAGE": "modelport/redis:7", "POSTGRES_IMAGE": "modelport/postgres:15",
+             "WORKER_IMAGE": "modelport:cpu", "HTTP_PORT": "18000"}  # fmt: skip
+    services = stack_config(local)["services"]
+    assert services["redis"]["image"] == "modelport/redis:7"
+    assert services["postgres"]["image"] == "modelport/postgres:15"
+    assert services["worker"]["image"] == "modelport:cpu"
+    assert services["server"]["ports"][0]["published"] == 18000
+
+
 # -- Dockerfiles ----------------------------------------------------------------------------
 
 
