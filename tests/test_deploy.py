@@ -40,7 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 HEALTHCHECK = DEPLOY / "healthcheck.py"
 DOCKERFILES = ("Dockerfile", "Dockerfile.cuda")
-LONG_RUNNING = ("server", "worker", "redis", "postgres", "s3")
+LONG_RUNNING = ("server", "worker", "redis", "postgres")
+GPU, S3 = "compose.gpu.yaml", "compose.s3.yaml"
+FILES = "/var/lib/modelport-files"  # task files: the task-files volume, in server and worker
 
 
 def compose_cli() -> str:
@@ -52,13 +54,16 @@ def compose_cli() -> str:
     return found
 
 
-def compose_config(overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``config`` of deploy/compose.yaml with deploy/env.example as its .env (never a
-    developer's own deploy/.env), and ``overrides`` as the shell's environment."""
+def compose_config(
+    overrides: Mapping[str, str] | None = None, overlays: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``config`` of deploy/compose.yaml (and ``overlays`` after it, as ``-f`` adds them)
+    with deploy/env.example as its .env (never a developer's own deploy/.env), and
+    ``overrides`` as the shell's environment."""
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **(overrides or {})}
+    files = [arg for name in ("compose.yaml", *overlays) for arg in ("-f", str(DEPLOY / name))]
     done = subprocess.run(
-        [compose_cli(), "--env-file", str(DEPLOY / "env.example"), "-f",
-         str(DEPLOY / "compose.yaml"), "config"],
+        [compose_cli(), "--env-file", str(DEPLOY / "env.example"), *files, "config"],
         capture_output=True, text=True, env=env, cwd=DEPLOY, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -69,6 +74,12 @@ def compose_config(overrides: Mapping[str, str] | None = None) -> dict[str, Any]
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     return compose_config()
+
+
+@pytest.fixture(scope="module")
+def compose_gpu_s3() -> dict[str, Any]:
+    """compose.yaml with both overlays: a GPU worker, task files in MinIO."""
+    return compose_config(overlays=(GPU, S3))
 
 
 def env_of(service: Mapping[str, Any]) -> dict[str, str]:
@@ -92,75 +103,117 @@ def parse_modelport(command: list[str]) -> Result:
 
 def test_compose_has_the_services_of_a_cluster(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {*LONG_RUNNING, "s3-bucket"}
-    assert services["redis"]["image"].startswith("redis:7")
-    assert services["postgres"]["image"].startswith("postgres:16")
-    assert services["s3"]["image"].startswith("minio/minio")
-    assert services["server"]["build"]["dockerfile"] == "deploy/Dockerfile"
-    assert services["worker"]["build"]["dockerfile"] == "deploy/Dockerfile.cuda"
-    for name in ("server", "worker"):  # the build context is the repository root
+    assert set(services) == set(LONG_RUNNING)
+    assert services["redis"]["image"] == "redis:7"
+    assert services["postgres"]["image"] == "postgres:16"
+    # The worker runs CPU tasks on the gateway's image; compose.gpu.yaml makes it a GPU one.
+    for name in ("server", "worker"):
+        assert services[name]["image"] == "modelport:cpu"
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+        # The build context is the repository root.
         assert Path(services[name]["build"]["context"]).resolve() == ROOT
+    assert "deploy" not in services["worker"]  # no GPU reservation without the overlay
+    assert env_of(services["worker"])["MODELPORT_TASK_SLOTS"] == "1"
 
 
-def test_the_worker_reserves_its_gpu(compose: dict[str, Any]) -> None:
-    worker = compose["services"]["worker"]
+def test_the_overlays_add_minio_and_a_gpu_worker(compose_gpu_s3: dict[str, Any]) -> None:
+    services = compose_gpu_s3["services"]
+    assert set(services) == {*LONG_RUNNING, "s3", "s3-bucket"}
+    assert services["s3"]["image"].startswith("minio/minio")
+    assert services["worker"]["image"] == "modelport:cuda"
+    assert services["worker"]["build"]["dockerfile"] == "deploy/Dockerfile.cuda"
+    assert services["server"]["image"] == "modelport:cpu"
+
+
+def test_images_are_variables_for_where_docker_hub_is_out_of_reach() -> None:
+    local = {"REDIS_IMAGE": "modelport/redis:7", "POSTGRES_IMAGE": "modelport/postgres:15",
+             "SERVER_IMAGE": "registry.example/modelport:cpu",
+             "WORKER_IMAGE": "registry.example/modelport:cpu"}  # fmt: skip
+    services = compose_config(local)["services"]
+    assert services["redis"]["image"] == "modelport/redis:7"
+    assert services["postgres"]["image"] == "modelport/postgres:15"
+    assert services["server"]["image"] == services["worker"]["image"] == local["SERVER_IMAGE"]
+    gpu = compose_config({"WORKER_GPU_IMAGE": "registry.example/modelport:cuda"}, (GPU,))
+    assert gpu["services"]["worker"]["image"] == "registry.example/modelport:cuda"
+
+
+def test_the_gpu_worker_reserves_its_gpus(compose_gpu_s3: dict[str, Any]) -> None:
+    worker = compose_gpu_s3["services"]["worker"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
-    # The same GPU gets the task slot: --gpus takes the host's ids, as the reservation does.
-    assert flag(worker["command"], "--gpus") == "0"
+    # The same GPU gets the task slot: task_gpus takes the host's ids, as the reservation
+    # does; the online models find the GPU they are given through NVML (gpus unset).
+    env = env_of(worker)
+    assert env["MODELPORT_TASK_GPUS"] == "0"
+    assert "MODELPORT_GPUS" not in env
+    assert Settings.load(environ=env, config=None).task_gpu_ids == [0]
 
 
-def test_every_node_shares_redis_postgres_and_the_bucket(compose: dict[str, Any]) -> None:
+def test_every_node_shares_redis_postgres_and_the_task_files(compose: dict[str, Any]) -> None:
     server, worker = compose["services"]["server"], compose["services"]["worker"]
     store = "postgresql://modelport:change-me-postgres@postgres:5432/modelport"
     broker = "redis://:change-me-redis@redis:6379/0"
     assert flag(server["command"], "--broker") == flag(worker["command"], "--broker") == broker
     assert flag(worker["command"], "--store") == env_of(server)["MODELPORT_TASK_STORE"] == store
-    assert flag(worker["command"], "--files") == env_of(server)["MODELPORT_TASK_FILES"]
-    assert env_of(server)["MODELPORT_TASK_FILES"] == "s3://modelport/tasks"
     for node in (server, worker):
-        env = env_of(node)
-        assert env["AWS_ENDPOINT_URL"] == "http://s3:9000"
-        assert env["AWS_ACCESS_KEY_ID"] == "modelport"
-        assert (
-            env["AWS_SECRET_ACCESS_KEY"] == env_of(compose["services"]["s3"])["MINIO_ROOT_PASSWORD"]
-        )
+        assert env_of(node)["MODELPORT_TASK_FILES"] == FILES
+        assert f"task-files:{FILES}:rw" in node["volumes"]
     # The password is the one PostgreSQL is given.
     assert env_of(compose["services"]["postgres"])["POSTGRES_PASSWORD"] == "change-me-postgres"
+
+
+def test_with_s3_every_node_keeps_task_files_in_the_bucket(compose_gpu_s3: dict[str, Any]) -> None:
+    services = compose_gpu_s3["services"]
+    for name in ("server", "worker"):
+        env = env_of(services[name])
+        assert env["MODELPORT_TASK_FILES"] == "s3://modelport/tasks"
+        assert env["AWS_ENDPOINT_URL"] == "http://s3:9000"
+        assert env["AWS_ACCESS_KEY_ID"] == "modelport"
+        assert env["AWS_SECRET_ACCESS_KEY"] == env_of(services["s3"])["MINIO_ROOT_PASSWORD"]
+        assert services[name]["depends_on"]["s3-bucket"] == {
+            "condition": "service_completed_successfully"
+        }
+    assert services["s3-bucket"]["depends_on"] == {"s3": {"condition": "service_healthy"}}
 
 
 def test_a_gpu_host_points_the_worker_at_the_first_host() -> None:
     config = compose_config({"REDIS_HOST": "10.0.0.5", "POSTGRES_HOST": "10.0.0.5",
                              "S3_ENDPOINT_URL": "http://10.0.0.5:9000", "WORKER_GPUS": "1",
-                             "WORKER_ID": "gpu-host-2"})  # fmt: skip
+                             "WORKER_ID": "gpu-host-2"}, (GPU, S3))  # fmt: skip
     worker = config["services"]["worker"]
     assert flag(worker["command"], "--broker") == "redis://:change-me-redis@10.0.0.5:6379/0"
     assert "@10.0.0.5:5432/" in flag(worker["command"], "--store")
     assert env_of(worker)["AWS_ENDPOINT_URL"] == "http://10.0.0.5:9000"
-    assert flag(worker["command"], "--gpus") == "1"
+    assert env_of(worker)["MODELPORT_TASK_GPUS"] == "1"
     assert flag(worker["command"], "--worker-id") == "gpu-host-2"
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["1"]
 
 
-def test_the_commands_parse_with_modelport_s_own_cli(compose: dict[str, Any]) -> None:
-    for name in ("server", "worker"):
-        command = compose["services"][name]["command"]
-        parsed = parse_modelport(command)
-        assert parsed.exit_code == 0, parsed.output
-        assert f" {command[0]} [OPTIONS]" in parsed.output
+def test_the_commands_parse_with_modelport_s_own_cli(
+    compose: dict[str, Any], compose_gpu_s3: dict[str, Any]
+) -> None:
+    for config in (compose, compose_gpu_s3):
+        for name in ("server", "worker"):
+            command = config["services"][name]["command"]
+            parsed = parse_modelport(command)
+            assert parsed.exit_code == 0, parsed.output
+            assert f" {command[0]} [OPTIONS]" in parsed.output
     typo = parse_modelport(["worker", "/models", "--gpu", "0"])  # the check has teeth
     assert typo.exit_code == 2
     assert "No such option: --gpu" in typo.output
 
 
-def test_the_environment_holds_settings_that_exist(compose: dict[str, Any]) -> None:
-    for name in ("server", "worker"):
-        env = env_of(compose["services"][name])
-        for key in env:
-            if key.startswith(ENV_PREFIX):
-                assert key[len(ENV_PREFIX) :].lower() in Settings.model_fields, key
-        settings = Settings.load(environ=env, config=None)  # validates every value
-        assert settings.data_dir
+def test_the_environment_holds_settings_that_exist(
+    compose: dict[str, Any], compose_gpu_s3: dict[str, Any]
+) -> None:
+    for config in (compose, compose_gpu_s3):
+        for name in ("server", "worker"):
+            env = env_of(config["services"][name])
+            for key in env:
+                if key.startswith(ENV_PREFIX):
+                    assert key[len(ENV_PREFIX) :].lower() in Settings.model_fields, key
+            settings = Settings.load(environ=env, config=None)  # validates every value
+            assert settings.data_dir
     server = Settings.load(environ=env_of(compose["services"]["server"]))
     assert server.task_slots == 0  # container tasks run on the workers, which have Docker
 
@@ -175,32 +228,39 @@ def test_the_worker_can_run_container_tasks(compose: dict[str, Any]) -> None:
     assert f"{data_dir}:{data_dir}:rw" in volumes
     models = worker["command"][1]
     assert f"{models}:{models}:ro" in volumes
+    # Root for the socket, in the modelport group with a group-readable umask, so that
+    # the server (the modelport user) reads the task files it writes.
+    assert worker["user"] == "root:modelport"
+    assert env_of(worker)["MODELPORT_DATA_DIR_MODE"] == "group"
 
 
-def test_services_are_healthy_before_they_are_used(compose: dict[str, Any]) -> None:
-    services = compose["services"]
-    for name in LONG_RUNNING:
+def test_services_are_healthy_before_they_are_used(
+    compose: dict[str, Any], compose_gpu_s3: dict[str, Any]
+) -> None:
+    services = compose_gpu_s3["services"]
+    for name in (*LONG_RUNNING, "s3"):
         assert services[name]["healthcheck"]["test"][0] == "CMD", name
         assert services[name]["restart"] == "unless-stopped", name
     for name in ("server", "worker"):
-        assert services[name]["depends_on"] == {
+        assert compose["services"][name]["depends_on"] == {
             "redis": {"condition": "service_healthy"},
             "postgres": {"condition": "service_healthy"},
-            "s3-bucket": {"condition": "service_completed_successfully"},
         }
-    assert services["s3-bucket"]["depends_on"] == {"s3": {"condition": "service_healthy"}}
     worker_check = services["worker"]["healthcheck"]["test"]
     broker = flag(services["worker"]["command"], "--broker")
     assert worker_check[-3:] == ["worker", broker, "gpu-host-1"]
 
 
-def test_data_lives_in_volumes_and_redis_keeps_it(compose: dict[str, Any]) -> None:
-    services = compose["services"]
+def test_data_lives_in_volumes_and_redis_keeps_it(
+    compose: dict[str, Any], compose_gpu_s3: dict[str, Any]
+) -> None:
+    services = compose_gpu_s3["services"]
     command = services["redis"]["command"]
     assert flag(command, "--appendonly") == "yes"
     # Reachable from other hosts, so never without a password (the health check's too).
     assert flag(command, "--requirepass") == env_of(services["redis"])["REDISCLI_AUTH"]
-    assert set(compose["volumes"]) == {"server-data", "redis-data", "postgres-data", "s3-data"}
+    assert set(compose["volumes"]) == {"server-data", "redis-data", "postgres-data", "task-files"}
+    assert set(compose_gpu_s3["volumes"]) == {*compose["volumes"], "s3-data"}
     for name, target in (("redis", "/data"), ("postgres", "/var/lib/postgresql/data"),
                          ("s3", "/data"), ("server", "/var/lib/modelport")):  # fmt: skip
         assert any(v.split(":")[1] == target for v in services[name]["volumes"]), name
@@ -214,6 +274,132 @@ def test_no_secret_is_more_than_an_example() -> None:
     for key in ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"):
         assert values[key].startswith("change-me"), key
     assert "deploy/.env" in (ROOT / ".gitignore").read_text().splitlines()  # the real one
+
+
+# -- stack.yaml (Docker Swarm), as `docker stack config` resolves it -----------------------
+
+
+def stack_config(overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """deploy/stack.yaml with its variables resolved, offline (no swarm needed), from
+    ``overrides`` alone (``docker stack deploy`` reads no .env file): by Swarm's own
+    loader, ``docker stack config`` (Docker CLI 23 and later), else by ``docker-compose
+    config``, whose schema has the same ``deploy:`` sections (Debian's CLI is 20.10)."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **(overrides or {})}
+    stack = str(DEPLOY / "stack.yaml")
+    commands = subprocess.run(["docker", "stack", "--help"], capture_output=True, text=True)
+    command = (
+        ["docker", "stack", "config", "-c", stack]
+        if re.search(r"^\s+config\s", commands.stdout, re.MULTILINE)
+        else [compose_cli(), "-f", stack, "config"]
+    )
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
+
+
+def mounts(service: Mapping[str, Any]) -> set[tuple[str, str, bool]]:
+    """(source, target, read-only) of each mount, from the long form (``docker stack
+    config``) or the short one (``docker-compose config``)."""
+    found = set()
+    for volume in service["volumes"]:
+        if isinstance(volume, str):
+            source, target, mode = volume.split(":")
+            found.add((source, target, mode == "ro"))
+        else:
+            found.add((volume["source"], volume["target"], bool(volume.get("read_only"))))
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict[str, Any]:
+    return stack_config()
+
+
+def test_stack_services_reach_each_other_without_ipvs(stack: dict[str, Any]) -> None:
+    services = stack["services"]
+    assert set(services) == set(LONG_RUNNING)
+    # No VIPs and no routing mesh (both need IPVS): DNS round robin, ports on the node.
+    for name, service in services.items():
+        assert service["deploy"]["endpoint_mode"] == "dnsrr", name
+        assert service["deploy"]["restart_policy"]["condition"] == "any", name
+        for port in service.get("ports", []):
+            assert port["mode"] == "host", name
+    ports = {p["target"]: p["published"] for p in services["server"]["ports"]}
+    assert ports == {8000: 8000, 8001: 8001}
+    # Redis and PostgreSQL are reached over the overlay network only.
+    assert "ports" not in services["redis"] and "ports" not in services["postgres"]
+    for name in ("redis", "postgres"):  # their data is a volume of one node
+        assert services[name]["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+
+
+def test_stack_workers_take_one_gpu_each_on_gpu_nodes(stack: dict[str, Any]) -> None:
+    worker = stack["services"]["worker"]
+    deploy = worker["deploy"]
+    assert deploy["placement"]["constraints"] == ["node.labels.gpu == true"]
+    # The engine names the GPU in DOCKER_RESOURCE_GPU, which the entrypoint makes the task
+    # slot's (test_entrypoint_gives_a_swarm_replica_s_gpu_its_task_slot).
+    assert deploy["resources"]["reservations"]["generic_resources"] == [
+        {"discrete_resource_spec": {"kind": "gpu", "value": 1}}
+    ]
+    assert worker["image"] == "modelport:cuda"
+    env = env_of(worker)
+    assert env["MODELPORT_WORKER_ID"] == "worker-{{.Task.Slot}}"  # a Swarm template
+    assert "MODELPORT_TASK_GPUS" not in env and "MODELPORT_TASK_SLOTS" not in env
+    # (docker-compose config writes a $ as $$ again, as a compose file would.)
+    check = [word.replace("$$", "$") for word in worker["healthcheck"]["test"]]
+    assert check == ["CMD-SHELL", "python /opt/modelport/healthcheck.py worker "
+                     '"$MODELPORT_BROKER" "$MODELPORT_WORKER_ID"']  # fmt: skip
+
+
+def test_stack_rolls_the_gateway_out_start_first() -> None:
+    update = stack_config()["services"]["server"]["deploy"]["update_config"]
+    assert (update["order"], update["failure_action"]) == ("start-first", "rollback")
+    one_node = stack_config({"GATEWAY_UPDATE_ORDER": "stop-first"})
+    assert one_node["services"]["server"]["deploy"]["update_config"]["order"] == "stop-first"
+    assert stack_config()["services"]["worker"]["deploy"]["update_config"]["order"] == "stop-first"
+
+
+def test_stack_runs_what_compose_runs(stack: dict[str, Any], compose: dict[str, Any]) -> None:
+    services = stack["services"]
+    server, worker = services["server"], services["worker"]
+    assert server["command"] == [
+        "serve", "/srv/modelport/models", "--host", "0.0.0.0",
+        "--broker", "redis://:change-me-redis@redis:6379/0",
+    ]  # fmt: skip
+    assert env_of(worker)["MODELPORT_BROKER"] == flag(server["command"], "--broker")
+    assert env_of(worker)["MODELPORT_TASK_STORE"] == env_of(server)["MODELPORT_TASK_STORE"]
+    for name in ("server", "worker"):
+        env = env_of(services[name])
+        assert parse_modelport(services[name]["command"]).exit_code == 0
+        assert env["MODELPORT_TASK_FILES"] == FILES
+        for key in env:
+            if key.startswith(ENV_PREFIX):
+                assert key[len(ENV_PREFIX) :].lower() in Settings.model_fields, key
+        # Templates are Swarm's to fill in; the rest must be valid settings.
+        Settings.load(environ={k: v.replace("{{.Task.Slot}}", "1") for k, v in env.items()})
+        assert ("task-files", FILES, False) in mounts(services[name]), name
+    # The worker as compose.yaml runs it: root in the modelport group, the socket, the
+    # models and its work folder at the same paths as on the node.
+    assert worker["user"] == compose["services"]["worker"]["user"] == "root:modelport"
+    assert env_of(worker)["MODELPORT_DATA_DIR_MODE"] == "group"
+    assert mounts(worker) == {
+        ("/var/run/docker.sock", "/var/run/docker.sock", False),
+        ("/srv/modelport/models", "/srv/modelport/models", True),
+        ("/var/lib/modelport-worker", "/var/lib/modelport-worker", False),
+        ("task-files", FILES, False),
+    }
+    assert compose["services"]["redis"]["command"][:-1] == services["redis"]["command"][:-1]
+
+
+def test_stack_images_and_ports_are_variables() -> None:
+    local = {"REDIS_IMAGE": "modelport/redis:7", "POSTGRES_IMAGE": "modelport/postgres:15",
+             "WORKER_IMAGE": "modelport:cpu", "HTTP_PORT": "18000"}  # fmt: skip
+    services = stack_config(local)["services"]
+    assert services["redis"]["image"] == "modelport/redis:7"
+    assert services["postgres"]["image"] == "modelport/postgres:15"
+    assert services["worker"]["image"] == "modelport:cpu"
+    assert services["server"]["ports"][0]["published"] == 18000
 
 
 # -- Dockerfiles ----------------------------------------------------------------------------
@@ -306,6 +492,9 @@ def test_dockerfile_runs_modelport_as_a_user(name: str) -> None:
     assert settings["USER"] == "modelport"
     assert settings["EXPOSE"].split() == ["8000", "8001"]
     assert settings["HEALTHCHECK"].endswith('CMD ["python", "/opt/modelport/healthcheck.py"]')
+    # The folder a task-files volume takes its owner from (compose.yaml, stack.yaml).
+    runs = " ".join(args for word, args in steps if word == "RUN")
+    assert "install -d -o modelport -g modelport /var/lib/modelport-files" in runs
     assert steps[0] == ("ARG", "BASE=python:3.11-slim")
     assert [args for word, args in steps if word == "FROM"] == ["${BASE} AS build", "${BASE}"]
     assert os.access(DEPLOY / "docker-entrypoint.sh", os.X_OK)
