@@ -10,8 +10,10 @@ instance, so the order in which requests finish is the order they ran.
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from modelport.errors import DeadlineExceeded, InvalidInput, Overloaded, SpecErr
 from modelport.runtimes.fake import FakeRuntime
 from modelport.spec import parse_spec
 from modelport.tensors import InferenceRequest, Tensor
-from support.builders import write_model
+from support.builders import add_sub_onnx, write_model
 
 Start = Callable[..., Awaitable[InferenceService]]
 
@@ -99,6 +101,28 @@ async def test_a_request_already_running_finishes_after_its_deadline(
     service = await serve()
     answer = await service.infer(_request(3, timeout=10_000))  # runs at once, 120 ms long
     assert answer.outputs[0].data[0] == 3
+
+
+async def test_an_answered_request_is_not_held_until_its_deadline(
+    repo: Path, serve: Start
+) -> None:
+    # The deadline's timer goes once the request is taken: left to fire in a minute, it
+    # would keep every request's inputs in memory for that minute.
+    write_model(repo, "add", "runtime: onnx\nmax_batch_size: 8\n")
+    add_sub_onnx(repo / "add" / "1" / "model.onnx", width=4)
+    service = await serve()
+    x = np.ones((1, 4), np.float32)
+    kept = weakref.ref(x)
+    request = InferenceRequest(
+        "add",
+        (Tensor("INPUT0", "FP32", x), Tensor("INPUT1", "FP32", np.ones((1, 4), np.float32))),
+        parameters={"timeout": 60_000_000},  # a minute, in microseconds
+    )
+    answer = await service.infer(request)
+    assert answer.outputs[0].data.tolist() == [[2.0] * 4]
+    del x, request, answer
+    gc.collect()
+    assert kept() is None, "the answered request's inputs are still held"
 
 
 async def test_priority_levels_run_first_and_shed_the_lowest_when_full(

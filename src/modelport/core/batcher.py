@@ -143,6 +143,9 @@ class _Pending:
     request: InferenceRequest | None = None
     solo: bool = False
     level: int = 1
+    # The deadline's timer, cancelled once the request is taken into a batch (a taken
+    # one runs to its end): left to fire, it would hold the inputs until the deadline.
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,15 @@ class _Ran:
     infer_ns: int
     output_ns: int
     errors: Mapping[int, ModelportError] | None = None
+
+
+def _taken(batch: list[_Pending]) -> list[_Pending]:
+    """``batch``, its requests' deadline timers cancelled: taken, they run to their end."""
+    for p in batch:
+        if p.timer is not None:
+            p.timer.cancel()
+            p.timer = None
+    return batch
 
 
 def _batch_key(inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -286,7 +298,7 @@ class DynamicBatcher:
                 "queued; give it more time (the v2 'timeout' parameter is in microseconds)"
             )
         loop = self._loop or asyncio.get_running_loop()
-        loop.call_later(left_s, self._expire, pending)
+        pending.timer = loop.call_later(left_s, self._expire, pending)
 
     def _expire(self, pending: _Pending) -> None:
         """A request's deadline passed: drop it if it still waits (a taken one runs)."""
@@ -362,7 +374,7 @@ class DynamicBatcher:
                 return []
             first = pending.popleft()
         if self.max_batch_size == 0 or first.solo:
-            return [first]
+            return _taken([first])
         batch, rows, key = [first], first.rows, first.key
         skipped: list[_Pending] = []
         while pending and rows < self.max_batch_size:
@@ -376,10 +388,10 @@ class DynamicBatcher:
                 skipped.append(item)
         pending.extendleft(reversed(skipped))
         if len(batch) == 1:
-            return batch
+            return _taken(batch)
         kept = self.policy.cut([p.rows for p in batch])
         pending.extendleft(reversed(batch[kept:]))
-        return batch[:kept]
+        return _taken(batch[:kept])
 
     # -- execution --------------------------------------------------------------------------
 
@@ -527,6 +539,9 @@ class DynamicBatcher:
             self._notify(p)
 
     def _notify(self, p: _Pending) -> None:
+        if p.timer is not None:  # answered or dropped before its deadline
+            p.timer.cancel()
+            p.timer = None
         if p.done is None:
             return
         try:
