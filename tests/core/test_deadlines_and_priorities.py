@@ -103,9 +103,7 @@ async def test_a_request_already_running_finishes_after_its_deadline(
     assert answer.outputs[0].data[0] == 3
 
 
-async def test_an_answered_request_is_not_held_until_its_deadline(
-    repo: Path, serve: Start
-) -> None:
+async def test_an_answered_request_is_not_held_until_its_deadline(repo: Path, serve: Start) -> None:
     # The deadline's timer goes once the request is taken: left to fire in a minute, it
     # would keep every request's inputs in memory for that minute.
     write_model(repo, "add", "runtime: onnx\nmax_batch_size: 8\n")
