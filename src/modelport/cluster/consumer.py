@@ -65,6 +65,14 @@ def in_flight_for(spec: ModelSpec) -> int:
     return 2 * max(1, spec.max_batch_size) * spec.instances.count
 
 
+async def _finish(tasks: set[asyncio.Task[None]], timeout_s: float) -> None:
+    """Wait for ``tasks`` to end, cancelling those still running after ``timeout_s``."""
+    _, late = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @dataclass(frozen=True, slots=True)
 class StreamMessage:
     """One request as read from the stream; ``deliveries``: times delivered so far,
@@ -102,7 +110,8 @@ class OnlineConsumer:
         self.model, self.in_flight = model, max(1, in_flight)
         self.consumer = f"{worker_id}/{model}"
         self.stream = keys.infer_stream(model)
-        # Messages read and not yet answered: id -> when read or last claimed (monotonic).
+        # The requests held (read, not yet answered): message id -> when read or last
+        # claimed (monotonic).
         self.held: dict[Any, float] = {}
         self._room = asyncio.Event()  # set whenever an answer frees room
         self._outbox: list[Answer] = []
@@ -119,13 +128,9 @@ class OnlineConsumer:
         self._stopping = True
         if self._reader is not None:
             # The read on the wire ends within BLOCK_MS; what it brings is answered too.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._reader, BLOCK_MS / 1000 + 1.0)
+            await _finish({self._reader}, BLOCK_MS / 1000 + 1.0)
         if self._requests:
-            _, late = await asyncio.wait(self._requests, timeout=DRAIN_S)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            await _finish(set(self._requests), DRAIN_S)
 
     async def _read(self) -> None:
         ready = False
