@@ -3,8 +3,14 @@ latency a trip through Redis adds. One command, numbers printed, nothing asserte
 
     .venv/bin/python bench/cluster_run.py [--workers 1,2,4] [--duration 10] [--repeats 3]
 
+It prints the three numbers issue 18 item 4 sets targets for: one worker's online rate
+as a share of its model's ideal rate (1000 / ``--delay-ms`` x ``--instances``), n
+workers' rate as a multiple of n x one worker's (and as a share of the linear ideal),
+and the p50 a trip through a worker adds. ``--src`` picks the source tree the servers
+run (PYTHONPATH), so one sitting can measure an older tree beside this one.
+
 Every worker hosts ``sleeper``, a python model whose compute is a fixed sleep
-(``--delay-ms``, one request at a time: one "GPU" per worker), and ``sleeper-task``, a
+(``--delay-ms``, one request at a time an instance: one "GPU" per worker), and ``sleeper-task``, a
 container model that sleeps ``--task-seconds`` (the busybox test image, imported into
 the local Docker engine). A gateway (``modelport serve --broker``) that hosts neither
 takes the requests: wrk drives ``POST /v2/models/sleeper/infer`` at ``--connections``,
@@ -12,7 +18,10 @@ and ``--tasks-per-worker`` tasks per worker are submitted at once and timed to t
 one finished. Perfect scaling is n times the one-worker number. Task records and files
 are shared through a SQLite file and a folder (one host); Redis runs without
 persistence. The added latency compares ``zero`` (the same python model, no sleep)
-served by the gateway itself with ``zero-remote`` served by one worker, at c=1.
+served by the gateway itself with ``zero-remote`` served by one worker, at c=1, the two
+runs of each repeat back to back; the gateway also serves a copy of ``sleeper`` itself
+(``sleeper-local``), whose rate is what one worker could reach with Redis costing nothing.
+``--tasks-per-worker 0`` leaves the tasks out.
 """
 
 from __future__ import annotations
@@ -28,13 +37,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from run import HOST, WRK_SCRIPT, HttpRun, free_port, machine, median_run, wrk
+from run import HOST, WRK_SCRIPT, HttpRun, free_port, machine, wrk
 
 from support.task_fixtures import import_busybox_image
 
@@ -56,6 +66,7 @@ class Model:
 SLEEPER_YAML = """\
 runtime: python
 max_batch_size: 1
+instances: {count: %d}
 inputs: [{name: x, datatype: FP32, shape: [4]}]
 outputs: [{name: y, datatype: FP32, shape: [4]}]
 parameters: {delay_ms: %s}
@@ -77,12 +88,17 @@ def write_model(repo: Path, name: str, yaml: str, files: dict[str, str]) -> None
         (folder / rel).write_text(text)
 
 
-def repositories(root: Path, delay_ms: float, task_s: float, image: str) -> tuple[Path, Path]:
+def repositories(
+    root: Path, delay_ms: float, instances: int, task_s: float, image: str
+) -> tuple[Path, Path]:
     worker, gateway = root / "worker-repo", root / "gateway-repo"
-    write_model(worker, "sleeper", SLEEPER_YAML % delay_ms, {"1/model.py": SLEEPER_PY})
-    write_model(worker, "zero-remote", SLEEPER_YAML % 0, {"1/model.py": SLEEPER_PY})
-    write_model(worker, "sleeper-task", TASK_YAML % (image, task_s), {"1/README": "-"})
-    write_model(gateway, "zero", SLEEPER_YAML % 0, {"1/model.py": SLEEPER_PY})
+    sleeper = SLEEPER_YAML % (instances, delay_ms)
+    write_model(worker, "sleeper", sleeper, {"1/model.py": SLEEPER_PY})
+    write_model(worker, "zero-remote", SLEEPER_YAML % (1, 0), {"1/model.py": SLEEPER_PY})
+    if image:
+        write_model(worker, "sleeper-task", TASK_YAML % (image, task_s), {"1/README": "-"})
+    write_model(gateway, "zero", SLEEPER_YAML % (1, 0), {"1/model.py": SLEEPER_PY})
+    write_model(gateway, "sleeper-local", sleeper, {"1/model.py": SLEEPER_PY})
     return worker, gateway
 
 
@@ -166,6 +182,109 @@ def task_throughput(base: str, count: int) -> float:
     return count / (time.monotonic() - began)
 
 
+def spread(values: list[float], digits: int = 1) -> str:
+    """A median with the range it came from: ``48.1 (47.0-48.9)``."""
+    return (
+        f"{statistics.median(values):.{digits}f} "
+        f"({min(values):.{digits}f}-{max(values):.{digits}f})"
+    )
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One cluster size's runs: online (wrk at c=connections), tasks/s, and (one
+    worker) (local, through a worker) pairs at c=1."""
+
+    workers: int
+    online: list[HttpRun]
+    tasks: list[float]
+    pairs: list[tuple[HttpRun, HttpRun]]
+    local: list[HttpRun]  # one worker's row: sleeper served by the gateway itself
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(r.requests_per_s for r in self.online)
+
+
+def measure(args: argparse.Namespace, n: int, base: str, files: tuple[Path, Path]) -> Row:
+    """Online runs, task runs and (one worker) the latency pairs on a running cluster."""
+    body, script = files
+    online = [wrk(f"{base}/v2/models/sleeper/infer", body, script, args.connections, 2,
+                  args.duration) for _ in range(args.repeats)]  # fmt: skip
+    tasks = [task_throughput(base, args.tasks_per_worker * n)
+             for _ in range(args.repeats if args.tasks_per_worker else 0)]  # fmt: skip
+    pairs, own = [], []
+    for _ in range(args.repeats if n == 1 else 0):
+        own.append(wrk(f"{base}/v2/models/sleeper-local/infer", body, script,
+                       args.connections, 2, args.duration))  # fmt: skip
+        # The pair back to back, so both see the same load.
+        local, remote = (wrk(f"{base}/v2/models/{m}/infer", body, script, 1, 1, args.duration)
+                         for m in ("zero", "zero-remote"))  # fmt: skip
+        pairs.append((local, remote))
+    return Row(n, online, tasks, pairs, own)
+
+
+def report(args: argparse.Namespace, rows: list[Row]) -> dict[str, object]:
+    """Print the table and the three targets; return them for the JSON file."""
+    one = rows[0]
+    ideal = 1000 / args.delay_ms * args.instances
+    print(
+        f"\nonline: sleeper ({args.delay_ms:g} ms a request, {args.instances} instance(s), one "
+        f"request at a time each: ideal {ideal:.0f} req/s a worker), c={args.connections}; "
+        f"tasks: {args.task_seconds:g} s containers, one slot a worker; medians of "
+        f"{args.repeats} (range)"
+    )
+    print(f"{'workers':>7} {'req/s':>20} {'x1 worker':>9} {'of linear':>9} {'p50 ms':>7} "
+          f"{'tasks/s':>8} {'x1 worker':>9}")  # fmt: skip
+    one_tasks = statistics.median(one.tasks) if one.tasks else 0.0
+    for row in rows:
+        rps = [r.requests_per_s for r in row.online]
+        p50 = statistics.median(r.p50_ms for r in row.online)
+        times = row.rps / one.rps
+        tasks = statistics.median(row.tasks) if row.tasks else 0.0
+        task_times = f"{tasks / one_tasks:>9.2f}" if one_tasks else f"{'-':>9}"
+        linear = row.rps / (ideal * row.workers)
+        print(f"{row.workers:>7} {spread(rps):>20} {times:>9.2f} {linear:>9.0%} "
+              f"{p50:>7.1f} {tasks:>8.2f} {task_times}")  # fmt: skip
+    found: dict[str, object] = {}
+    print("\ntargets (issue 18 item 4):")
+    if one.workers == 1:
+        share = one.rps / ideal
+        found["one_worker_of_ideal"] = share
+        print(f"  one worker: {one.rps:.1f} req/s = {share:.0%} of its model's ideal "
+              f"{ideal:.0f} req/s (target >= 90%): {verdict(share >= 0.9)}")  # fmt: skip
+        if one.local:
+            local = [r.requests_per_s for r in one.local]
+            found["one_worker_of_local"] = one.rps / statistics.median(local)
+            print(f"    the same model served by the gateway itself (no Redis): "
+                  f"{spread(local)} req/s; one worker = {found['one_worker_of_local']:.0%} "
+                  "of that")  # fmt: skip
+    for row in rows:
+        if row.workers > 1 and one.workers == 1:
+            times = row.rps / (row.workers * one.rps)
+            found[f"workers_{row.workers}_of_n_x_one"] = times
+            print(f"  {row.workers} workers: {row.rps:.1f} req/s = {times:.2f} x ({row.workers} x "
+                  f"one worker) (target >= 0.9): {verdict(times >= 0.9)}; "
+                  f"{row.rps / (ideal * row.workers):.0%} of the linear ideal "
+                  f"{ideal * row.workers:.0f} req/s")  # fmt: skip
+    if one.pairs:
+        local = [p[0].p50_ms for p in one.pairs]
+        remote = [p[1].p50_ms for p in one.pairs]
+        added = [r - loc for loc, r in zip(local, remote, strict=True)]
+        p99 = [(p[0].p99_ms, p[1].p99_ms) for p in one.pairs]
+        found["added_p50_ms"] = statistics.median(added)
+        print(f"  added p50 through Redis (c=1, no compute): {spread(added, 2)} ms (local p50 "
+              f"{spread(local, 2)}, through a worker {spread(remote, 2)}; p99 "
+              f"{statistics.median(a for a, _ in p99):.2f} vs "
+              f"{statistics.median(b for _, b in p99):.2f}) (target <= 0.5 ms): "
+              f"{verdict(statistics.median(added) <= 0.5)}")  # fmt: skip
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", default="1,2,4")
@@ -173,15 +292,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--task-seconds", type=float, default=2.0)
     parser.add_argument("--tasks-per-worker", type=int, default=4)
+    parser.add_argument("--src", default=str(ROOT / "src"),
+                        help="the servers' PYTHONPATH: the source tree they run")  # fmt: skip
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
     results: dict[str, object] = {"machine": machine(), "args": vars(args)}
-    print(f"machine: {results['machine']}")
-    image = import_busybox_image()
+    print(f"machine: {results['machine']}; servers' PYTHONPATH {args.src}")
+    image = import_busybox_image() if args.tasks_per_worker else ""
     root = Path(tempfile.mkdtemp(prefix="modelport-cluster-bench-"))
-    worker_repo, gateway_repo = repositories(root, args.delay_ms, args.task_seconds, image)
+    worker_repo, gateway_repo = repositories(
+        root, args.delay_ms, args.instances, args.task_seconds, image
+    )
     script = root / "wrk.lua"
     script.write_text(WRK_SCRIPT)
     body = root / "body.json"
@@ -189,63 +313,27 @@ def main() -> None:
     redis_port = free_port()
     redis_url = f"redis://{HOST}:{redis_port}/0"
     shared = {"MODELPORT_TASK_STORE": f"sqlite:///{root / 'tasks.db'}",
-              "MODELPORT_TASK_FILES": str(root / "files")}  # fmt: skip
+              "MODELPORT_TASK_FILES": str(root / "files"),
+              "PYTHONPATH": args.src}  # fmt: skip
     rows = []
     with process(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly",
                   "no"], root / "redis.log", {}):  # fmt: skip
         for n in counts:
             with cluster(root, n, redis_url, shared, worker_repo, gateway_repo) as base:
-                url = f"{base}/v2/models/sleeper/infer"
-                online = median_run([
-                    wrk(url, body, script, args.connections, 2, args.duration)
-                    for _ in range(args.repeats)
-                ])  # fmt: skip
-                tasks = statistics.median(
-                    task_throughput(base, args.tasks_per_worker * n) for _ in range(args.repeats)
-                )
-                latency: tuple[HttpRun, HttpRun] | None = None
-                if n == 1:
-                    local, remote = (
-                        median_run([wrk(f"{base}/v2/models/{m}/infer", body, script, 1, 1,
-                                        args.duration) for _ in range(args.repeats)])
-                        for m in ("zero", "zero-remote")
-                    )  # fmt: skip
-                    latency = (local, remote)
-            rows.append((n, online, tasks, latency))
-            print(f"{n} worker(s): online {online.requests_per_s:,.0f} req/s "
-                  f"(p50 {online.p50_ms:.1f} ms, p99 {online.p99_ms:.1f} ms, "
-                  f"errors {online.errors}); tasks {tasks:.2f}/s", flush=True)  # fmt: skip
-    one_online, one_tasks = rows[0][1].requests_per_s, rows[0][2]
-    ideal_online = 1000 / args.delay_ms
-    print(
-        f"\nonline: sleeper ({args.delay_ms:g} ms a request, one at a time a worker: ideal "
-        f"{ideal_online:.0f} req/s a worker), c={args.connections}; tasks: "
-        f"{args.task_seconds:g} s containers, one slot a worker; medians of {args.repeats}"
-    )
-    print(
-        f"{'workers':>7} {'req/s':>8} {'x1 worker':>9} {'of linear':>9} "
-        f"{'tasks/s':>8} {'x1 worker':>9} {'of linear':>9}"
-    )
-    for n, online, tasks, _ in rows:
-        speed_o, speed_t = online.requests_per_s / one_online, tasks / one_tasks
-        print(
-            f"{n:>7} {online.requests_per_s:>8.1f} {speed_o:>9.2f} {speed_o / n:>9.0%} "
-            f"{tasks:>8.2f} {speed_t:>9.2f} {speed_t / n:>9.0%}"
-        )
-    latency = rows[0][3]
-    if latency is not None:
-        local, remote = latency
-        print(
-            f"\nadded latency through Redis (c=1, no compute): local p50 {local.p50_ms:.2f} ms "
-            f"p99 {local.p99_ms:.2f} ms; through a worker p50 {remote.p50_ms:.2f} ms p99 "
-            f"{remote.p99_ms:.2f} ms; added p50 {remote.p50_ms - local.p50_ms:+.2f} ms"
-        )
+                row = measure(args, n, base, (body, script))
+            rows.append(row)
+            tasks = f"; tasks {statistics.median(row.tasks):.2f}/s" if row.tasks else ""
+            print(f"{n} worker(s): online {row.rps:,.1f} req/s (errors "
+                  f"{sum(r.errors for r in row.online)}){tasks}", flush=True)  # fmt: skip
+    results["targets"] = report(args, rows)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     results["rows"] = [
-        {"workers": n, "online_rps": o.requests_per_s, "online_p50_ms": o.p50_ms,
-         "online_p99_ms": o.p99_ms, "tasks_per_s": t}
-        for n, o, t, _ in rows
+        {"workers": r.workers, "online_rps": [o.requests_per_s for o in r.online],
+         "online_p50_ms": [o.p50_ms for o in r.online], "tasks_per_s": r.tasks,
+         "latency_p50_ms": [(a.p50_ms, b.p50_ms) for a, b in r.pairs],
+         "local_rps": [o.requests_per_s for o in r.local]}
+        for r in rows
     ]  # fmt: skip
     path = out / f"cluster-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2))

@@ -4,12 +4,12 @@
 model a live worker advertises (local models win a name clash). Such a model loads as
 ``runtime: cluster``: a :class:`ClusterRuntime` per instance, whose ``infer`` sends the
 batch the local batcher formed to the model's request stream and waits for the answer
-on a list of its own. The consumer group shares the stream among the workers hosting
-the model. With tracing on, the message carries the hop's W3C ``traceparent`` (header
-``trace``), so the worker's span of the request joins the trace. A request whose model
-has no live worker left fails at once (503), as does
-one that gets no answer within ``timeout_s``; a worker that died holding a request has
-it retried once by another worker (``cluster/consumer.py``).
+on a list of its own (``XADD`` and the first ``BLPOP`` go in one pipeline: one round
+trip). The consumer group shares the stream among the workers hosting the model. With
+tracing on, the message carries the hop's W3C ``traceparent`` (header ``trace``), so the
+worker's span of the request joins the trace. A request whose model has no live worker
+left fails at once (503), as does one that gets no answer within ``timeout_s``; a worker
+that died holding a request has it retried once by another worker (``cluster/consumer.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from modelport.core.repository import ModelRepository, ModelSource
 from modelport.core.runtime import RuntimeContext, Signature
 from modelport.core.service import ModelView
 from modelport.errors import (
+    DeadlineExceeded,
     ErrorKind,
     InferenceFailed,
     InvalidInput,
@@ -53,6 +54,7 @@ _ERRORS: dict[str, type[ModelportError]] = {
     ErrorKind.NOT_FOUND.value: ModelNotFound,
     ErrorKind.UNAVAILABLE.value: ModelUnavailable,
     ErrorKind.OVERLOADED.value: Overloaded,
+    ErrorKind.DEADLINE_EXCEEDED.value: DeadlineExceeded,
 }
 
 
@@ -164,22 +166,28 @@ class ClusterRuntime:
         if trace:
             header["trace"] = trace
         stream = self.keys.infer_stream(self.model)
+        message_id = None
         try:
-            message_id = self.client.xadd(stream, {"m": wire.pack(header, inputs)})
-            return self._answer(reply, deadline)
+            # One round trip: the request goes out and the wait for its answer begins.
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(stream, {"m": wire.pack(header, inputs)})
+                pipe.blpop([reply], timeout=POLL_S)
+                message_id, got = pipe.execute()
+            return self._answer(reply, deadline, got)
         except redis.RedisError as exc:
             raise ModelUnavailable(
                 f"model '{self.model}' runs on other workers, and Redis is not reachable: {exc}"
             ) from None
         except ModelUnavailable:
             # Nobody will answer: take the request back so no worker runs it later.
-            self.client.xdel(stream, message_id)
+            if message_id is not None:
+                self.client.xdel(stream, message_id)
             raise
 
-    def _answer(self, reply: str, deadline: float) -> dict[str, np.ndarray]:
+    def _answer(self, reply: str, deadline: float, got: Any) -> dict[str, np.ndarray]:
+        """The answer: ``got`` if the first wait brought it, else waited for."""
         hostless_since: float | None = None
         while True:
-            got: Any = self.client.blpop([reply], timeout=POLL_S)
             if got is not None:
                 header, outputs = wire.unpack(got[1])
                 if "error" in header:
@@ -200,6 +208,7 @@ class ClusterRuntime:
                     f"model '{self.model}': no live worker hosts it any more (the last one "
                     "stopped sending heartbeats); start one with 'modelport worker'"
                 )
+            got = self.client.blpop([reply], timeout=POLL_S)
 
     def unload(self) -> None:
         pass

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 import redis
 from redis.asyncio import Redis
 
-from modelport.cluster.consumer import OnlineConsumer
+from modelport.cluster.consumer import OnlineConsumer, in_flight_for
 from modelport.cluster.directory import HEARTBEAT_S, Directory, HostedModel, WorkerInfo
 from modelport.cluster.gateway import CLUSTER_RUNTIME, ClusterRepository, hosted_model
 from modelport.cluster.keys import RedisKeys
@@ -79,8 +79,8 @@ class ClusterNode:
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
-        for consumer in self.consumers.values():
-            await consumer.stop()
+        # Each drains: stops reading, answers what it holds.
+        await asyncio.gather(*(consumer.stop() for consumer in self.consumers.values()))
         self.consumers.clear()
         with contextlib.suppress(redis.RedisError, OSError):
             await self.directory.leave(self.worker_id)
@@ -155,8 +155,7 @@ class ClusterNode:
                 self.service,
                 model=name,
                 worker_id=self.worker_id,
-                batch=spec.max_batch_size,
-                loops=spec.instances.count,
+                in_flight=in_flight_for(spec),
             )
             consumer.start()
             self.consumers[name] = consumer
