@@ -49,7 +49,16 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import HOST, CpuMeter, free_port, git_commit, http, machine, process_tree
+from run import (
+    HOST,
+    CpuMeter,
+    free_port,
+    git_commit,
+    http,
+    machine,
+    process_tree,
+    wrk_summary,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "src" / "modelport" / "examples"
@@ -457,17 +466,7 @@ def wrk(
         done = subprocess.run(
             cmd, capture_output=True, text=True, env=env, timeout=seconds + 90, check=False
         )
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
-    _, requests, duration_us, p50, p99, _max, status_errors, socket_errors = line.split()
-    return Point(
-        int(requests) / (int(duration_us) / 1e6),
-        float(p50) / 1000,
-        float(p99) / 1000,
-        int(status_errors) + int(socket_errors),
-        meter.other,
-    )
+    return Point(*wrk_summary(done), meter.other)
 
 
 def measure(

@@ -391,16 +391,20 @@ def wrk(
         done = subprocess.run(
             cmd, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False
         )
+    return HttpRun(*wrk_summary(done), meter.other)
+
+
+def wrk_summary(done: subprocess.CompletedProcess[str]) -> tuple[float, float, float, int]:
+    """req/s, p50 ms, p99 ms and errors from the BENCH line the Lua scripts print."""
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
     _, requests, duration_us, p50, p99, _max, status_errors, socket_errors = line.split()
-    return HttpRun(
+    return (
         int(requests) / (int(duration_us) / 1e6),
         float(p50) / 1000,
         float(p99) / 1000,
         int(status_errors) + int(socket_errors),
-        meter.other,
     )
 
 
